@@ -1,0 +1,187 @@
+#include "broker/registry.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <ctime>
+#include <tuple>
+
+namespace portbroker::broker {
+
+bool options_equal(const SocketOptions& a, const SocketOptions& b) {
+  auto tie = [](const SocketOptions& o) {
+    return std::tie(o.backlog, o.v6only, o.reuseaddr, o.freebind, o.defer_accept, o.fastopen,
+                    o.keepalive, o.rcvbuf, o.sndbuf, o.device);
+  };
+  return tie(a) == tie(b);
+}
+
+bool endpoints_overlap(const Endpoint& a, const Endpoint& b) {
+  if (a.protocol != b.protocol || a.port != b.port) return false;
+  if (a.address.family == b.address.family) {
+    return a.address == b.address || a.address.is_any() || b.address.is_any();
+  }
+  // A dual-stack IPv6 wildcard also holds every IPv4 address of the port.
+  const Endpoint& v6 = a.address.family == AF_INET6 ? a : b;
+  return v6.address.is_any() && v6.dual_stack;
+}
+
+std::string format_time_of_day(int64_t unix_ms) {
+  std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char buf[16];
+  std::strftime(buf, sizeof(buf), "%H:%M:%S", &tm);
+  return buf;
+}
+
+std::string Registry::describe_holder(const Binding& b) const {
+  std::string what = format_endpoint(b.endpoint.protocol, b.endpoint.address, b.endpoint.port);
+  std::string how = b.mode == Mode::kExclusive ? "leased exclusively"
+                    : b.mode == Mode::kShared  ? "leased shared"
+                                               : "leased as a reuseport group";
+  std::string who;
+  size_t shown = 0;
+  for (uint64_t id : b.leases) {
+    const Lease* l = find_lease(id);
+    if (l == nullptr) continue;
+    if (shown == 3) {
+      who += " and " + std::to_string(b.leases.size() - shown) + " more";
+      break;
+    }
+    if (shown > 0) who += ", ";
+    who += "pid " + std::to_string(l->holder.pid) + " (" +
+           (l->holder.comm.empty() ? std::string("?") : l->holder.comm) + ", uid " +
+           std::to_string(l->holder.uid) + ")";
+    if (shown == 0) who += " since " + format_time_of_day(l->created_ms);
+    ++shown;
+  }
+  return what + " is " + how + " by " + who;
+}
+
+Result<Plan> Registry::plan(const Endpoint& ep, Mode mode, const SocketOptions& options,
+                            uint32_t requester_uid) const {
+  auto it = by_port_.find(port_key(ep.protocol, ep.port));
+  if (it == by_port_.end()) return Plan{};
+  for (uint64_t bid : it->second) {
+    const Binding& b = bindings_.at(bid);
+    if (!endpoints_overlap(b.endpoint, ep)) continue;
+    std::string holder = describe_holder(b);
+    bool same_endpoint = b.endpoint.address == ep.address && b.endpoint.dual_stack == ep.dual_stack;
+    if (mode == Mode::kExclusive || b.mode == Mode::kExclusive || b.mode != mode) {
+      return make_error(ErrorCode::kConflict, holder);
+    }
+    if (!same_endpoint) {
+      return make_error(
+          ErrorCode::kConflict,
+          holder + "; to join it, ask for exactly " +
+              format_endpoint(b.endpoint.protocol, b.endpoint.address, b.endpoint.port));
+    }
+    // Joining a group gives a share of its connections: only its owner's uid (or root) may.
+    if (requester_uid != 0 && requester_uid != b.owner_uid) {
+      return make_error(ErrorCode::kConflict, holder + "; only uid " + std::to_string(b.owner_uid) +
+                                                  " or root may join it");
+    }
+    if (!options_equal(b.options, options)) {
+      return make_error(ErrorCode::kConflict,
+                        holder + " with other socket options; ask with the same options to join");
+    }
+    return Plan{Plan::kJoin, bid};
+  }
+  return Plan{};
+}
+
+bool Registry::in_use(const Endpoint& ep) const {
+  auto it = by_port_.find(port_key(ep.protocol, ep.port));
+  if (it == by_port_.end()) return false;
+  return std::any_of(it->second.begin(), it->second.end(), [&](uint64_t bid) {
+    return endpoints_overlap(bindings_.at(bid).endpoint, ep);
+  });
+}
+
+uint64_t Registry::add_binding(const Endpoint& ep, Mode mode, const SocketOptions& options,
+                               uint32_t owner_uid) {
+  uint64_t id = next_id_++;
+  bindings_.emplace(id, Binding{id, ep, mode, options, owner_uid, {}});
+  by_port_[port_key(ep.protocol, ep.port)].push_back(id);
+  return id;
+}
+
+uint64_t Registry::add_lease(uint64_t binding, std::string name, uint64_t session, Holder holder,
+                             int64_t created_ms) {
+  uint64_t id = next_id_++;
+  uint32_t uid = holder.uid;
+  leases_.emplace(id, Lease{id, binding, std::move(name), session, std::move(holder), created_ms});
+  bindings_.at(binding).leases.push_back(id);
+  by_session_[session].push_back(id);
+  ++per_uid_[uid];
+  return id;
+}
+
+namespace {
+// Searches from the back: sessions are torn down newest-first, which makes that O(1).
+void erase_value(std::vector<uint64_t>& v, uint64_t x) {
+  auto it = std::find(v.rbegin(), v.rend(), x);
+  if (it != v.rend()) v.erase(std::next(it).base());
+}
+}  // namespace
+
+std::optional<Registry::Removed> Registry::remove_lease(uint64_t lease_id) {
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end()) return std::nullopt;
+  Removed out;
+  out.lease = std::move(it->second);
+  leases_.erase(it);
+
+  if (auto s = by_session_.find(out.lease.session); s != by_session_.end()) {
+    erase_value(s->second, lease_id);
+    if (s->second.empty()) by_session_.erase(s);
+  }
+  if (auto u = per_uid_.find(out.lease.holder.uid); u != per_uid_.end() && --u->second == 0) {
+    per_uid_.erase(u);
+  }
+  auto b = bindings_.find(out.lease.binding);
+  if (b != bindings_.end()) {
+    out.mode = b->second.mode;
+    erase_value(b->second.leases, lease_id);
+    if (b->second.leases.empty()) {
+      uint32_t key = port_key(b->second.endpoint.protocol, b->second.endpoint.port);
+      auto& list = by_port_[key];
+      erase_value(list, b->first);
+      if (list.empty()) by_port_.erase(key);
+      bindings_.erase(b);
+      out.binding_empty = true;
+    }
+  }
+  return out;
+}
+
+const Lease* Registry::find_lease(uint64_t id) const {
+  auto it = leases_.find(id);
+  return it == leases_.end() ? nullptr : &it->second;
+}
+
+const Binding* Registry::find_binding(uint64_t id) const {
+  auto it = bindings_.find(id);
+  return it == bindings_.end() ? nullptr : &it->second;
+}
+
+std::vector<uint64_t> Registry::leases_of_session(uint64_t session) const {
+  auto it = by_session_.find(session);
+  return it == by_session_.end() ? std::vector<uint64_t>{} : it->second;
+}
+
+size_t Registry::leases_of_uid(uint32_t uid) const {
+  auto it = per_uid_.find(uid);
+  return it == per_uid_.end() ? 0 : it->second;
+}
+
+std::vector<const Lease*> Registry::all_leases() const {
+  std::vector<const Lease*> out;
+  out.reserve(leases_.size());
+  for (const auto& [id, l] : leases_) out.push_back(&l);
+  std::sort(out.begin(), out.end(), [](const Lease* a, const Lease* b) { return a->id < b->id; });
+  return out;
+}
+
+}  // namespace portbroker::broker

@@ -1,0 +1,112 @@
+// The lease registry: who holds which port, in which mode. Pure bookkeeping (no syscalls,
+// no sockets, no logging) so that conflict rules are unit-tested and fuzzable in isolation;
+// the server keeps the sockets themselves, keyed by the ids handed out here.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "portbroker/result.hpp"
+#include "portbroker/spec.hpp"
+
+namespace portbroker::broker {
+
+struct Holder {
+  int pid = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::string comm;
+  std::string cgroup;
+};
+
+struct Endpoint {
+  Protocol protocol = Protocol::kTcp;
+  IpAddress address;
+  uint16_t port = 0;
+  // Only meaningful for IPv6 wildcards: whether the socket also covers IPv4.
+  bool dual_stack = false;
+};
+
+// One bound endpoint held by the broker: an exclusive or shared socket, or a reuseport group.
+struct Binding {
+  uint64_t id = 0;
+  Endpoint endpoint;
+  Mode mode = Mode::kExclusive;
+  SocketOptions options;
+  uint32_t owner_uid = 0;  // the uid that created it; only it (or root) may join
+  std::vector<uint64_t> leases;
+};
+
+struct Lease {
+  uint64_t id = 0;
+  uint64_t binding = 0;
+  std::string name;
+  uint64_t session = 0;
+  Holder holder;
+  int64_t created_ms = 0;
+};
+
+// What an acquire of one endpoint would do.
+struct Plan {
+  enum Kind { kCreate, kJoin } kind = kCreate;
+  uint64_t binding = 0;  // for kJoin
+};
+
+bool options_equal(const SocketOptions& a, const SocketOptions& b);
+// Whether two endpoints of the same protocol and port would collide in the kernel.
+bool endpoints_overlap(const Endpoint& a, const Endpoint& b);
+
+class Registry {
+ public:
+  // Decides whether `who` may hold `ep` in `mode`: a new binding, joining an existing shared
+  // or reuseport one, or a kConflict error that names the holder. `now_ms` formats "since".
+  Result<Plan> plan(const Endpoint& ep, Mode mode, const SocketOptions& options,
+                    uint32_t requester_uid) const;
+  // Whether any binding overlaps `ep` (used to skip ports when allocating from a pool).
+  bool in_use(const Endpoint& ep) const;
+
+  uint64_t add_binding(const Endpoint& ep, Mode mode, const SocketOptions& options,
+                       uint32_t owner_uid);
+  uint64_t add_lease(uint64_t binding, std::string name, uint64_t session, Holder holder,
+                     int64_t created_ms);
+
+  struct Removed {
+    Lease lease;
+    Mode mode = Mode::kExclusive;
+    bool binding_empty = false;  // the binding was removed with its last lease
+  };
+  // Removes one lease (and its binding when it was the last member).
+  std::optional<Removed> remove_lease(uint64_t lease_id);
+
+  const Lease* find_lease(uint64_t id) const;
+  const Binding* find_binding(uint64_t id) const;
+  std::vector<uint64_t> leases_of_session(uint64_t session) const;
+  size_t leases_of_uid(uint32_t uid) const;
+  size_t lease_count() const { return leases_.size(); }
+  size_t binding_count() const { return bindings_.size(); }
+  // Every lease, ordered by id.
+  std::vector<const Lease*> all_leases() const;
+
+  // "tcp 0.0.0.0:8080 is leased exclusively by pid 4242 (myserver, uid 1000) since 12:00:03"
+  std::string describe_holder(const Binding& b) const;
+
+ private:
+  static uint32_t port_key(Protocol p, uint16_t port) {
+    return (static_cast<uint32_t>(p) << 16) | port;
+  }
+
+  uint64_t next_id_ = 1;
+  std::unordered_map<uint64_t, Binding> bindings_;
+  std::unordered_map<uint64_t, Lease> leases_;
+  std::unordered_map<uint32_t, std::vector<uint64_t>> by_port_;  // port_key -> bindings
+  std::unordered_map<uint64_t, std::vector<uint64_t>> by_session_;
+  std::unordered_map<uint32_t, size_t> per_uid_;
+};
+
+// Local wall-clock time of day, "HH:MM:SS", for messages.
+std::string format_time_of_day(int64_t unix_ms);
+
+}  // namespace portbroker::broker

@@ -1,0 +1,139 @@
+#include "broker/socket_factory.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+namespace portbroker::broker {
+
+namespace {
+
+Error sys_error(ErrorCode code, const SocketSpec& spec, uint16_t port, const std::string& what,
+                int err) {
+  return make_error(code, format_endpoint(spec.protocol, spec.address, port) + ": " + what + ": " +
+                              std::strerror(err));
+}
+
+bool set_int(int fd, int level, int name, int value) {
+  return ::setsockopt(fd, level, name, &value, sizeof(value)) == 0;
+}
+
+}  // namespace
+
+bool is_dual_stack(const SocketSpec& spec, bool bindv6only_default) {
+  if (spec.address.family != AF_INET6 || !spec.address.is_any()) return false;
+  return !spec.options.v6only.value_or(bindv6only_default);
+}
+
+bool read_bindv6only() {
+  std::ifstream in("/proc/sys/net/ipv6/bindv6only");
+  int v = 0;
+  return (in >> v) && v != 0;
+}
+
+Result<UniqueFd> make_unbound_socket(const SocketSpec& spec) {
+  const bool tcp = spec.protocol == Protocol::kTcp;
+  UniqueFd fd(::socket(spec.address.family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0));
+  if (!fd) {
+    int e = errno;
+    ErrorCode code = (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
+                         ? ErrorCode::kResourceExhausted
+                         : ErrorCode::kAddressUnavailable;
+    return sys_error(code, spec, spec.port, "cannot create socket", e);
+  }
+  const auto& o = spec.options;
+  struct Opt {
+    bool wanted;
+    int level, name, value;
+    const char* label;
+  };
+  // Servers expect SO_REUSEADDR on TCP listeners (restart while old connections linger in
+  // TIME_WAIT); it never lets two listeners share a port.
+  const Opt opts[] = {
+      {o.reuseaddr.value_or(tcp), SOL_SOCKET, SO_REUSEADDR, 1, "reuseaddr"},
+      {spec.mode == Mode::kReuseport, SOL_SOCKET, SO_REUSEPORT, 1, "reuseport"},
+      {o.v6only.has_value(), IPPROTO_IPV6, IPV6_V6ONLY, o.v6only.value_or(false), "v6only"},
+      {o.freebind.value_or(false), spec.address.family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP,
+       spec.address.family == AF_INET6 ? IPV6_FREEBIND : IP_FREEBIND, 1, "freebind"},
+      {o.keepalive.has_value(), SOL_SOCKET, SO_KEEPALIVE, o.keepalive.value_or(false), "keepalive"},
+      {o.rcvbuf.has_value(), SOL_SOCKET, SO_RCVBUF, o.rcvbuf.value_or(0), "rcvbuf"},
+      {o.sndbuf.has_value(), SOL_SOCKET, SO_SNDBUF, o.sndbuf.value_or(0), "sndbuf"},
+      {o.defer_accept.has_value(), IPPROTO_TCP, TCP_DEFER_ACCEPT, o.defer_accept.value_or(0),
+       "defer_accept"},
+      {o.fastopen.has_value(), IPPROTO_TCP, TCP_FASTOPEN, o.fastopen.value_or(0), "fastopen"},
+  };
+  for (const Opt& opt : opts) {
+    if (opt.wanted && !set_int(fd.get(), opt.level, opt.name, opt.value)) {
+      return sys_error(ErrorCode::kInvalidOption, spec, spec.port,
+                       std::string("cannot set ") + opt.label, errno);
+    }
+  }
+  if (!o.device.empty() && ::setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, o.device.data(),
+                                        static_cast<socklen_t>(o.device.size())) != 0) {
+    int e = errno;
+    return sys_error(e == ENODEV ? ErrorCode::kAddressUnavailable : ErrorCode::kInvalidOption, spec,
+                     spec.port, "cannot bind to device '" + o.device + "'", e);
+  }
+  return fd;
+}
+
+Result<void> bind_and_listen(int fd, const SocketSpec& spec, uint16_t port) {
+  sockaddr_storage ss{};
+  socklen_t len;
+  if (spec.address.family == AF_INET) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    std::memcpy(&sin->sin_addr, spec.address.bytes.data(), 4);
+    len = sizeof(sockaddr_in);
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(port);
+    std::memcpy(&sin6->sin6_addr, spec.address.bytes.data(), 16);
+    len = sizeof(sockaddr_in6);
+  }
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int e = errno;
+    switch (e) {
+      case EADDRINUSE:
+        return make_error(ErrorCode::kInUseOutside,
+                          format_endpoint(spec.protocol, spec.address, port) +
+                              " is in use by a process outside the broker");
+      case EADDRNOTAVAIL:
+        return make_error(ErrorCode::kAddressUnavailable,
+                          format_endpoint(spec.protocol, spec.address, port) + ": address " +
+                              spec.address.to_string() +
+                              " is not assigned to any local interface (freebind allows it)");
+      case EACCES:
+        return sys_error(ErrorCode::kPermissionDenied, spec, port,
+                         "the daemon itself may not bind this port (does it have "
+                         "CAP_NET_BIND_SERVICE?)",
+                         e);
+      default:
+        return sys_error(ErrorCode::kInternal, spec, port, "bind failed", e);
+    }
+  }
+  if (spec.protocol == Protocol::kTcp) {
+    if (::listen(fd, spec.options.backlog.value_or(SOMAXCONN)) != 0) {
+      int e = errno;
+      return sys_error(e == EADDRINUSE ? ErrorCode::kInUseOutside : ErrorCode::kInternal, spec,
+                       port, "listen failed", e);
+    }
+  }
+  return {};
+}
+
+Result<UniqueFd> make_bound_socket(const SocketSpec& spec, uint16_t port) {
+  auto fd = make_unbound_socket(spec);
+  if (!fd) return fd;
+  if (auto r = bind_and_listen(fd->get(), spec, port); !r) return r.error();
+  return fd;
+}
+
+}  // namespace portbroker::broker

@@ -1,0 +1,29 @@
+// Creates the sockets the broker hands out: socket, options, bind, listen. Every fd is
+// SOCK_CLOEXEC; every failure is a Result naming the endpoint and the reason.
+#pragma once
+
+#include "ipc/fd.h"
+#include "portbroker/result.hpp"
+#include "portbroker/spec.hpp"
+
+namespace portbroker::broker {
+
+// A socket with `spec`'s protocol, family and options applied, not yet bound.
+Result<UniqueFd> make_unbound_socket(const SocketSpec& spec);
+
+// Binds `fd` to spec.address:port and, for TCP, listens. On EADDRINUSE the error code is
+// kInUseOutside (the caller knows the broker itself does not hold the port). The socket stays
+// usable for another bind attempt after a failed bind.
+Result<void> bind_and_listen(int fd, const SocketSpec& spec, uint16_t port);
+
+// Both of the above, for a fixed port.
+Result<UniqueFd> make_bound_socket(const SocketSpec& spec, uint16_t port);
+
+// Whether an IPv6 wildcard socket on this host also accepts IPv4 (v6only off, explicitly or
+// through net.ipv6.bindv6only).
+bool is_dual_stack(const SocketSpec& spec, bool bindv6only_default);
+
+// Reads net.ipv6.bindv6only of the daemon's network namespace.
+bool read_bindv6only();
+
+}  // namespace portbroker::broker

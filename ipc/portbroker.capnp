@@ -1,0 +1,103 @@
+# The portbroker wire protocol: one message per SOCK_SEQPACKET record.
+# Append only: never renumber a field, an enumerant or a union member.
+@0xf5323a483aebdeb9;
+
+$import "/capnp/c++.capnp".namespace("portbroker::wire");
+
+const protocolVersion :UInt32 = 1;
+
+enum Protocol { tcp @0; udp @1; }
+enum Mode { exclusive @0; shared @1; reuseport @2; }
+
+# Mirrors portbroker::ErrorCode (client/include/portbroker/result.hpp).
+enum ErrorCode {
+  ok @0; badRequest @1; unsupportedVersion @2; unknownRequest @3; permissionDenied @4;
+  conflict @5; inUseOutside @6; notFound @7; limitExceeded @8; resourceExhausted @9;
+  noFreePort @10; addressUnavailable @11; invalidOption @12; connectionFailed @13;
+  protocolError @14; internal @15;
+}
+
+struct SocketOption {
+  union {
+    backlog @0 :Int32;
+    v6only @1 :Bool;
+    reuseaddr @2 :Bool;
+    freebind @3 :Bool;
+    deferAccept @4 :Int32;
+    fastopen @5 :Int32;
+    keepalive @6 :Bool;
+    rcvbuf @7 :Int32;
+    sndbuf @8 :Int32;
+    device @9 :Text;
+  }
+}
+
+struct SocketRequest {
+  name @0 :Text;
+  protocol @1 :Protocol;
+  address @2 :Data;   # 4 or 16 bytes, network order
+  port @3 :UInt16;    # 0: any free port from a pool
+  mode @4 :Mode;
+  options @5 :List(SocketOption);
+}
+
+struct Holder {
+  pid @0 :Int32;
+  uid @1 :UInt32;
+  gid @2 :UInt32;
+  comm @3 :Text;
+  cgroup @4 :Text;
+}
+
+struct LeaseInfo {
+  id @0 :UInt64;
+  name @1 :Text;
+  protocol @2 :Protocol;
+  address @3 :Data;
+  port @4 :UInt16;
+  mode @5 :Mode;
+  holder @6 :Holder;
+  session @7 :UInt64;
+  createdAt @8 :Int64;   # unix time, milliseconds
+  state @9 :Text;        # "active"
+}
+
+struct Request {
+  version @0 :UInt32;
+  union {
+    acquire @1 :List(SocketRequest);   # all-or-nothing
+    release @2 :UInt64;                # lease id
+    list @3 :Void;
+    status @4 :Void;
+  }
+}
+
+struct Granted {
+  lease @0 :LeaseInfo;   # carries the bound port (useful when 0 was asked)
+  fdIndex @1 :UInt32;    # index into this record's SCM_RIGHTS fds
+}
+
+struct Status {
+  version @0 :Text;
+  pid @1 :Int32;
+  startedAt @2 :Int64;       # unix time, milliseconds
+  sessions @3 :UInt32;
+  leases @4 :UInt32;
+  poolLow @5 :UInt16;
+  poolHigh @6 :UInt16;
+  openFds @7 :UInt32;
+  socketPath @8 :Text;
+}
+
+struct Reply {
+  union {
+    error :group {
+      code @0 :ErrorCode;
+      message @1 :Text;
+    }
+    acquired @2 :List(Granted);
+    released @3 :Void;
+    leases @4 :List(LeaseInfo);
+    status @5 :Status;
+  }
+}

@@ -1,0 +1,286 @@
+#include "portbroker/spec.hpp"
+
+#include <arpa/inet.h>
+#include <net/if.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <limits>
+
+namespace portbroker {
+
+const char* protocol_name(Protocol p) { return p == Protocol::kUdp ? "udp" : "tcp"; }
+
+const char* mode_name(Mode m) {
+  switch (m) {
+    case Mode::kShared:
+      return "shared";
+    case Mode::kReuseport:
+      return "reuseport";
+    case Mode::kExclusive:
+      break;
+  }
+  return "exclusive";
+}
+
+Result<IpAddress> IpAddress::parse(std::string_view text) {
+  IpAddress a;
+  std::string s(text);
+  if (s.size() >= 2 && s.front() == '[' && s.back() == ']') s = s.substr(1, s.size() - 2);
+  if (s.empty()) return make_error(ErrorCode::kBadRequest, "address is empty");
+  if (s.find(':') != std::string::npos) {
+    if (::inet_pton(AF_INET6, s.c_str(), a.bytes.data()) == 1) {
+      a.family = AF_INET6;
+      return a;
+    }
+  } else if (::inet_pton(AF_INET, s.c_str(), a.bytes.data()) == 1) {
+    a.family = AF_INET;
+    return a;
+  }
+  return make_error(ErrorCode::kBadRequest,
+                    "'" + std::string(text) + "' is not an IPv4 or IPv6 address");
+}
+
+bool IpAddress::is_any() const {
+  size_t n = family == AF_INET ? 4 : 16;
+  for (size_t i = 0; i < n; ++i)
+    if (bytes[i] != 0) return false;
+  return true;
+}
+
+std::string IpAddress::to_string() const {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (family == AF_INET || family == AF_INET6) ::inet_ntop(family, bytes.data(), buf, sizeof(buf));
+  return buf;
+}
+
+std::string format_endpoint(Protocol p, const IpAddress& a, uint16_t port) {
+  std::string addr = a.family == AF_INET6 ? "[" + a.to_string() + "]" : a.to_string();
+  return std::string(protocol_name(p)) + " " + addr + ":" + std::to_string(port);
+}
+
+namespace {
+
+Error spec_error(std::string_view spec, const std::string& why) {
+  return make_error(ErrorCode::kBadRequest,
+                    "invalid socket spec '" + std::string(spec) + "': " + why);
+}
+
+std::optional<long> parse_int(std::string_view s, long lo, long hi) {
+  long v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || v < lo || v > hi) return std::nullopt;
+  return v;
+}
+
+std::optional<bool> parse_bool(std::string_view s) {
+  if (s == "1" || s == "true" || s == "yes" || s == "on") return true;
+  if (s == "0" || s == "false" || s == "no" || s == "off") return false;
+  return std::nullopt;
+}
+
+bool valid_name(std::string_view name) {
+  // LISTEN_FDNAMES is colon-separated and systemd limits names to 255 printable characters.
+  if (name.empty() || name.size() > 255) return false;
+  for (char c : name) {
+    if (c <= ' ' || c >= 127 || c == ':' || c == '=' || c == ',') return false;
+  }
+  return true;
+}
+
+// Applies one `key[=value]` option; returns an error text, empty on success.
+std::string apply_option(SocketSpec& spec, std::string_view key,
+                         std::optional<std::string_view> value, bool& mode_seen) {
+  auto& o = spec.options;
+  auto want_int = [&](std::optional<int>& field, long lo, long hi) -> std::string {
+    if (!value) return "option '" + std::string(key) + "' needs a value";
+    auto v = parse_int(*value, lo, hi);
+    if (!v) {
+      return "option '" + std::string(key) + "' takes a whole number from " + std::to_string(lo) +
+             " to " + std::to_string(hi) + ", not '" + std::string(*value) + "'";
+    }
+    field = static_cast<int>(*v);
+    return {};
+  };
+  auto want_bool = [&](std::optional<bool>& field) -> std::string {
+    if (!value) {
+      field = true;
+      return {};
+    }
+    auto v = parse_bool(*value);
+    if (!v)
+      return "option '" + std::string(key) + "' takes true or false, not '" + std::string(*value) +
+             "'";
+    field = *v;
+    return {};
+  };
+  auto set_mode = [&](Mode m) -> std::string {
+    if (value) return "mode '" + std::string(key) + "' takes no value";
+    if (mode_seen) return "more than one mode given";
+    mode_seen = true;
+    spec.mode = m;
+    return {};
+  };
+  constexpr long kMaxInt = std::numeric_limits<int>::max();
+  if (key == "exclusive") return set_mode(Mode::kExclusive);
+  if (key == "shared") return set_mode(Mode::kShared);
+  if (key == "reuseport") return set_mode(Mode::kReuseport);
+  if (key == "backlog") return want_int(o.backlog, 0, 65535);
+  if (key == "v6only") return want_bool(o.v6only);
+  if (key == "reuseaddr") return want_bool(o.reuseaddr);
+  if (key == "freebind") return want_bool(o.freebind);
+  if (key == "keepalive") return want_bool(o.keepalive);
+  if (key == "defer_accept") return want_int(o.defer_accept, 0, 3600);
+  if (key == "fastopen") return want_int(o.fastopen, 0, 65535);
+  if (key == "rcvbuf") return want_int(o.rcvbuf, 1, kMaxInt);
+  if (key == "sndbuf") return want_int(o.sndbuf, 1, kMaxInt);
+  if (key == "device") {
+    if (!value || value->empty() || value->size() >= IFNAMSIZ ||
+        value->find('/') != std::string_view::npos) {
+      return "option 'device' takes an interface name of 1 to " + std::to_string(IFNAMSIZ - 1) +
+             " characters";
+    }
+    o.device = std::string(*value);
+    return {};
+  }
+  return "unknown option '" + std::string(key) +
+         "' (known: exclusive, shared, reuseport, backlog, v6only, reuseaddr, freebind, "
+         "defer_accept, fastopen, keepalive, rcvbuf, sndbuf, device)";
+}
+
+}  // namespace
+
+Result<SocketSpec> parse_socket_spec(std::string_view text) {
+  SocketSpec spec;
+  std::string_view rest = text;
+  if (rest.size() > 1024) return spec_error(text.substr(0, 64), "longer than 1024 characters");
+  size_t comma = rest.find(',');
+  std::string_view head = rest.substr(0, comma);
+  std::string_view opts =
+      comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+
+  if (size_t eq = head.find('='); eq != std::string_view::npos) {
+    std::string_view name = head.substr(0, eq);
+    if (!valid_name(name)) {
+      return spec_error(text, "name '" + std::string(name) +
+                                  "' must be 1 to 255 printable characters without ':', '=', ','");
+    }
+    spec.name = std::string(name);
+    head = head.substr(eq + 1);
+  }
+
+  size_t c1 = head.find(':');
+  size_t c2 = head.rfind(':');
+  if (c1 == std::string_view::npos || c1 == c2) {
+    return spec_error(text, "expected PROTO:ADDRESS:PORT, e.g. tcp:0.0.0.0:8080");
+  }
+  std::string_view proto = head.substr(0, c1);
+  std::string_view addr = head.substr(c1 + 1, c2 - c1 - 1);
+  std::string_view port = head.substr(c2 + 1);
+  if (proto == "tcp") {
+    spec.protocol = Protocol::kTcp;
+  } else if (proto == "udp") {
+    spec.protocol = Protocol::kUdp;
+  } else {
+    return spec_error(text, "protocol '" + std::string(proto) + "' is not tcp or udp");
+  }
+  if (addr.find(':') != std::string_view::npos && (addr.front() != '[' || addr.back() != ']')) {
+    return spec_error(text, "write an IPv6 address in brackets, e.g. tcp:[::1]:8080");
+  }
+  auto ip = IpAddress::parse(addr);
+  if (!ip) return spec_error(text, ip.error().message);
+  spec.address = *ip;
+  auto p = parse_int(port, 0, 65535);
+  if (!p)
+    return spec_error(text, "port '" + std::string(port) + "' is not a number from 0 to 65535");
+  spec.port = static_cast<uint16_t>(*p);
+
+  bool mode_seen = false;
+  while (!opts.empty()) {
+    size_t next = opts.find(',');
+    std::string_view item = opts.substr(0, next);
+    opts = next == std::string_view::npos ? std::string_view() : opts.substr(next + 1);
+    if (item.empty()) return spec_error(text, "empty option");
+    std::optional<std::string_view> value;
+    std::string_view key = item;
+    if (size_t eq = item.find('='); eq != std::string_view::npos) {
+      key = item.substr(0, eq);
+      value = item.substr(eq + 1);
+    }
+    if (auto why = apply_option(spec, key, value, mode_seen); !why.empty())
+      return spec_error(text, why);
+  }
+  if (spec.protocol == Protocol::kUdp) {
+    const auto& o = spec.options;
+    if (o.backlog || o.defer_accept || o.fastopen || o.keepalive) {
+      return spec_error(text, "backlog, defer_accept, fastopen and keepalive are TCP options");
+    }
+  }
+  if (spec.options.v6only && spec.address.family != AF_INET6) {
+    return spec_error(text, "v6only applies to IPv6 addresses only");
+  }
+  return spec;
+}
+
+std::string format_socket_spec(const SocketSpec& spec) {
+  std::string out;
+  if (!spec.name.empty()) out += spec.name + "=";
+  std::string addr = spec.address.to_string();
+  if (spec.address.family == AF_INET6) addr = "[" + addr + "]";
+  out += std::string(protocol_name(spec.protocol)) + ":" + addr + ":" + std::to_string(spec.port);
+  if (spec.mode != Mode::kExclusive) out += std::string(",") + mode_name(spec.mode);
+  const auto& o = spec.options;
+  auto b = [](bool v) { return v ? "true" : "false"; };
+  if (o.backlog) out += ",backlog=" + std::to_string(*o.backlog);
+  if (o.v6only) out += std::string(",v6only=") + b(*o.v6only);
+  if (o.reuseaddr) out += std::string(",reuseaddr=") + b(*o.reuseaddr);
+  if (o.freebind) out += std::string(",freebind=") + b(*o.freebind);
+  if (o.defer_accept) out += ",defer_accept=" + std::to_string(*o.defer_accept);
+  if (o.fastopen) out += ",fastopen=" + std::to_string(*o.fastopen);
+  if (o.keepalive) out += std::string(",keepalive=") + b(*o.keepalive);
+  if (o.rcvbuf) out += ",rcvbuf=" + std::to_string(*o.rcvbuf);
+  if (o.sndbuf) out += ",sndbuf=" + std::to_string(*o.sndbuf);
+  if (!o.device.empty()) out += ",device=" + o.device;
+  return out;
+}
+
+const char* error_code_name(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kOk:
+      return "ok";
+    case ErrorCode::kBadRequest:
+      return "bad-request";
+    case ErrorCode::kUnsupportedVersion:
+      return "unsupported-version";
+    case ErrorCode::kUnknownRequest:
+      return "unknown-request";
+    case ErrorCode::kPermissionDenied:
+      return "permission-denied";
+    case ErrorCode::kConflict:
+      return "conflict";
+    case ErrorCode::kInUseOutside:
+      return "in-use-outside";
+    case ErrorCode::kNotFound:
+      return "not-found";
+    case ErrorCode::kLimitExceeded:
+      return "limit-exceeded";
+    case ErrorCode::kResourceExhausted:
+      return "resource-exhausted";
+    case ErrorCode::kNoFreePort:
+      return "no-free-port";
+    case ErrorCode::kAddressUnavailable:
+      return "address-unavailable";
+    case ErrorCode::kInvalidOption:
+      return "invalid-option";
+    case ErrorCode::kConnectionFailed:
+      return "connection-failed";
+    case ErrorCode::kProtocolError:
+      return "protocol-error";
+    case ErrorCode::kInternal:
+      return "internal";
+  }
+  return "unknown";
+}
+
+}  // namespace portbroker

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages portbroker needs to build and test. Idempotent:
+# when everything is present it does nothing (and needs no network).
+set -euo pipefail
+
+packages=(
+  build-essential cmake make pkg-config git
+  libuv1-dev capnproto libcapnp-dev
+  libspdlog-dev libfmt-dev doctest-dev
+  libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  libcap-dev libsystemd-dev
+  iproute2 procps util-linux clang-format
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  sudo_cmd=sudo
+else
+  sudo_cmd=
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo_cmd apt-get update -qq
+$sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
