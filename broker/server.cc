@@ -635,7 +635,8 @@ void Server::do_release(Session& s, uint64_t lease_id, Reply& reply) {
 }
 
 namespace {
-void fill_lease(const Registry& reg, const Lease& l, wire::LeaseInfo::Builder info) {
+void fill_lease(const Registry& reg, const Lease& l, const std::string& comm,
+                wire::LeaseInfo::Builder info) {
   const Binding* b = reg.find_binding(l.binding);
   info.setId(l.id);
   info.setName(l.name);
@@ -652,7 +653,7 @@ void fill_lease(const Registry& reg, const Lease& l, wire::LeaseInfo::Builder in
   holder.setPid(l.holder.pid);
   holder.setUid(l.holder.uid);
   holder.setGid(l.holder.gid);
-  holder.setComm(l.holder.comm);
+  holder.setComm(comm);
   holder.setCgroup(l.holder.cgroup);
 }
 }  // namespace
@@ -660,7 +661,20 @@ void fill_lease(const Registry& reg, const Lease& l, wire::LeaseInfo::Builder in
 void Server::do_list(Reply& reply) {
   auto leases = registry_.all_leases();
   auto out = reply.root.initLeases(static_cast<unsigned>(leases.size()));
-  for (size_t i = 0; i < leases.size(); ++i) fill_lease(registry_, *leases[i], out[i]);
+  // A holder may have exec'd since it connected (`portbroker exec` does): show what runs now.
+  std::unordered_map<uint64_t, std::string> comm_now;
+  for (size_t i = 0; i < leases.size(); ++i) {
+    const Lease& l = *leases[i];
+    auto [it, fresh] = comm_now.try_emplace(l.session, l.holder.comm);
+    if (fresh) {
+      auto s = sessions_.find(l.session);
+      if (s != sessions_.end() && pidfd_alive(s->second->pidfd.get())) {
+        std::string comm = read_first_line("/proc/" + std::to_string(l.holder.pid) + "/comm");
+        if (!comm.empty() && pidfd_alive(s->second->pidfd.get())) it->second = comm;
+      }
+    }
+    fill_lease(registry_, l, it->second, out[static_cast<unsigned>(i)]);
+  }
 }
 
 void Server::do_status(Reply& reply) {
