@@ -7,8 +7,8 @@
 #include <uv.h>
 
 #include <CLI/CLI.hpp>
-#include <charconv>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <utility>
 
@@ -29,28 +29,15 @@ void raise_fd_limit() {
   }
 }
 
-bool parse_pool(const std::string& text, ServerConfig& cfg, std::string& why) {
-  auto dash = text.find('-');
-  unsigned lo = 0, hi = 0;
-  if (dash == std::string::npos) {
-    why = "expected LOW-HIGH, e.g. 20000-29999";
-    return false;
-  }
-  auto a = std::from_chars(text.data(), text.data() + dash, lo);
-  auto b = std::from_chars(text.data() + dash + 1, text.data() + text.size(), hi);
-  if (a.ec != std::errc() || a.ptr != text.data() + dash || b.ec != std::errc() ||
-      b.ptr != text.data() + text.size() || lo < 1 || hi > 65535 || lo > hi) {
-    why = "'" + text + "' is not a range LOW-HIGH within 1-65535";
-    return false;
-  }
-  cfg.pool_low = static_cast<uint16_t>(lo);
-  cfg.pool_high = static_cast<uint16_t>(hi);
-  return true;
-}
-
 struct Signals {
-  uv_signal_t term{}, intr{};
+  uv_signal_t term{}, intr{}, hup{};
   Server* server = nullptr;
+
+  static void on_hup(uv_signal_t* h, int) {
+    auto* self = static_cast<Signals*>(h->data);
+    spdlog::info("received SIGHUP; reloading the policy");
+    (void)self->server->reload();
+  }
 
   static void on_stop(uv_signal_t* h, int signum) {
     auto* self = static_cast<Signals*>(h->data);
@@ -59,6 +46,7 @@ struct Signals {
     self->server->stop();
     uv_close(reinterpret_cast<uv_handle_t*>(&self->term), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&self->intr), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&self->hup), nullptr);
   }
 };
 
@@ -70,24 +58,30 @@ int main(int argc, char** argv) {
       "listening sockets to local processes over a Unix socket. Runs in the foreground."};
   ServerConfig cfg;
   cfg.socket_path = portbroker::ipc::default_socket_path();
-  std::string config_path = portbroker::ipc::default_config_path();
-  std::string state_dir = portbroker::ipc::default_state_dir();
+  cfg.config_path = portbroker::ipc::default_config_path();
+  cfg.state_dir = portbroker::ipc::default_state_dir();
   std::string log_level = "info";
-  std::string pool = "20000-29999";
+  std::string pool;
+  std::string check_config;
   app.add_option("--socket", cfg.socket_path, "control socket path")->capture_default_str();
-  app.add_option("--config", config_path, "policy file (optional)")->capture_default_str();
-  app.add_option("--state-dir", state_dir, "directory for runtime state")->capture_default_str();
+  app.add_option("--config", cfg.config_path,
+                 "policy file; without one the embedded default policy serves")
+      ->capture_default_str();
+  app.add_option("--check-config", check_config,
+                 "validate a policy file, print what is wrong, and exit (0: valid)");
+  app.add_option("--state-dir", cfg.state_dir, "directory for runtime state (reservations)")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
-  app.add_option("--pool", pool, "dynamic port pool for port-0 requests, LOW-HIGH")
-      ->capture_default_str();
-  app.add_option("--max-connections-per-uid", cfg.user_limits.connections,
-                 "control connections per non-root uid")
-      ->capture_default_str()
+  app.add_option("--pool", pool,
+                 "ports of the pool named \"default\" for port-0 requests, LOW-HIGH "
+                 "(default 20000-29999)");
+  app.add_option("--max-connections-per-uid", cfg.max_connections_per_uid,
+                 "control connections per non-root uid (overrides the policy's [limits])")
       ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--max-leases-per-uid", cfg.user_limits.leases, "leases per non-root uid")
-      ->capture_default_str()
+  app.add_option("--max-leases-per-uid", cfg.max_leases_per_uid,
+                 "leases per non-root uid (overrides the policy's [limits])")
       ->check(CLI::Range(1, 1 << 20));
   app.add_option("--max-root-leases", cfg.root_limits.leases, "leases held by root")
       ->capture_default_str()
@@ -98,10 +92,31 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
-  std::string why;
-  if (!parse_pool(pool, cfg, why)) {
-    std::fprintf(stderr, "portbrokerd: --pool: %s\n", why.c_str());
-    return 2;
+  if (!pool.empty()) {
+    auto range = portbroker::broker::parse_port_range(pool);
+    if (!range) {
+      std::fprintf(stderr, "portbrokerd: --pool: %s\n", range.error().message.c_str());
+      return 2;
+    }
+    cfg.pool = *range;
+  }
+  if (!check_config.empty()) {
+    ServerConfig only_file = cfg;
+    only_file.config_path = check_config;
+    only_file.state_dir.clear();
+    if (!std::filesystem::exists(check_config)) {
+      std::fprintf(stderr, "portbrokerd: %s: no such file\n", check_config.c_str());
+      return 1;
+    }
+    auto policy = portbroker::broker::load_policy(only_file);
+    if (!policy) {
+      std::fprintf(stderr, "%s\n", policy.error().message.c_str());
+      return 1;
+    }
+    for (const auto& line : policy->lint()) std::printf("warning: %s\n", line.c_str());
+    std::printf("%s: valid (%zu rules, %zu reservations, %zu pools)\n", check_config.c_str(),
+                policy->rules.size(), policy->reservations.size(), policy->pools.size());
+    return 0;
   }
 
   auto logger = spdlog::stderr_color_mt("portbrokerd");
@@ -112,8 +127,16 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   raise_fd_limit();
 
+  auto policy = portbroker::broker::load_policy(cfg);
+  if (!policy) {
+    spdlog::critical("cannot start: {}", policy.error().message);
+    return 1;
+  }
+  spdlog::info("policy: {}", policy->source);
+  for (const auto& line : policy->lint()) spdlog::warn("policy: {}", line);
+
   uv_loop_t* loop = uv_default_loop();
-  Server server(loop, cfg);
+  Server server(loop, cfg, std::move(policy).value());
   if (auto r = server.start(); !r) {
     spdlog::critical("cannot start: {}", r.error().message);
     server.stop();
@@ -128,9 +151,11 @@ int main(int argc, char** argv) {
     handle->data = &sig;
     uv_signal_start(handle, &Signals::on_stop, signum);
   }
+  uv_signal_init(loop, &sig.hup);
+  sig.hup.data = &sig;
+  uv_signal_start(&sig.hup, &Signals::on_hup, SIGHUP);
 
-  spdlog::info("portbrokerd {} serving on {} (pool {}-{})", PORTBROKER_VERSION, cfg.socket_path,
-               cfg.pool_low, cfg.pool_high);
+  spdlog::info("portbrokerd {} serving on {}", PORTBROKER_VERSION, cfg.socket_path);
   sd_notify(0, "READY=1\nSTATUS=serving");
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);

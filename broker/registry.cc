@@ -91,6 +91,20 @@ Result<Plan> Registry::plan(const Endpoint& ep, Mode mode, const SocketOptions& 
   return Plan{};
 }
 
+std::vector<uint64_t> Registry::overlapping(const Endpoint& ep) const {
+  std::vector<uint64_t> out;
+  auto it = by_port_.find(port_key(ep.protocol, ep.port));
+  if (it == by_port_.end()) return out;
+  for (uint64_t bid : it->second) {
+    if (endpoints_overlap(bindings_.at(bid).endpoint, ep)) out.push_back(bid);
+  }
+  return out;
+}
+
+void Registry::set_comm(uint64_t lease_id, const std::string& comm) {
+  if (auto it = leases_.find(lease_id); it != leases_.end()) it->second.holder.comm = comm;
+}
+
 bool Registry::in_use(const Endpoint& ep) const {
   auto it = by_port_.find(port_key(ep.protocol, ep.port));
   if (it == by_port_.end()) return false;
@@ -114,7 +128,7 @@ uint64_t Registry::add_lease(uint64_t binding, std::string name, uint64_t sessio
   leases_.emplace(id, Lease{id, binding, std::move(name), session, std::move(holder), created_ms});
   bindings_.at(binding).leases.push_back(id);
   by_session_[session].push_back(id);
-  ++per_uid_[uid];
+  by_uid_[uid].push_back(id);
   return id;
 }
 
@@ -137,12 +151,14 @@ std::optional<Registry::Removed> Registry::remove_lease(uint64_t lease_id) {
     erase_value(s->second, lease_id);
     if (s->second.empty()) by_session_.erase(s);
   }
-  if (auto u = per_uid_.find(out.lease.holder.uid); u != per_uid_.end() && --u->second == 0) {
-    per_uid_.erase(u);
+  if (auto u = by_uid_.find(out.lease.holder.uid); u != by_uid_.end()) {
+    erase_value(u->second, lease_id);
+    if (u->second.empty()) by_uid_.erase(u);
   }
   auto b = bindings_.find(out.lease.binding);
   if (b != bindings_.end()) {
     out.mode = b->second.mode;
+    out.endpoint = b->second.endpoint;
     erase_value(b->second.leases, lease_id);
     if (b->second.leases.empty()) {
       uint32_t key = port_key(b->second.endpoint.protocol, b->second.endpoint.port);
@@ -171,9 +187,12 @@ std::vector<uint64_t> Registry::leases_of_session(uint64_t session) const {
   return it == by_session_.end() ? std::vector<uint64_t>{} : it->second;
 }
 
-size_t Registry::leases_of_uid(uint32_t uid) const {
-  auto it = per_uid_.find(uid);
-  return it == per_uid_.end() ? 0 : it->second;
+size_t Registry::leases_of_uid(uint32_t uid) const { return lease_ids_of_uid(uid).size(); }
+
+const std::vector<uint64_t>& Registry::lease_ids_of_uid(uint32_t uid) const {
+  static const std::vector<uint64_t> kNone;
+  auto it = by_uid_.find(uid);
+  return it == by_uid_.end() ? kNone : it->second;
 }
 
 std::vector<const Lease*> Registry::all_leases() const {

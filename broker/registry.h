@@ -76,15 +76,22 @@ class Registry {
   struct Removed {
     Lease lease;
     Mode mode = Mode::kExclusive;
+    Endpoint endpoint;
     bool binding_empty = false;  // the binding was removed with its last lease
   };
   // Removes one lease (and its binding when it was the last member).
   std::optional<Removed> remove_lease(uint64_t lease_id);
 
+  // Bindings that overlap `ep` (what plan() would name in a conflict).
+  std::vector<uint64_t> overlapping(const Endpoint& ep) const;
+  // A holder may exec (portbroker exec does): lets the server keep the shown command current.
+  void set_comm(uint64_t lease_id, const std::string& comm);
+
   const Lease* find_lease(uint64_t id) const;
   const Binding* find_binding(uint64_t id) const;
   std::vector<uint64_t> leases_of_session(uint64_t session) const;
   size_t leases_of_uid(uint32_t uid) const;
+  const std::vector<uint64_t>& lease_ids_of_uid(uint32_t uid) const;
   size_t lease_count() const { return leases_.size(); }
   size_t binding_count() const { return bindings_.size(); }
   // Every lease, ordered by id.
@@ -103,7 +110,7 @@ class Registry {
   std::unordered_map<uint64_t, Lease> leases_;
   std::unordered_map<uint32_t, std::vector<uint64_t>> by_port_;  // port_key -> bindings
   std::unordered_map<uint64_t, std::vector<uint64_t>> by_session_;
-  std::unordered_map<uint32_t, size_t> per_uid_;
+  std::unordered_map<uint32_t, std::vector<uint64_t>> by_uid_;
 };
 
 // Local wall-clock time of day, "HH:MM:SS", for messages.

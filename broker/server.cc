@@ -17,6 +17,7 @@
 #include <fstream>
 #include <vector>
 
+#include "broker/server_internal.h"
 #include "broker/socket_factory.h"
 #include "ipc/portbroker.capnp.h"
 #include "ipc/wire.h"
@@ -32,13 +33,6 @@ namespace {
 constexpr int kMaxRecordsPerWakeup = 64;  // fairness between busy clients
 constexpr int kListenBacklog = 1024;
 
-std::string read_first_line(const std::string& path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
-}
-
 // The unified-hierarchy path ("0::/system.slice/foo.service"), else the first line's path.
 std::string read_cgroup(int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/cgroup");
@@ -51,10 +45,6 @@ std::string read_cgroup(int pid) {
     }
   }
   return first;
-}
-
-bool pidfd_alive(int pidfd) {
-  return pidfd >= 0 && ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0;
 }
 
 bool is_bound(int fd) {
@@ -77,43 +67,24 @@ int count_open_fds() {
 
 }  // namespace
 
+std::string read_first_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+bool pidfd_alive(int pidfd) {
+  return pidfd >= 0 && ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0;
+}
+
 int64_t unix_now_ms() {
   using namespace std::chrono;
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
-// One reply under construction. The first segment lives in a reused, zeroed scratch buffer
-// so that a typical reply allocates nothing.
-struct Server::Reply {
-  capnp::MallocMessageBuilder message;
-  wire::Reply::Builder root;
-  std::vector<int> fds;  // borrowed: owned by the broker's socket tables
-
-  explicit Reply(kj::ArrayPtr<capnp::word> scratch)
-      : message(scratch), root(message.initRoot<wire::Reply>()) {}
-
-  void error(const Error& e) {
-    auto err = root.initError();
-    err.setCode(ipc::error_code_to_wire(e.code));
-    err.setMessage(e.message);
-    fds.clear();
-  }
-};
-
-struct Server::Session {
-  Server* server = nullptr;
-  uint64_t id = 0;
-  UniqueFd conn;
-  UniqueFd pidfd;
-  Holder holder;
-  uv_poll_t poll{};
-  bool closing = false;
-  // A reply the socket had no room for; while it waits, the session is not read.
-  kj::Array<capnp::word> pending;
-  std::vector<UniqueFd> pending_fds;
-};
-
-Server::Server(uv_loop_t* loop, ServerConfig config) : loop_(loop), config_(std::move(config)) {}
+Server::Server(uv_loop_t* loop, ServerConfig config, Policy policy)
+    : loop_(loop), config_(std::move(config)), policy_(std::move(policy)) {}
 
 Server::~Server() = default;
 
@@ -219,6 +190,8 @@ Result<void> Server::start() {
   listen_poll_.data = this;
   uv_poll_start(&listen_poll_, UV_READABLE, &Server::on_listen_readable);
   listening_ = true;
+  sync_held();
+  apply_guard();
   return {};
 }
 
@@ -233,6 +206,8 @@ void Server::stop() {
   }
   listen_fd_.reset();
   reserve_fd_.reset();
+  held_.clear();
+  remove_guard();
   if (socket_created_) {
     ::unlink(config_.socket_path.c_str());
     socket_created_ = false;
@@ -303,7 +278,7 @@ void Server::accept_one(UniqueFd conn) {
   s->holder.uid = cred.uid;
   s->holder.gid = cred.gid;
 
-  const Limits& lim = limits_for(cred.uid);
+  const UidLimits lim = limits_for(cred.uid);
   size_t& conns = connections_per_uid_[cred.uid];
   if (conns >= lim.connections) {
     spdlog::warn("pid={} uid={} refused: {} connections open (limit {})", cred.pid, cred.uid, conns,
@@ -328,6 +303,14 @@ void Server::accept_one(UniqueFd conn) {
     // The peer exited while we looked it up; what we read may belong to a recycled pid.
     s->holder.comm.clear();
     s->holder.cgroup.clear();
+  }
+  s->principal.uid = cred.uid;
+  s->principal.gid = cred.gid;
+  s->principal.cgroup = s->holder.cgroup;
+  gid_t groups[256];
+  socklen_t glen = sizeof(groups);
+  if (::getsockopt(s->conn.get(), SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0) {
+    s->principal.groups.assign(groups, groups + glen / sizeof(gid_t));
   }
 
   uv_poll_init(loop_, &s->poll, s->conn.get());
@@ -444,6 +427,26 @@ void Server::handle_record(Session& s, Reply& reply) {
       case wire::Request::STATUS:
         do_status(reply);
         return;
+      case wire::Request::RESERVE:
+        do_reserve(s, req.getReserve(), reply);
+        return;
+      case wire::Request::UNRESERVE: {
+        auto name = req.getUnreserve();
+        do_unreserve(s, std::string_view(name.cStr(), name.size()), reply);
+        return;
+      }
+      case wire::Request::RESERVATIONS:
+        do_reservations(reply);
+        return;
+      case wire::Request::RELOAD:
+        do_reload(s, reply);
+        return;
+      case wire::Request::WHO:
+        do_who(s, req.getWho(), reply);
+        return;
+      case wire::Request::CHECK:
+        do_check(reply);
+        return;
     }
     reply.error(make_error(ErrorCode::kUnknownRequest,
                            "unknown request kind " + std::to_string(static_cast<int>(req.which())) +
@@ -461,16 +464,29 @@ void Server::handle_record(Session& s, Reply& reply) {
   }
 }
 
-namespace {
-
-// The embedded default policy, in force when no policy file is configured.
-Result<void> embedded_policy_allows(uint32_t uid, const SocketSpec& spec) {
-  if (uid == 0 || spec.port == 0 || spec.port >= 1024) return {};
-  return make_error(ErrorCode::kPermissionDenied,
-                    "uid " + std::to_string(uid) + " may not lease " +
-                        format_endpoint(spec.protocol, spec.address, spec.port) +
-                        ": ports below 1024 are for root only under the embedded default policy");
+void fill_lease(const Registry& reg, const Lease& l, const std::string& comm,
+                wire::LeaseInfo::Builder info) {
+  const Binding* b = reg.find_binding(l.binding);
+  info.setId(l.id);
+  info.setName(l.name);
+  if (b != nullptr) {
+    info.setProtocol(ipc::protocol_to_wire(b->endpoint.protocol));
+    info.setAddress(ipc::address_bytes(b->endpoint.address));
+    info.setPort(b->endpoint.port);
+    info.setMode(ipc::mode_to_wire(b->mode));
+  }
+  info.setSession(l.session);
+  info.setCreatedAt(l.created_ms);
+  info.setState("active");
+  auto holder = info.initHolder();
+  holder.setPid(l.holder.pid);
+  holder.setUid(l.holder.uid);
+  holder.setGid(l.holder.gid);
+  holder.setComm(comm);
+  holder.setCgroup(l.holder.cgroup);
 }
+
+namespace {
 
 Error prefixed(const Error& e, size_t index, size_t count, const SocketSpec& spec) {
   if (count == 1) return e;
@@ -481,6 +497,75 @@ Error prefixed(const Error& e, size_t index, size_t count, const SocketSpec& spe
 
 }  // namespace
 
+std::vector<HeldLease> Server::held_by(uint32_t uid) const {
+  std::vector<HeldLease> out;
+  for (uint64_t id : registry_.lease_ids_of_uid(uid)) {
+    const Lease* l = registry_.find_lease(id);
+    const Binding* b = l ? registry_.find_binding(l->binding) : nullptr;
+    if (b) out.push_back(HeldLease{b->endpoint.protocol, b->endpoint.address, b->endpoint.port});
+  }
+  return out;
+}
+
+Result<void> Server::authorize(const Session& s, const SocketSpec& spec, bool from_pool,
+                               std::string* reservation) const {
+  const Principal& who = s.principal;
+  // Unrestricted root is never limited, so its (possibly many) leases need not be listed.
+  std::vector<HeldLease> held;
+  if (!(who.uid == 0 && policy_.daemon.root_unrestricted)) held = held_by(who.uid);
+  Request req{spec.protocol, spec.address, spec.port, spec.mode, from_pool};
+  Decision d = policy_.check(who, req, held);
+  if (!d) return make_error(d.code, d.reason);
+  if (reservation) *reservation = d.reservation;
+  return {};
+}
+
+Result<UniqueFd> Server::allocate_from_pools(const Session& s, SocketSpec& spec, Endpoint& ep) {
+  auto pools = policy_.pools_for(s.principal, spec.protocol);
+  if (pools.empty()) {
+    return make_error(ErrorCode::kPermissionDenied,
+                      s.principal.describe() + " may not lease " + protocol_name(spec.protocol) +
+                          " ports from any pool (policy " + policy_.source + ")");
+  }
+  auto sock = make_unbound_socket(spec);
+  if (!sock) return sock.error();
+  std::string names;
+  for (const Pool* pool : pools) {
+    names += (names.empty() ? "" : ", ") + pool->name;
+    size_t size = 0;
+    for (const PortRange& r : pool->ports) size += r.size();
+    // Next-fit from where this pool left off: ports just released are reused last.
+    size_t& cursor = pool_cursors_[pool->name];
+    for (size_t tries = 0; tries < size; ++tries) {
+      size_t k = cursor++ % size;
+      const PortRange* range = &pool->ports.front();
+      for (const PortRange& r : pool->ports) {
+        if (k < r.size()) {
+          range = &r;
+          break;
+        }
+        k -= r.size();
+      }
+      ep.port = static_cast<uint16_t>(range->first + k);
+      if (registry_.in_use(ep) || !policy_.reservations_at(spec.protocol, ep.port).empty()) {
+        continue;
+      }
+      auto bound = bind_and_listen(sock->get(), spec, ep.port);
+      if (bound) {
+        spec.port = ep.port;
+        return std::move(sock).value();
+      }
+      if (bound.error().code != ErrorCode::kInUseOutside) return bound.error();
+      if (is_bound(sock->get())) {
+        sock = make_unbound_socket(spec);  // bind worked but listen did not: start over
+        if (!sock) return sock.error();
+      }
+    }
+  }
+  return make_error(ErrorCode::kNoFreePort, std::string("no free ") + protocol_name(spec.protocol) +
+                                                " port in pool(s) " + names);
+}
+
 void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader list, Reply& reply) {
   const Holder& h = s.holder;
   if (list.size() == 0 || list.size() > ipc::kMaxSocketsPerRequest) {
@@ -490,7 +575,7 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
                                                        std::to_string(list.size())));
     return;
   }
-  const Limits& lim = limits_for(h.uid);
+  const UidLimits lim = limits_for(h.uid);
   size_t held = registry_.leases_of_uid(h.uid);
   if (held + list.size() > lim.leases) {
     reply.error(make_error(ErrorCode::kLimitExceeded,
@@ -528,42 +613,29 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
 
   for (size_t i = 0; i < specs.size(); ++i) {
     SocketSpec& spec = specs[i];
-    if (auto ok = embedded_policy_allows(h.uid, spec); !ok) return fail(ok.error(), i);
+    std::string reservation;
+    if (auto ok = authorize(s, spec, false, &reservation); !ok) return fail(ok.error(), i);
     Endpoint ep{spec.protocol, spec.address, spec.port, is_dual_stack(spec, !dual_stack_default_)};
 
     uint64_t binding = 0;
     UniqueFd fresh;
     if (spec.port == 0) {
       // Pick and bind in one step: nobody can take the port between choice and bind.
-      auto sock = make_unbound_socket(spec);
+      auto sock = allocate_from_pools(s, spec, ep);
       if (!sock) return fail(sock.error(), i);
-      const uint32_t size = config_.pool_high - config_.pool_low + 1u;
-      uint16_t& cursor = pool_cursor_[static_cast<int>(spec.protocol)];
-      Error last = make_error(ErrorCode::kNoFreePort,
-                              std::string("no free ") + protocol_name(spec.protocol) +
-                                  " port in the pool " + std::to_string(config_.pool_low) + "-" +
-                                  std::to_string(config_.pool_high));
-      for (uint32_t tries = 0; tries < size && !fresh; ++tries) {
-        ep.port = static_cast<uint16_t>(config_.pool_low + (cursor++ % size));
-        if (registry_.in_use(ep)) continue;
-        auto bound = bind_and_listen(sock->get(), spec, ep.port);
-        if (bound) {
-          fresh = std::move(sock).value();
-        } else if (bound.error().code != ErrorCode::kInUseOutside) {
-          return fail(bound.error(), i);
-        } else if (is_bound(sock->get())) {
-          sock = make_unbound_socket(spec);  // bind worked but listen did not: start over
-          if (!sock) return fail(sock.error(), i);
-        }
-      }
-      if (!fresh) return fail(last, i);
-      spec.port = ep.port;
+      fresh = std::move(sock).value();
       binding = registry_.add_binding(ep, spec.mode, spec.options, h.uid);
     } else {
       auto plan = registry_.plan(ep, spec.mode, spec.options, h.uid);
+      if (!plan && plan.error().code == ErrorCode::kConflict) {
+        refresh_comms(ep);  // name the holder as it runs now
+        plan = registry_.plan(ep, spec.mode, spec.options, h.uid);
+      }
       if (!plan) return fail(plan.error(), i);
       if (plan->kind == Plan::kCreate || spec.mode == Mode::kReuseport) {
-        auto sock = make_bound_socket(spec, spec.port);
+        auto sock = plan->kind == Plan::kCreate ? take_held(spec) : Result<UniqueFd>(UniqueFd());
+        if (!sock) return fail(sock.error(), i);
+        if (!sock->valid()) sock = make_bound_socket(spec, spec.port);
         if (!sock) return fail(sock.error(), i);
         fresh = std::move(sock).value();
       }
@@ -587,25 +659,10 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
   auto out = reply.root.initAcquired(static_cast<unsigned>(granted.size()));
   for (size_t i = 0; i < granted.size(); ++i) {
     const Lease& l = *registry_.find_lease(granted[i]);
-    const Binding& b = *registry_.find_binding(l.binding);
     auto g = out[static_cast<unsigned>(i)];
     g.setFdIndex(static_cast<uint32_t>(i));
-    auto info = g.initLease();
-    info.setId(l.id);
-    info.setName(l.name);
-    info.setProtocol(ipc::protocol_to_wire(b.endpoint.protocol));
-    info.setAddress(ipc::address_bytes(b.endpoint.address));
-    info.setPort(b.endpoint.port);
-    info.setMode(ipc::mode_to_wire(b.mode));
-    info.setSession(l.session);
-    info.setCreatedAt(l.created_ms);
-    info.setState("active");
-    auto holder = info.initHolder();
-    holder.setPid(h.pid);
-    holder.setUid(h.uid);
-    holder.setGid(h.gid);
-    holder.setComm(h.comm);
-    holder.setCgroup(h.cgroup);
+    fill_lease(registry_, l, l.holder.comm, g.initLease());
+    const Binding& b = *registry_.find_binding(l.binding);
     spdlog::info("pid={} uid={} acquired lease {}: {} {}", h.pid, h.uid, l.id,
                  format_endpoint(b.endpoint.protocol, b.endpoint.address, b.endpoint.port),
                  mode_name(b.mode));
@@ -634,29 +691,23 @@ void Server::do_release(Session& s, uint64_t lease_id, Reply& reply) {
   reply.root.setReleased();
 }
 
-namespace {
-void fill_lease(const Registry& reg, const Lease& l, const std::string& comm,
-                wire::LeaseInfo::Builder info) {
-  const Binding* b = reg.find_binding(l.binding);
-  info.setId(l.id);
-  info.setName(l.name);
-  if (b != nullptr) {
-    info.setProtocol(ipc::protocol_to_wire(b->endpoint.protocol));
-    info.setAddress(ipc::address_bytes(b->endpoint.address));
-    info.setPort(b->endpoint.port);
-    info.setMode(ipc::mode_to_wire(b->mode));
-  }
-  info.setSession(l.session);
-  info.setCreatedAt(l.created_ms);
-  info.setState("active");
-  auto holder = info.initHolder();
-  holder.setPid(l.holder.pid);
-  holder.setUid(l.holder.uid);
-  holder.setGid(l.holder.gid);
-  holder.setComm(comm);
-  holder.setCgroup(l.holder.cgroup);
+std::string Server::current_comm(const Lease& l) const {
+  auto s = sessions_.find(l.session);
+  if (s == sessions_.end() || !pidfd_alive(s->second->pidfd.get())) return l.holder.comm;
+  std::string comm = read_first_line("/proc/" + std::to_string(l.holder.pid) + "/comm");
+  // Re-checked after reading: a pid recycled in between must not lend us its name.
+  return !comm.empty() && pidfd_alive(s->second->pidfd.get()) ? comm : l.holder.comm;
 }
-}  // namespace
+
+void Server::refresh_comms(const Endpoint& ep) {
+  for (uint64_t bid : registry_.overlapping(ep)) {
+    const Binding* b = registry_.find_binding(bid);
+    if (b == nullptr) continue;
+    for (uint64_t id : b->leases) {
+      if (const Lease* l = registry_.find_lease(id)) registry_.set_comm(id, current_comm(*l));
+    }
+  }
+}
 
 void Server::do_list(Reply& reply) {
   auto leases = registry_.all_leases();
@@ -665,14 +716,8 @@ void Server::do_list(Reply& reply) {
   std::unordered_map<uint64_t, std::string> comm_now;
   for (size_t i = 0; i < leases.size(); ++i) {
     const Lease& l = *leases[i];
-    auto [it, fresh] = comm_now.try_emplace(l.session, l.holder.comm);
-    if (fresh) {
-      auto s = sessions_.find(l.session);
-      if (s != sessions_.end() && pidfd_alive(s->second->pidfd.get())) {
-        std::string comm = read_first_line("/proc/" + std::to_string(l.holder.pid) + "/comm");
-        if (!comm.empty() && pidfd_alive(s->second->pidfd.get())) it->second = comm;
-      }
-    }
+    auto [it, fresh] = comm_now.try_emplace(l.session);
+    if (fresh) it->second = current_comm(l);
     fill_lease(registry_, l, it->second, out[static_cast<unsigned>(i)]);
   }
 }
@@ -684,8 +729,10 @@ void Server::do_status(Reply& reply) {
   st.setStartedAt(started_at_ms_);
   st.setSessions(static_cast<uint32_t>(sessions_.size()));
   st.setLeases(static_cast<uint32_t>(registry_.lease_count()));
-  st.setPoolLow(config_.pool_low);
-  st.setPoolHigh(config_.pool_high);
+  if (!policy_.pools.empty() && !policy_.pools.front().ports.empty()) {
+    st.setPoolLow(policy_.pools.front().ports.front().first);
+    st.setPoolHigh(policy_.pools.front().ports.back().last);
+  }
   st.setOpenFds(static_cast<uint32_t>(count_open_fds()));
   st.setSocketPath(config_.socket_path);
 }
@@ -707,7 +754,10 @@ void Server::end_lease(uint64_t lease_id) {
   }
   // A copy may live on in a child of the holder: shut the listener down so the port is
   // really free (SO_REUSEADDR binds succeed) once the lease has ended.
-  if (sock) ::shutdown(sock.get(), SHUT_RDWR);
+  if (sock) {
+    ::shutdown(sock.get(), SHUT_RDWR);
+    rehold_if_reserved(removed->endpoint, std::move(sock));
+  }
 }
 
 void Server::close_session(Session& s) {

@@ -6,10 +6,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "broker/policy.h"
 #include "broker/registry.h"
 #include "ipc/fd.h"
 #include "ipc/framing.h"
@@ -18,22 +20,28 @@
 
 namespace portbroker::broker {
 
-struct Limits {
+struct UidLimits {
   size_t connections = 64;  // open control connections per uid
   size_t leases = 1024;     // leases held per uid
 };
 
 struct ServerConfig {
   std::string socket_path;
-  uint16_t pool_low = 20000;
-  uint16_t pool_high = 29999;
-  Limits user_limits;               // every uid but root
-  Limits root_limits{4096, 65536};  // root, generous but bounded
+  std::string config_path;  // the policy file; when it does not exist the embedded default serves
+  std::string state_dir;    // runtime reservations persist here
+  std::optional<PortRange> pool;  // --pool: replaces the ports of the pool named "default"
+  std::optional<size_t> max_connections_per_uid;  // override the policy's [limits]
+  std::optional<size_t> max_leases_per_uid;
+  UidLimits root_limits{4096, 65536};  // root, generous but bounded
 };
+
+// Reads the policy file (or the embedded default when `path` does not exist), applies the
+// command line's overrides and adds the runtime reservations from `state_dir`.
+Result<Policy> load_policy(const ServerConfig& config);
 
 class Server {
  public:
-  Server(uv_loop_t* loop, ServerConfig config);
+  Server(uv_loop_t* loop, ServerConfig config, Policy policy);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -43,6 +51,10 @@ class Server {
   // Ends every session (releasing its leases), closes the control socket and removes its
   // file. The loop then runs out of handles and returns.
   void stop();
+
+  // Re-reads the policy (SIGHUP, `portbroker reload`). Keeps every lease; returns the ones
+  // the new policy would refuse. On an invalid file the old policy stays in force.
+  Result<std::vector<std::string>> reload();
 
   size_t session_count() const { return sessions_.size(); }
   const Registry& registry() const { return registry_; }
@@ -66,12 +78,43 @@ class Server {
   void do_release(Session& s, uint64_t lease_id, Reply& reply);
   void do_list(Reply& reply);
   void do_status(Reply& reply);
+  void do_reserve(Session& s, wire::Reservation::Reader r, Reply& reply);
+  void do_unreserve(Session& s, std::string_view name, Reply& reply);
+  void do_reservations(Reply& reply);
+  void do_reload(Session& s, Reply& reply);
+  void do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply);
+  void do_check(Reply& reply);
+  bool require_root(const Session& s, const char* what, Reply& reply);
+
+  std::vector<HeldLease> held_by(uint32_t uid) const;
+  std::string current_comm(const Lease& l) const;
+  void refresh_comms(const Endpoint& ep);
+  // Asks the policy; on success names the reservation that granted, if any.
+  Result<void> authorize(const Session& s, const SocketSpec& spec, bool from_pool,
+                         std::string* reservation) const;
+  Result<UniqueFd> allocate_from_pools(const Session& s, SocketSpec& spec, Endpoint& ep);
+  // Leases the current policy would refuse, one line each.
+  std::vector<std::string> leases_refused_by_policy() const;
+  Result<void> save_runtime_reservations() const;
+
+  // Held reservations: sockets the daemon binds and keeps so nothing outside the broker can
+  // take the port. take_held hands the held socket itself to an entitled lease when it fits
+  // the request (an invalid fd when there is none to hand over).
+  void sync_held();
+  Result<UniqueFd> take_held(const SocketSpec& spec);
+  void hold_port(const std::string& reservation, Protocol p, const IpAddress& a, uint16_t port);
+  void rehold_if_reserved(const Endpoint& ep, UniqueFd old);
+  void apply_guard();
+  void remove_guard();
 
   // Ends one lease and closes (after shutdown, so a copy held elsewhere stops serving) the
   // socket that only it used.
   void end_lease(uint64_t lease_id);
-  const Limits& limits_for(uint32_t uid) const {
-    return uid == 0 ? config_.root_limits : config_.user_limits;
+  UidLimits limits_for(uint32_t uid) const {
+    if (uid == 0) return config_.root_limits;
+    return UidLimits{
+        config_.max_connections_per_uid.value_or(policy_.limits.max_connections_per_uid),
+        config_.max_leases_per_uid.value_or(policy_.limits.max_leases_per_uid)};
   }
 
   uv_loop_t* loop_;
@@ -92,7 +135,18 @@ class Server {
   // shared, per lease for reuseport members (each has its own socket in the group).
   std::unordered_map<uint64_t, UniqueFd> binding_sockets_;
   std::unordered_map<uint64_t, UniqueFd> member_sockets_;
-  uint16_t pool_cursor_[2] = {0, 0};  // per protocol
+  std::unordered_map<std::string, size_t> pool_cursors_;
+  Policy policy_;
+  struct Held {
+    std::string reservation;
+    Protocol protocol;
+    IpAddress address;
+    uint16_t port;
+    UniqueFd fd;
+  };
+  std::unordered_map<uint32_t, Held> held_;  // key: protocol << 16 | port
+  std::vector<PortRange> guard_added_;       // what we put into ip_local_reserved_ports
+  bool guard_state_loaded_ = false;
 
   ipc::RecvBuffer recv_buf_;
   // The first segment of every reply; MallocMessageBuilder zeroes what it used when done.

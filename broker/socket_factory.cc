@@ -36,6 +36,58 @@ bool read_bindv6only() {
   return (in >> v) && v != 0;
 }
 
+namespace {
+
+// `late`: only the options that still work on a bound (or listening) socket.
+Result<void> apply_options(int fd, const SocketSpec& spec, bool late) {
+  const bool tcp = spec.protocol == Protocol::kTcp;
+  const auto& o = spec.options;
+  struct Opt {
+    bool wanted;
+    bool before_bind;
+    int level, name, value;
+    const char* label;
+  };
+  // Servers expect SO_REUSEADDR on TCP listeners (restart while old connections linger in
+  // TIME_WAIT); it never lets two listeners share a port.
+  const bool v6 = spec.address.family == AF_INET6;
+  const Opt opts[] = {
+      {o.reuseaddr.value_or(tcp), true, SOL_SOCKET, SO_REUSEADDR, 1, "reuseaddr"},
+      {spec.mode == Mode::kReuseport, true, SOL_SOCKET, SO_REUSEPORT, 1, "reuseport"},
+      {o.v6only.has_value(), true, IPPROTO_IPV6, IPV6_V6ONLY, o.v6only.value_or(false), "v6only"},
+      {o.freebind.value_or(false), true, v6 ? IPPROTO_IPV6 : IPPROTO_IP,
+       v6 ? IPV6_FREEBIND : IP_FREEBIND, 1, "freebind"},
+      {o.keepalive.has_value(), false, SOL_SOCKET, SO_KEEPALIVE, o.keepalive.value_or(false),
+       "keepalive"},
+      {o.rcvbuf.has_value(), false, SOL_SOCKET, SO_RCVBUF, o.rcvbuf.value_or(0), "rcvbuf"},
+      {o.sndbuf.has_value(), false, SOL_SOCKET, SO_SNDBUF, o.sndbuf.value_or(0), "sndbuf"},
+      {o.defer_accept.has_value(), false, IPPROTO_TCP, TCP_DEFER_ACCEPT, o.defer_accept.value_or(0),
+       "defer_accept"},
+      {o.fastopen.has_value(), false, IPPROTO_TCP, TCP_FASTOPEN, o.fastopen.value_or(0),
+       "fastopen"},
+  };
+  for (const Opt& opt : opts) {
+    if (!opt.wanted || (late && opt.before_bind)) continue;
+    if (!set_int(fd, opt.level, opt.name, opt.value)) {
+      return sys_error(ErrorCode::kInvalidOption, spec, spec.port,
+                       std::string("cannot set ") + opt.label, errno);
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<void> apply_late_options(int fd, const SocketSpec& spec) {
+  if (auto r = apply_options(fd, spec, true); !r) return r;
+  // listen() on a listening socket only changes its backlog.
+  if (spec.protocol == Protocol::kTcp &&
+      ::listen(fd, spec.options.backlog.value_or(SOMAXCONN)) != 0) {
+    return sys_error(ErrorCode::kInternal, spec, spec.port, "listen failed", errno);
+  }
+  return {};
+}
+
 Result<UniqueFd> make_unbound_socket(const SocketSpec& spec) {
   const bool tcp = spec.protocol == Protocol::kTcp;
   UniqueFd fd(::socket(spec.address.family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0));
@@ -46,33 +98,8 @@ Result<UniqueFd> make_unbound_socket(const SocketSpec& spec) {
                          : ErrorCode::kAddressUnavailable;
     return sys_error(code, spec, spec.port, "cannot create socket", e);
   }
+  if (auto r = apply_options(fd.get(), spec, false); !r) return r.error();
   const auto& o = spec.options;
-  struct Opt {
-    bool wanted;
-    int level, name, value;
-    const char* label;
-  };
-  // Servers expect SO_REUSEADDR on TCP listeners (restart while old connections linger in
-  // TIME_WAIT); it never lets two listeners share a port.
-  const Opt opts[] = {
-      {o.reuseaddr.value_or(tcp), SOL_SOCKET, SO_REUSEADDR, 1, "reuseaddr"},
-      {spec.mode == Mode::kReuseport, SOL_SOCKET, SO_REUSEPORT, 1, "reuseport"},
-      {o.v6only.has_value(), IPPROTO_IPV6, IPV6_V6ONLY, o.v6only.value_or(false), "v6only"},
-      {o.freebind.value_or(false), spec.address.family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP,
-       spec.address.family == AF_INET6 ? IPV6_FREEBIND : IP_FREEBIND, 1, "freebind"},
-      {o.keepalive.has_value(), SOL_SOCKET, SO_KEEPALIVE, o.keepalive.value_or(false), "keepalive"},
-      {o.rcvbuf.has_value(), SOL_SOCKET, SO_RCVBUF, o.rcvbuf.value_or(0), "rcvbuf"},
-      {o.sndbuf.has_value(), SOL_SOCKET, SO_SNDBUF, o.sndbuf.value_or(0), "sndbuf"},
-      {o.defer_accept.has_value(), IPPROTO_TCP, TCP_DEFER_ACCEPT, o.defer_accept.value_or(0),
-       "defer_accept"},
-      {o.fastopen.has_value(), IPPROTO_TCP, TCP_FASTOPEN, o.fastopen.value_or(0), "fastopen"},
-  };
-  for (const Opt& opt : opts) {
-    if (opt.wanted && !set_int(fd.get(), opt.level, opt.name, opt.value)) {
-      return sys_error(ErrorCode::kInvalidOption, spec, spec.port,
-                       std::string("cannot set ") + opt.label, errno);
-    }
-  }
   if (!o.device.empty() && ::setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, o.device.data(),
                                         static_cast<socklen_t>(o.device.size())) != 0) {
     int e = errno;

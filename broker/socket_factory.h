@@ -16,6 +16,10 @@ Result<UniqueFd> make_unbound_socket(const SocketSpec& spec);
 // usable for another bind attempt after a failed bind.
 Result<void> bind_and_listen(int fd, const SocketSpec& spec, uint16_t port);
 
+// For a socket bound earlier (a held reservation) and now handed to a lease: the options that
+// still apply after bind, and the requested backlog.
+Result<void> apply_late_options(int fd, const SocketSpec& spec);
+
 // Both of the above, for a fixed port.
 Result<UniqueFd> make_bound_socket(const SocketSpec& spec, uint16_t port);
 

@@ -62,6 +62,22 @@ struct LeaseInfo {
   state @9 :Text;        # "active"
 }
 
+# A port reservation for a named service (`portbroker reserve`).
+struct Reservation {
+  name @0 :Text;
+  tcp @1 :Bool;
+  udp @2 :Bool;
+  address @3 :Data;      # empty: any address
+  portFirst @4 :UInt16;
+  portLast @5 :UInt16;
+  users @6 :List(Text);  # names or numeric ids
+  groups @7 :List(Text);
+  hold @8 :Bool;         # the daemon binds and keeps the port(s)
+  origin @9 :Text;       # replies only: "FILE:LINE" or "runtime"
+  principals @10 :Text;  # replies only: who may lease it, for people
+  target @11 :Text;      # requests: "PROTO:ADDR:PORT[-PORT]" (PROTO tcp|udp|both, ADDR or "any")
+}
+
 struct Request {
   version @0 :UInt32;
   union {
@@ -69,7 +85,51 @@ struct Request {
     release @2 :UInt64;                # lease id
     list @3 :Void;
     status @4 :Void;
+    reserve @5 :Reservation;           # root only
+    unreserve @6 :Text;                # root only; reservation name
+    reload @7 :Void;                   # root only; same as SIGHUP
+    who @8 :WhoRequest;
+    check @9 :Void;
+    reservations @10 :Void;
   }
+}
+
+struct WhoRequest {
+  protocol @0 :Protocol;
+  port @1 :UInt16;
+}
+
+# A socket on the port held by a process outside the broker (kernel sock_diag + /proc).
+struct OutsideHolder {
+  protocol @0 :Protocol;
+  address @1 :Data;
+  port @2 :UInt16;
+  state @3 :Text;     # "listen", "bound", ...
+  pid @4 :Int32;      # 0 when no process could be found (e.g. another namespace)
+  uid @5 :UInt32;
+  comm @6 :Text;
+}
+
+struct WhoReply {
+  protocol @0 :Protocol;
+  port @1 :UInt16;
+  leases @2 :List(LeaseInfo);
+  outside @3 :List(OutsideHolder);
+  reservations @4 :List(Reservation);
+  pools @5 :List(Text);           # names of the pools containing the port
+  inEphemeralRange @6 :Bool;      # inside net.ipv4.ip_local_port_range
+  guarded @7 :Bool;               # listed in net.ipv4.ip_local_reserved_ports
+  held @8 :Bool;                  # the daemon holds the port for a reservation
+}
+
+struct Problem {
+  kind @0 :Text;      # "held-outside", "unprotected", "policy-lint", "lease-refused", ...
+  message @1 :Text;
+}
+
+struct ReloadResult {
+  source @0 :Text;               # the policy file, or "<embedded default>"
+  refusedLeases @1 :List(Text);  # leases the new policy would refuse (kept, not killed)
 }
 
 struct Granted {
@@ -99,5 +159,10 @@ struct Reply {
     released @3 :Void;
     leases @4 :List(LeaseInfo);
     status @5 :Status;
+    done @6 :Void;                 # reserve, unreserve
+    reloaded @7 :ReloadResult;
+    who @8 :WhoReply;
+    problems @9 :List(Problem);    # check: empty when all is well
+    reservations @10 :List(Reservation);
   }
 }

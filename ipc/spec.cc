@@ -27,14 +27,16 @@ const char* mode_name(Mode m) {
 Result<IpAddress> IpAddress::parse(std::string_view text) {
   IpAddress a;
   std::string s(text);
-  if (s.size() >= 2 && s.front() == '[' && s.back() == ']') s = s.substr(1, s.size() - 2);
+  // Brackets are IPv6 syntax (RFC 3986); "[127.0.0.1]" is a typo, not an address.
+  bool bracketed = s.size() >= 2 && s.front() == '[' && s.back() == ']';
+  if (bracketed) s = s.substr(1, s.size() - 2);
   if (s.empty()) return make_error(ErrorCode::kBadRequest, "address is empty");
   if (s.find(':') != std::string::npos) {
     if (::inet_pton(AF_INET6, s.c_str(), a.bytes.data()) == 1) {
       a.family = AF_INET6;
       return a;
     }
-  } else if (::inet_pton(AF_INET, s.c_str(), a.bytes.data()) == 1) {
+  } else if (!bracketed && ::inet_pton(AF_INET, s.c_str(), a.bytes.data()) == 1) {
     a.family = AF_INET;
     return a;
   }
@@ -197,10 +199,13 @@ Result<SocketSpec> parse_socket_spec(std::string_view text) {
   spec.port = static_cast<uint16_t>(*p);
 
   bool mode_seen = false;
-  while (!opts.empty()) {
+  // Every comma introduces an option, so a trailing comma is an empty option, as ",," is.
+  bool more = comma != std::string_view::npos;
+  while (more) {
     size_t next = opts.find(',');
     std::string_view item = opts.substr(0, next);
-    opts = next == std::string_view::npos ? std::string_view() : opts.substr(next + 1);
+    more = next != std::string_view::npos;
+    if (more) opts = opts.substr(next + 1);
     if (item.empty()) return spec_error(text, "empty option");
     std::optional<std::string_view> value;
     std::string_view key = item;

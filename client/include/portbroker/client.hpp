@@ -6,12 +6,16 @@
 //   if (!lease) { ... lease.error().message names the holder on a conflict ... }
 //   int fd = lease->fd();                                     // listening; accept() on it
 //
+// Administration (reserve, unreserve, reload) is for root: the daemon refuses anyone else
+// with a message saying so. who, check, list, status and reservations are for everyone.
+//
 // The library uses plain blocking syscalls on one Unix socket: no threads, no event loop.
 // A Client is not thread-safe; use one per thread or guard it.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <portbroker/result.hpp>
 #include <portbroker/spec.hpp>
 #include <string>
@@ -53,11 +57,68 @@ struct DaemonStatus {
   std::string socket_path;
 };
 
+// A port reservation for a named service: from the policy file or `portbroker reserve`.
+struct ReservationInfo {
+  std::string name;
+  std::string target;  // "PROTO:ADDR:PORT[-PORT]", as the daemon spells it
+  bool tcp = false;
+  bool udp = false;
+  std::optional<IpAddress> address;  // none: any address
+  uint16_t port_first = 0;
+  uint16_t port_last = 0;
+  std::vector<std::string> users;   // as requested (names or numeric ids); empty in replies
+  std::vector<std::string> groups;  // likewise
+  bool hold = false;                // the daemon binds and keeps the port(s)
+  std::string origin;               // replies: "FILE:LINE" or the runtime origin
+  std::string principals;           // replies: who may lease it, for people
+};
+
+// Parses a reservation target `PROTO:ADDR:PORT[-PORT]` (PROTO tcp, udp or both; ADDR an
+// address or "any"), filling target, tcp, udp, address and the ports.
+Result<ReservationInfo> parse_reservation_target(std::string_view target);
+
+// A socket on a port held by a process outside the broker.
+struct OutsideHolder {
+  Protocol protocol = Protocol::kTcp;
+  IpAddress address;
+  uint16_t port = 0;
+  std::string state;  // "listen", "bound", ...
+  int pid = 0;        // 0: no process found (e.g. it lives in another namespace)
+  uint32_t uid = 0;
+  std::string comm;
+};
+
+// Everything the daemon knows about one port: `portbroker who`.
+struct WhoReport {
+  Protocol protocol = Protocol::kTcp;
+  uint16_t port = 0;
+  std::vector<LeaseInfo> leases;
+  std::vector<OutsideHolder> outside;
+  std::vector<ReservationInfo> reservations;
+  std::vector<std::string> pools;   // names of the pools containing the port
+  bool in_ephemeral_range = false;  // inside net.ipv4.ip_local_port_range
+  bool guarded = false;             // listed in net.ipv4.ip_local_reserved_ports
+  bool held = false;                // the daemon holds the port for a reservation
+};
+
+// Something an admin should know about before a restart: `portbroker check`.
+struct Problem {
+  std::string kind;  // "held-outside", "unprotected", "policy-lint", "lease-refused", ...
+  std::string message;
+};
+
+struct ReloadReport {
+  std::string source;  // the policy file, or "<embedded default>"
+  // Leases the new policy would refuse: kept, not killed, one line each.
+  std::vector<std::string> refused_leases;
+};
+
 class Connection;
 
-// A granted socket. Owns the fd; destroying the Lease closes the fd and, while the Client
-// is alive, tells the daemon to release the lease (the daemon also releases every lease of a
-// session when its connection closes, so a crashed process never leaks one).
+// A granted socket. Owns the fd. Every Lease shares its Client's connection, so the session
+// (and every lease in it) stays open while the Client or any Lease is alive. Destroying a
+// Lease closes the fd and tells the daemon to release the lease; the daemon also releases
+// every lease of a session when its connection closes, so a crashed process never leaks one.
 class Lease {
  public:
   Lease() = default;
@@ -102,6 +163,20 @@ class Client {
   Result<void> release(uint64_t lease_id);
   Result<std::vector<LeaseInfo>> list();
   Result<DaemonStatus> status();
+
+  // Root only. Reserves `target` (`PROTO:ADDR:PORT[-PORT]`) as `name` for the given users and
+  // groups (names or numeric ids); `hold` makes the daemon bind and keep the port(s). Runtime
+  // reservations persist across daemon restarts.
+  Result<void> reserve(std::string_view name, std::string_view target,
+                       const std::vector<std::string>& users = {},
+                       const std::vector<std::string>& groups = {}, bool hold = false);
+  Result<void> unreserve(std::string_view name);  // root only
+  Result<std::vector<ReservationInfo>> reservations();
+  // Root only. Reloads the policy; leases it would now refuse are kept and listed.
+  Result<ReloadReport> reload();
+  Result<WhoReport> who(Protocol protocol, uint16_t port);
+  // Empty when all is well.
+  Result<std::vector<Problem>> check();
 
   // The connection's fd: the session lives as long as this fd is open in any process.
   int session_fd() const;

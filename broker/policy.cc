@@ -1,0 +1,1162 @@
+#include "broker/policy.h"
+
+#include <fnmatch.h>
+#include <sys/socket.h>
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <exception>
+#include <new>
+#include <sstream>
+#include <utility>
+
+namespace portbroker::broker {
+
+namespace {
+
+constexpr std::string_view kEmbeddedSource = "<embedded default>";
+constexpr std::string_view kReserveCommand = "portbroker reserve";
+constexpr int64_t kMaxId = 4294967294;  // (uid_t)-1 means "no change" to the kernel
+constexpr int64_t kMaxCount = 1000000;
+
+std::optional<uint32_t> parse_u32(std::string_view s, uint32_t max) {
+  uint32_t v = 0;
+  if (s.empty()) return std::nullopt;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || v > max) return std::nullopt;
+  return v;
+}
+
+// Rule, reservation and pool names appear in CLI arguments, logs and messages.
+bool valid_name(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  if (!std::isalnum(static_cast<unsigned char>(name[0]))) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
+           c == '@';
+  });
+}
+
+// ::ffff:a.b.c.d is the IPv4 address a.b.c.d as far as collisions go.
+IpAddress unmapped(const IpAddress& a) {
+  if (a.family != AF_INET6) return a;
+  for (int i = 0; i < 10; ++i)
+    if (a.bytes[i] != 0) return a;
+  if (a.bytes[10] != 0xff || a.bytes[11] != 0xff) return a;
+  IpAddress v4;
+  v4.family = AF_INET;
+  std::copy(a.bytes.begin() + 12, a.bytes.end(), v4.bytes.begin());
+  return v4;
+}
+
+// Whether binding both could conflict. :: is treated as dual-stack (the Linux default), and an
+// address of unknown family as a wildcard, erring towards "collides".
+bool addresses_collide(const IpAddress& x0, const IpAddress& y0) {
+  IpAddress x = unmapped(x0), y = unmapped(y0);
+  if (x == y) return true;
+  auto wild6 = [](const IpAddress& a) { return a.family != AF_INET && a.is_any(); };
+  if (wild6(x) || wild6(y)) return true;
+  return x.family == AF_INET && y.family == AF_INET && (x.is_any() || y.is_any());
+}
+
+bool address_sets_collide(const std::vector<IpAddress>& a, const std::vector<IpAddress>& b) {
+  if (a.empty() || b.empty()) return true;
+  for (const auto& x : a)
+    for (const auto& y : b)
+      if (addresses_collide(x, y)) return true;
+  return false;
+}
+
+bool address_set_collides(const std::vector<IpAddress>& set, const IpAddress& a) {
+  if (set.empty()) return true;
+  return std::any_of(set.begin(), set.end(),
+                     [&](const IpAddress& x) { return addresses_collide(x, a); });
+}
+
+bool address_set_grants(const std::vector<IpAddress>& set, const IpAddress& a) {
+  if (set.empty()) return true;
+  IpAddress want = unmapped(a);
+  return std::any_of(set.begin(), set.end(),
+                     [&](const IpAddress& x) { return unmapped(x) == want; });
+}
+
+bool ports_contain(const std::vector<PortRange>& ranges, uint16_t port) {
+  return std::any_of(ranges.begin(), ranges.end(),
+                     [&](const PortRange& r) { return r.contains(port); });
+}
+
+// The first stretch of ports two lists share, for messages.
+std::optional<PortRange> first_common_ports(const std::vector<PortRange>& a,
+                                            const std::vector<PortRange>& b) {
+  std::optional<PortRange> best;
+  for (const auto& x : a) {
+    for (const auto& y : b) {
+      if (!x.overlaps(y)) continue;
+      PortRange r{std::max(x.first, y.first), std::min(x.last, y.last)};
+      if (!best || r.first < best->first) best = r;
+    }
+  }
+  return best;
+}
+
+std::string port_word(const PortRange& r) {
+  return (r.first == r.last ? "port " : "ports ") + r.to_string();
+}
+
+bool reservation_covers(const Reservation& r, Protocol p, const IpAddress& a, uint16_t port) {
+  return r.protocols.has(p) && ports_contain(r.ports, port) && address_set_collides(r.addresses, a);
+}
+
+bool reservations_collide(const Reservation& a, const Reservation& b) {
+  return a.protocols.overlaps(b.protocols) && first_common_ports(a.ports, b.ports) &&
+         address_sets_collide(a.addresses, b.addresses);
+}
+
+std::string rule_label(const Rule& r) {
+  return (r.name.starts_with('#') ? "rule " + r.name : "rule '" + r.name + "'") + " (" +
+         r.origin.to_string() + ")";
+}
+
+std::string reservation_label(const Reservation& r) {
+  return "'" + r.name + "' (reservation " + r.name + " in " + r.origin.to_string() + ")";
+}
+
+std::string short_reservation_label(const Reservation& r) {
+  return "reservation '" + r.name + "' (" + r.origin.to_string() + ")";
+}
+
+std::string pool_label(const Pool& p) {
+  return "pool '" + p.name + "' (" + p.origin.to_string() + ")";
+}
+
+bool cgroup_matches(const std::string& pattern, std::string_view cgroup) {
+  if (cgroup.empty() || cgroup.front() != '/') return false;
+  std::string path(cgroup);
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  for (;;) {
+    if (::fnmatch(pattern.c_str(), path.c_str(), FNM_PATHNAME) == 0) return true;
+    if (path == "/") return false;
+    size_t slash = path.rfind('/');
+    path.resize(slash == 0 ? 1 : slash);
+  }
+}
+
+// Principals that are literally the same entry in both sets, for lint.
+std::optional<std::string> shared_principal(const Principals& a, const Principals& b) {
+  if (a.anyone && b.anyone) return "anyone";
+  for (const auto& x : a.users)
+    for (const auto& y : b.users)
+      if (x.id == y.id) return (x.name.empty() ? "uid " + std::to_string(x.id) : "user " + x.name);
+  for (const auto& x : a.groups)
+    for (const auto& y : b.groups)
+      if (x.id == y.id) return (x.name.empty() ? "gid " + std::to_string(x.id) : "group " + x.name);
+  for (const auto& x : a.cgroups)
+    for (const auto& y : b.cgroups)
+      if (x == y) return "cgroup " + x;
+  return std::nullopt;
+}
+
+}  // namespace
+
+// --- small types ----------------------------------------------------------------------------
+
+std::string PortRange::to_string() const {
+  return first == last ? std::to_string(first) : std::to_string(first) + "-" + std::to_string(last);
+}
+
+Result<PortRange> parse_port_range(std::string_view text) {
+  auto bad = [&] {
+    return make_error(
+        ErrorCode::kBadRequest,
+        "'" + std::string(text) + "' is not a port or port range (PORT or FIRST-LAST)");
+  };
+  size_t dash = text.find('-');
+  std::string_view a = text.substr(0, dash);
+  std::string_view b = dash == std::string_view::npos ? a : text.substr(dash + 1);
+  auto first = parse_u32(a, 1u << 20), last = parse_u32(b, 1u << 20);
+  if (!first || !last) return bad();
+  for (uint32_t p : {*first, *last}) {
+    if (p < 1 || p > 65535) {
+      return make_error(ErrorCode::kBadRequest,
+                        "port " + std::to_string(p) + " is out of range (1-65535)");
+    }
+  }
+  if (*first > *last) {
+    return make_error(ErrorCode::kBadRequest,
+                      "port range '" + std::string(text) + "' is inverted (first > last)");
+  }
+  return PortRange{static_cast<uint16_t>(*first), static_cast<uint16_t>(*last)};
+}
+
+std::vector<PortRange> normalize_ports(std::vector<PortRange> ranges) {
+  std::sort(ranges.begin(), ranges.end(),
+            [](const PortRange& a, const PortRange& b) { return a.first < b.first; });
+  std::vector<PortRange> out;
+  for (const auto& r : ranges) {
+    if (!out.empty() && uint32_t{r.first} <= uint32_t{out.back().last} + 1) {
+      out.back().last = std::max(out.back().last, r.last);
+    } else {
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+std::string Principal::describe() const { return "uid " + std::to_string(uid); }
+
+std::string Origin::to_string() const {
+  return line == 0 ? file : file + ":" + std::to_string(line);
+}
+
+bool Principals::matches(const Principal& who) const {
+  if (anyone) return true;
+  for (const auto& u : users)
+    if (u.id == who.uid) return true;
+  for (const auto& g : groups) {
+    if (g.id == who.gid) return true;
+    if (std::find(who.groups.begin(), who.groups.end(), g.id) != who.groups.end()) return true;
+  }
+  for (const auto& c : cgroups)
+    if (cgroup_matches(c, who.cgroup)) return true;
+  return false;
+}
+
+std::string Principals::to_string() const {
+  std::vector<std::string> parts;
+  if (anyone) parts.push_back("anyone");
+  for (const auto& u : users)
+    parts.push_back(u.name.empty() ? "uid " + std::to_string(u.id) : "user " + u.name);
+  for (const auto& g : groups)
+    parts.push_back(g.name.empty() ? "gid " + std::to_string(g.id) : "group " + g.name);
+  for (const auto& c : cgroups) parts.push_back("cgroup " + c);
+  if (parts.empty()) return "nobody";
+  std::string s;
+  for (const auto& p : parts) s += (s.empty() ? "" : ", ") + p;
+  return s;
+}
+
+std::string ProtocolSet::to_string() const {
+  return tcp && udp ? "tcp/udp" : tcp ? "tcp" : udp ? "udp" : "none";
+}
+
+bool ModeSet::has(Mode m) const {
+  switch (m) {
+    case Mode::kShared:
+      return shared;
+    case Mode::kReuseport:
+      return reuseport;
+    case Mode::kExclusive:
+      break;
+  }
+  return exclusive;
+}
+
+std::string ModeSet::to_string() const {
+  std::string s;
+  for (Mode m : {Mode::kExclusive, Mode::kShared, Mode::kReuseport})
+    if (has(m)) s += (s.empty() ? "" : ", ") + std::string(mode_name(m));
+  return s.empty() ? "none" : s;
+}
+
+// --- parsing --------------------------------------------------------------------------------
+
+namespace {
+
+using Status = std::optional<Error>;  // nullopt: fine
+
+constexpr std::string_view kTopKeys[] = {"daemon", "limits", "rule", "reservation", "pool"};
+constexpr std::string_view kStateTopKeys[] = {"version", "reservation"};
+constexpr std::string_view kDaemonKeys[] = {"root_unrestricted", "ephemeral_guard"};
+constexpr std::string_view kLimitsKeys[] = {"max_connections_per_uid", "max_leases_per_uid"};
+constexpr std::string_view kRuleKeys[] = {"name",     "users",   "groups", "cgroups",   "ports",
+                                          "protocol", "address", "modes",  "max_leases"};
+constexpr std::string_view kReservationKeys[] = {
+    "name", "users", "groups", "cgroups", "ports", "protocol", "address", "modes", "hold"};
+constexpr std::string_view kPoolKeys[] = {"name",    "users", "groups",
+                                          "cgroups", "ports", "protocol"};
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string a_type(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+// Calls f(element) for a scalar or for each element of an array, so that `ports = 80` and
+// `ports = [80, "8000-8099"]` read alike.
+template <typename F>
+Status for_each_value(const toml::node& n, F&& f) {
+  if (const auto* arr = n.as_array()) {
+    for (const auto& el : *arr)
+      if (auto e = f(el)) return e;
+    return std::nullopt;
+  }
+  return f(n);
+}
+
+class Parser {
+ public:
+  Parser(std::string_view file, const NameResolver* names) : file_(file), names_(names) {}
+
+  Error at(const toml::source_region& where, const std::string& what) const {
+    return make_error(ErrorCode::kBadRequest, file_ + ":" + std::to_string(where.begin.line) + ":" +
+                                                  std::to_string(where.begin.column) + ": " + what);
+  }
+  Origin origin(const toml::node& n) const {
+    return Origin{file_, static_cast<uint32_t>(n.source().begin.line)};
+  }
+
+  // Where a duplicate name is reported: the name, or the table when the name was implied.
+  static const toml::source_region& name_source(const toml::table& t) {
+    const toml::node* n = t.get("name");
+    return n ? n->source() : t.source();
+  }
+
+  Status check_keys(const toml::table& t, std::span<const std::string_view> allowed,
+                    std::string_view section) const {
+    for (const auto& [key, value] : t) {
+      std::string_view k = key.str();
+      if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) continue;
+      std::string msg = "unknown key '" + std::string(k) + "'";
+      if (!section.empty()) msg += " in " + std::string(section);
+      std::string_view best;
+      size_t best_d = 3;  // only suggest near misses
+      for (auto cand : allowed) {
+        size_t d = edit_distance(k, cand);
+        if (d < best_d) best_d = d, best = cand;
+      }
+      if (!best.empty()) {
+        msg += "; did you mean '" + std::string(best) + "'?";
+      } else {
+        msg += "; expected one of:";
+        for (auto cand : allowed) msg += " " + std::string(cand);
+      }
+      return at(key.source(), msg);
+    }
+    return std::nullopt;
+  }
+
+  Status get_bool(const toml::table& t, std::string_view key, bool& out) const {
+    const toml::node* n = t.get(key);
+    if (!n) return std::nullopt;
+    if (!n->is_boolean()) {
+      return at(n->source(), "'" + std::string(key) + "' must be true or false, not " + a_type(*n));
+    }
+    out = n->as_boolean()->get();
+    return std::nullopt;
+  }
+
+  Status get_count(const toml::table& t, std::string_view key, std::optional<uint32_t>& out) const {
+    const toml::node* n = t.get(key);
+    if (!n) return std::nullopt;
+    if (!n->is_integer()) {
+      return at(n->source(), "'" + std::string(key) + "' must be an integer, not " + a_type(*n));
+    }
+    int64_t v = n->as_integer()->get();
+    if (v < 1 || v > kMaxCount) {
+      return at(n->source(), "'" + std::string(key) + "' must be from 1 to " +
+                                 std::to_string(kMaxCount) + ", not " + std::to_string(v));
+    }
+    out = static_cast<uint32_t>(v);
+    return std::nullopt;
+  }
+
+  Status get_count(const toml::table& t, std::string_view key, uint32_t& out) const {
+    std::optional<uint32_t> v;
+    if (auto e = get_count(t, key, v)) return e;
+    if (v) out = *v;
+    return std::nullopt;
+  }
+
+  // A name key; `required` for reservations and pools, which are referred to by name.
+  Status get_name(const toml::table& t, bool required, std::string_view what,
+                  std::string& out) const {
+    const toml::node* n = t.get("name");
+    if (!n) {
+      if (required) return at(t.source(), std::string(what) + " needs a 'name'");
+      return std::nullopt;
+    }
+    if (!n->is_string()) return at(n->source(), "'name' must be a string, not " + a_type(*n));
+    const std::string& s = n->as_string()->get();
+    if (!valid_name(s)) {
+      return at(n->source(), "invalid name '" + s +
+                                 "': use 1-64 letters, digits and . _ - @, starting with a "
+                                 "letter or digit");
+    }
+    out = s;
+    return std::nullopt;
+  }
+
+  Status get_ports(const toml::table& t, std::string_view what, std::vector<PortRange>& out) const {
+    const toml::node* n = t.get("ports");
+    if (!n) return at(t.source(), std::string(what) + " needs 'ports'");
+    if (const auto* arr = n->as_array(); arr && arr->empty())
+      return at(n->source(), "'ports' must not be empty");
+    return for_each_value(*n, [&](const toml::node& el) -> Status {
+      if (const auto* i = el.as_integer()) {
+        int64_t v = i->get();
+        if (v < 1 || v > 65535) {
+          return at(el.source(), "port " + std::to_string(v) + " is out of range (1-65535)");
+        }
+        out.push_back(PortRange{static_cast<uint16_t>(v), static_cast<uint16_t>(v)});
+        return std::nullopt;
+      }
+      if (const auto* s = el.as_string()) {
+        auto r = parse_port_range(s->get());
+        if (!r) return at(el.source(), r.error().message);
+        out.push_back(r.value());
+        return std::nullopt;
+      }
+      return at(el.source(),
+                "a port must be an integer or a \"FIRST-LAST\" string, not " + a_type(el));
+    });
+  }
+
+  Status get_protocols(const toml::table& t, ProtocolSet& out) const {
+    const toml::node* n = t.get("protocol");
+    if (!n) return std::nullopt;
+    const auto* s = n->as_string();
+    if (!s) return at(n->source(), "'protocol' must be a string, not " + a_type(*n));
+    if (s->get() == "tcp") {
+      out = ProtocolSet{true, false};
+    } else if (s->get() == "udp") {
+      out = ProtocolSet{false, true};
+    } else if (s->get() == "both") {
+      out = ProtocolSet{true, true};
+    } else {
+      return at(n->source(), "unknown protocol '" + s->get() + "'; expected tcp, udp or both");
+    }
+    return std::nullopt;
+  }
+
+  Status get_addresses(const toml::table& t, std::vector<IpAddress>& out) const {
+    const toml::node* n = t.get("address");
+    if (!n) return std::nullopt;
+    if (const auto* arr = n->as_array(); arr && arr->empty())
+      return at(n->source(), "'address' must not be empty (use \"any\")");
+    bool any = false;
+    auto st = for_each_value(*n, [&](const toml::node& el) -> Status {
+      const auto* s = el.as_string();
+      if (!s) return at(el.source(), "an address must be a string, not " + a_type(el));
+      if (s->get() == "any") {
+        any = true;
+        return std::nullopt;
+      }
+      auto a = IpAddress::parse(s->get());
+      if (!a)
+        return at(el.source(), "'" + s->get() + "' is not an IPv4 or IPv6 address or \"any\"");
+      out.push_back(a.value());
+      return std::nullopt;
+    });
+    if (st) return st;
+    if (any && !out.empty()) {
+      return at(n->source(), "\"any\" already covers every address; list addresses or \"any\"");
+    }
+    return std::nullopt;
+  }
+
+  Status get_modes(const toml::table& t, ModeSet& out) const {
+    const toml::node* n = t.get("modes");
+    if (!n) return std::nullopt;
+    if (const auto* arr = n->as_array(); arr && arr->empty())
+      return at(n->source(), "'modes' must not be empty");
+    out = ModeSet{false, false, false};
+    return for_each_value(*n, [&](const toml::node& el) -> Status {
+      const auto* s = el.as_string();
+      if (!s) return at(el.source(), "a mode must be a string, not " + a_type(el));
+      if (s->get() == "exclusive") {
+        out.exclusive = true;
+      } else if (s->get() == "shared") {
+        out.shared = true;
+      } else if (s->get() == "reuseport") {
+        out.reuseport = true;
+      } else {
+        return at(el.source(),
+                  "unknown mode '" + s->get() + "'; expected exclusive, shared or reuseport");
+      }
+      return std::nullopt;
+    });
+  }
+
+  Status get_ids(const toml::table& t, std::string_view key, bool user, Principals& out) const {
+    const toml::node* n = t.get(key);
+    if (!n) return std::nullopt;
+    const char* kind = user ? "user" : "group";
+    return for_each_value(*n, [&](const toml::node& el) -> Status {
+      Principals::Id id;
+      if (const auto* i = el.as_integer()) {
+        if (i->get() < 0 || i->get() > kMaxId) {
+          return at(el.source(), std::string(user ? "uid " : "gid ") + std::to_string(i->get()) +
+                                     " is out of range (0-" + std::to_string(kMaxId) + ")");
+        }
+        id.id = static_cast<uint32_t>(i->get());
+      } else if (const auto* s = el.as_string()) {
+        const std::string& name = s->get();
+        if (name == "*") {
+          if (!user) return at(el.source(), "use users = [\"*\"] for anyone, not groups");
+          out.anyone = true;
+          return std::nullopt;
+        }
+        std::optional<uint32_t> found;
+        if (names_ && !name.empty()) found = user ? names_->uid_of(name) : names_->gid_of(name);
+        if (found) {
+          id = Principals::Id{*found, name};
+        } else if (auto num = parse_u32(name, static_cast<uint32_t>(kMaxId))) {
+          id.id = *num;  // like chown: a name first, then a number
+        } else {
+          return at(el.source(), "unknown " + std::string(kind) + " '" + name + "'" +
+                                     (names_ ? "" : " (state files store numeric ids)"));
+        }
+      } else {
+        return at(el.source(),
+                  std::string("a ") + kind + " must be a name or a numeric id, not " + a_type(el));
+      }
+      (user ? out.users : out.groups).push_back(std::move(id));
+      return std::nullopt;
+    });
+  }
+
+  Status get_principals(const toml::table& t, Principals& out) const {
+    if (auto e = get_ids(t, "users", true, out)) return e;
+    if (auto e = get_ids(t, "groups", false, out)) return e;
+    const toml::node* n = t.get("cgroups");
+    if (!n) return std::nullopt;
+    return for_each_value(*n, [&](const toml::node& el) -> Status {
+      const auto* s = el.as_string();
+      if (!s) return at(el.source(), "a cgroup must be a string, not " + a_type(el));
+      if (s->get().empty() || s->get().front() != '/') {
+        return at(el.source(), "cgroup '" + s->get() +
+                                   "' must be an absolute path or glob, like "
+                                   "\"/system.slice/nginx.service\"");
+      }
+      out.cgroups.push_back(s->get());
+      return std::nullopt;
+    });
+  }
+
+  // [[name]] must be an array of tables; hands each table to f.
+  template <typename F>
+  Status each_table(const toml::table& root, std::string_view key, F&& f) const {
+    const toml::node* n = root.get(key);
+    if (!n) return std::nullopt;
+    const auto* arr = n->as_array();
+    if (!arr) {
+      return at(n->source(), "'" + std::string(key) + "' must be written [[" + std::string(key) +
+                                 "]] (an array of tables), not " + a_type(*n));
+    }
+    for (const auto& el : *arr) {
+      const auto* t = el.as_table();
+      if (!t) {
+        return at(el.source(),
+                  "each '" + std::string(key) + "' must be a table, not " + a_type(el));
+      }
+      if (auto e = f(*t)) return e;
+    }
+    return std::nullopt;
+  }
+
+  const toml::table* section(const toml::table& root, std::string_view key, Status& err) const {
+    const toml::node* n = root.get(key);
+    if (!n) return nullptr;
+    if (!n->is_table()) {
+      err = at(n->source(), "'" + std::string(key) + "' must be a table ([" + std::string(key) +
+                                "]), not " + a_type(*n));
+      return nullptr;
+    }
+    return n->as_table();
+  }
+
+  Result<Reservation> reservation(const toml::table& t) const {
+    Reservation r;
+    r.origin = origin(t);
+    if (auto e = check_keys(t, kReservationKeys, "[[reservation]]")) return *e;
+    if (auto e = get_name(t, true, "a [[reservation]]", r.name)) return *e;
+    if (auto e = get_ports(t, "reservation '" + r.name + "'", r.ports)) return *e;
+    if (auto e = get_protocols(t, r.protocols)) return *e;
+    if (auto e = get_addresses(t, r.addresses)) return *e;
+    if (auto e = get_modes(t, r.modes)) return *e;
+    if (auto e = get_principals(t, r.principals)) return *e;
+    if (auto e = get_bool(t, "hold", r.hold)) return *e;
+    return r;
+  }
+
+  Status reservations(const toml::table& root, bool runtime, std::vector<Reservation>& out) const {
+    return each_table(root, "reservation", [&](const toml::table& t) -> Status {
+      auto r = reservation(t);
+      if (!r) return r.error();
+      for (const auto& other : out) {
+        if (other.name == r->name) {
+          return at(name_source(t), "duplicate reservation name '" + r->name +
+                                        "' (first defined at " + other.origin.to_string() + ")");
+        }
+      }
+      r->runtime = runtime;
+      out.push_back(std::move(r).value());
+      return std::nullopt;
+    });
+  }
+
+  Result<Policy> policy(const toml::table& root) const {
+    Policy p;
+    p.source = file_;
+    if (auto e = check_keys(root, kTopKeys, "")) return *e;
+
+    Status err;
+    if (const auto* d = section(root, "daemon", err)) {
+      if (auto e = check_keys(*d, kDaemonKeys, "[daemon]")) return *e;
+      if (auto e = get_bool(*d, "root_unrestricted", p.daemon.root_unrestricted)) return *e;
+      if (auto e = get_bool(*d, "ephemeral_guard", p.daemon.ephemeral_guard)) return *e;
+    }
+    if (err) return *err;
+    if (const auto* l = section(root, "limits", err)) {
+      if (auto e = check_keys(*l, kLimitsKeys, "[limits]")) return *e;
+      if (auto e = get_count(*l, "max_connections_per_uid", p.limits.max_connections_per_uid))
+        return *e;
+      if (auto e = get_count(*l, "max_leases_per_uid", p.limits.max_leases_per_uid)) return *e;
+    }
+    if (err) return *err;
+
+    auto st = each_table(root, "rule", [&](const toml::table& t) -> Status {
+      Rule r;
+      r.origin = origin(t);
+      if (auto e = check_keys(t, kRuleKeys, "[[rule]]")) return e;
+      if (auto e = get_name(t, false, "a [[rule]]", r.name)) return e;
+      if (r.name.empty()) r.name = "#" + std::to_string(p.rules.size() + 1);
+      for (const auto& other : p.rules) {
+        if (other.name == r.name) {
+          return at(name_source(t), "duplicate rule name '" + r.name + "' (first defined at " +
+                                        other.origin.to_string() + ")");
+        }
+      }
+      std::string short_label =
+          r.name.starts_with('#') ? "rule " + r.name : "rule '" + r.name + "'";
+      if (auto e = get_ports(t, short_label, r.ports)) return e;
+      if (auto e = get_protocols(t, r.protocols)) return e;
+      if (auto e = get_addresses(t, r.addresses)) return e;
+      if (auto e = get_modes(t, r.modes)) return e;
+      if (auto e = get_count(t, "max_leases", r.max_leases)) return e;
+      if (auto e = get_principals(t, r.principals)) return e;
+      if (r.principals.empty()) {
+        return at(t.source(), short_label +
+                                  " grants nobody: give it users, groups or cgroups "
+                                  "(users = [\"*\"] for anyone)");
+      }
+      p.rules.push_back(std::move(r));
+      return std::nullopt;
+    });
+    if (st) return *st;
+
+    if (auto e = reservations(root, false, p.reservations)) return *e;
+
+    st = each_table(root, "pool", [&](const toml::table& t) -> Status {
+      Pool pool;
+      pool.origin = origin(t);
+      if (auto e = check_keys(t, kPoolKeys, "[[pool]]")) return e;
+      if (auto e = get_name(t, true, "a [[pool]]", pool.name)) return e;
+      for (const auto& other : p.pools) {
+        if (other.name == pool.name) {
+          return at(name_source(t), "duplicate pool name '" + pool.name + "' (first defined at " +
+                                        other.origin.to_string() + ")");
+        }
+      }
+      if (auto e = get_ports(t, "pool '" + pool.name + "'", pool.ports)) return e;
+      if (auto e = get_protocols(t, pool.protocols)) return e;
+      if (auto e = get_principals(t, pool.principals)) return e;
+      if (pool.principals.empty()) {
+        return at(t.source(), "pool '" + pool.name +
+                                  "' is open to nobody: give it users, groups or cgroups "
+                                  "(users = [\"*\"] for anyone)");
+      }
+      p.pools.push_back(std::move(pool));
+      return std::nullopt;
+    });
+    if (st) return *st;
+    if (p.pools.empty()) p.pools.push_back(embedded_default_policy().pools.front());
+    return p;
+  }
+
+  Result<std::vector<Reservation>> state(const toml::table& root) const {
+    if (auto e = check_keys(root, kStateTopKeys, "")) return *e;
+    const toml::node* v = root.get("version");
+    if (!v) return at(root.source(), "state file has no 'version'");
+    if (!v->is_integer() || v->as_integer()->get() != 1) {
+      return at(v->source(), "unsupported state file version (this daemon writes version 1)");
+    }
+    std::vector<Reservation> out;
+    if (auto e = reservations(root, true, out)) return *e;
+    return out;
+  }
+
+ private:
+  std::string file_;
+  const NameResolver* names_;
+};
+
+template <typename T, typename F>
+Result<T> parse_toml(std::string_view text, std::string_view file, F&& f) {
+  try {
+    toml::table root = toml::parse(text, file);
+    return f(root);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    // toml++ quotes the offending input verbatim; keep the message on one line.
+    std::string what;
+    for (char c : e.description()) {
+      if (c == '\n') {
+        what += "\\n";
+      } else if (static_cast<unsigned char>(c) < 0x20) {
+        what += '?';
+      } else {
+        what += c;
+      }
+    }
+    return make_error(ErrorCode::kBadRequest, std::string(file) + ":" + std::to_string(where.line) +
+                                                  ":" + std::to_string(where.column) +
+                                                  ": TOML syntax error: " + what);
+  } catch (const std::bad_alloc&) {
+    return make_error(ErrorCode::kResourceExhausted,
+                      std::string(file) + ": out of memory while parsing");
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kInternal, std::string(file) + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+Result<Policy> parse_policy(std::string_view toml_text, std::string_view file_name,
+                            const NameResolver& names) {
+  Parser parser(file_name, &names);
+  return parse_toml<Policy>(toml_text, file_name,
+                            [&](const toml::table& root) { return parser.policy(root); });
+}
+
+Result<std::vector<Reservation>> parse_state(std::string_view toml_text,
+                                             std::string_view file_name) {
+  Parser parser(file_name, nullptr);
+  return parse_toml<std::vector<Reservation>>(
+      toml_text, file_name, [&](const toml::table& root) { return parser.state(root); });
+}
+
+Policy embedded_default_policy() {
+  Policy p;
+  p.source = std::string(kEmbeddedSource);
+  Rule unprivileged;
+  unprivileged.name = "unprivileged-ports";
+  unprivileged.origin = Origin{std::string(kEmbeddedSource), 0};
+  unprivileged.principals.anyone = true;
+  unprivileged.ports = {PortRange{1024, 65535}};
+  p.rules.push_back(std::move(unprivileged));
+  Pool pool;
+  pool.name = "default";
+  pool.origin = Origin{std::string(kEmbeddedSource), 0};
+  pool.ports = {PortRange{20000, 29999}};
+  pool.principals.anyone = true;
+  p.pools.push_back(std::move(pool));
+  return p;
+}
+
+// --- decisions ------------------------------------------------------------------------------
+
+Decision Policy::check(const Principal& who, const Request& req,
+                       std::span<const HeldLease> held) const {
+  auto allow = [](std::string reason) {
+    Decision d;
+    d.allowed = true;
+    d.code = ErrorCode::kOk;
+    d.reason = std::move(reason);
+    return d;
+  };
+  auto deny = [](std::string reason, ErrorCode code = ErrorCode::kPermissionDenied) {
+    Decision d;
+    d.code = code;
+    d.reason = std::move(reason);
+    return d;
+  };
+  const std::string caller = who.describe();
+  const bool free_root = who.uid == 0 && daemon.root_unrestricted;
+
+  if (!free_root && held.size() >= limits.max_leases_per_uid) {
+    return deny(caller + " already holds " + std::to_string(held.size()) +
+                    " leases, the most allowed ([limits] max_leases_per_uid = " +
+                    std::to_string(limits.max_leases_per_uid) + " in " + source + ")",
+                ErrorCode::kLimitExceeded);
+  }
+
+  if (req.port != 0) {
+    const Reservation* grant = nullptr;
+    const std::string port = "port " + std::to_string(req.port);
+    for (const auto& r : reservations) {
+      if (!reservation_covers(r, req.protocol, req.address, req.port)) continue;
+      Decision d;
+      if (req.from_pool) {
+        d = deny(port + " is reserved for " + reservation_label(r) +
+                 "; reserved ports are never handed out from a pool");
+      } else if (!r.principals.matches(who)) {
+        d = deny(port + " is reserved for " + reservation_label(r) + "; " + caller +
+                 " is not among its principals");
+      } else if (!r.modes.has(req.mode)) {
+        d = deny(port + " is reserved for " + reservation_label(r) + " in modes " +
+                 r.modes.to_string() + " only, not " + mode_name(req.mode));
+      } else {
+        if (!grant) grant = &r;
+        continue;
+      }
+      d.reservation = r.name;
+      return d;
+    }
+    if (grant) {
+      Decision d = allow(port + " is reserved for " + reservation_label(*grant) + " and " + caller +
+                         " is among its principals");
+      d.reservation = grant->name;
+      return d;
+    }
+  }
+
+  if (free_root) {
+    Decision d = allow("root is unrestricted ([daemon] root_unrestricted in " + source + ")");
+    if (req.from_pool) {
+      for (const auto* pool : pools_at(req.protocol, req.port)) {
+        d.pool = pool->name;
+        break;
+      }
+    }
+    return d;
+  }
+
+  if (req.port == 0 || req.from_pool) {
+    for (const auto& pool : pools) {
+      if (!pool.protocols.has(req.protocol) || !pool.principals.matches(who)) continue;
+      if (req.port != 0 && !ports_contain(pool.ports, req.port)) continue;
+      Decision d = allow("allowed by " + pool_label(pool));
+      d.pool = pool.name;
+      return d;
+    }
+    if (req.port == 0) {
+      return deny("no pool in " + source + " is open to " + caller + " for " +
+                  protocol_name(req.protocol));
+    }
+    return deny("port " + std::to_string(req.port) + " is in no pool open to " + caller + " for " +
+                protocol_name(req.protocol));
+  }
+
+  const std::string endpoint = format_endpoint(req.protocol, req.address, req.port);
+  std::optional<Decision> refusal;
+  for (const auto& rule : rules) {
+    if (!rule.protocols.has(req.protocol) || !ports_contain(rule.ports, req.port) ||
+        !address_set_grants(rule.addresses, req.address) || !rule.principals.matches(who)) {
+      continue;
+    }
+    if (!rule.modes.has(req.mode)) {
+      if (!refusal) {
+        refusal = deny(rule_label(rule) + " grants " + caller + " " + endpoint + " only in modes " +
+                       rule.modes.to_string() + ", not " + mode_name(req.mode));
+      }
+      continue;
+    }
+    if (rule.max_leases) {
+      size_t count = std::count_if(held.begin(), held.end(), [&](const HeldLease& h) {
+        return rule.protocols.has(h.protocol) && ports_contain(rule.ports, h.port) &&
+               address_set_grants(rule.addresses, h.address);
+      });
+      if (count >= *rule.max_leases) {
+        if (!refusal) {
+          refusal = deny(caller + " already holds " + std::to_string(count) + " leases under " +
+                             rule_label(rule) + ", its max_leases",
+                         ErrorCode::kLimitExceeded);
+        }
+        continue;
+      }
+    }
+    return allow("allowed by " + rule_label(rule));
+  }
+  if (refusal) return *refusal;
+  return deny("no rule in " + source + " grants " + caller + " " + endpoint + " (deny by default)");
+}
+
+std::vector<const Pool*> Policy::pools_for(const Principal& who, Protocol p) const {
+  std::vector<const Pool*> out;
+  const bool free_root = who.uid == 0 && daemon.root_unrestricted;
+  for (const auto& pool : pools)
+    if (pool.protocols.has(p) && (free_root || pool.principals.matches(who))) out.push_back(&pool);
+  return out;
+}
+
+std::vector<const Reservation*> Policy::reservations_at(Protocol p, uint16_t port) const {
+  std::vector<const Reservation*> out;
+  for (const auto& r : reservations)
+    if (r.protocols.has(p) && ports_contain(r.ports, port)) out.push_back(&r);
+  return out;
+}
+
+std::vector<const Pool*> Policy::pools_at(Protocol p, uint16_t port) const {
+  std::vector<const Pool*> out;
+  for (const auto& pool : pools)
+    if (pool.protocols.has(p) && ports_contain(pool.ports, port)) out.push_back(&pool);
+  return out;
+}
+
+std::vector<PortRange> Policy::guarded_ports() const {
+  if (!daemon.ephemeral_guard) return {};
+  std::vector<PortRange> all;
+  for (const auto& r : reservations) all.insert(all.end(), r.ports.begin(), r.ports.end());
+  for (const auto& p : pools) all.insert(all.end(), p.ports.begin(), p.ports.end());
+  return normalize_ports(std::move(all));
+}
+
+std::vector<std::string> Policy::lint() const {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < reservations.size(); ++i) {
+    for (size_t j = i + 1; j < reservations.size(); ++j) {
+      const auto &a = reservations[i], &b = reservations[j];
+      if (!reservations_collide(a, b)) continue;
+      ProtocolSet both{a.protocols.tcp && b.protocols.tcp, a.protocols.udp && b.protocols.udp};
+      out.push_back(short_reservation_label(a) + " and " + short_reservation_label(b) +
+                    " both claim " + both.to_string() + " " +
+                    port_word(*first_common_ports(a.ports, b.ports)));
+    }
+  }
+  for (const auto& pool : pools) {
+    for (const auto& r : reservations) {
+      if (!pool.protocols.overlaps(r.protocols)) continue;
+      if (auto common = first_common_ports(pool.ports, r.ports)) {
+        out.push_back(pool_label(pool) + " contains " + port_word(*common) + " reserved by " +
+                      short_reservation_label(r) +
+                      "; reserved ports are never handed out from a pool");
+      }
+    }
+  }
+  for (size_t i = 0; i < pools.size(); ++i) {
+    for (size_t j = i + 1; j < pools.size(); ++j) {
+      const auto &a = pools[i], &b = pools[j];
+      if (!a.protocols.overlaps(b.protocols)) continue;
+      if (auto common = first_common_ports(a.ports, b.ports)) {
+        out.push_back(pool_label(a) + " and " + pool_label(b) + " overlap on " +
+                      port_word(*common));
+      }
+    }
+  }
+  for (size_t i = 0; i < rules.size(); ++i) {
+    const auto& a = rules[i];
+    for (size_t j = i + 1; j < rules.size(); ++j) {
+      const auto& b = rules[j];
+      if (!a.protocols.overlaps(b.protocols)) continue;
+      auto common = first_common_ports(a.ports, b.ports);
+      if (!common) continue;
+      bool addresses_overlap = a.addresses.empty() || b.addresses.empty() ||
+                               std::any_of(a.addresses.begin(), a.addresses.end(), [&](auto& x) {
+                                 return address_set_grants(b.addresses, x);
+                               });
+      if (!addresses_overlap) continue;
+      auto who = shared_principal(a.principals, b.principals);
+      if (!who) continue;
+      bool same = a.modes.to_string() == b.modes.to_string() && a.max_leases == b.max_leases;
+      out.push_back(rule_label(a) + " and " + rule_label(b) + " both grant " + *who + " " +
+                    port_word(*common) +
+                    (same ? " (redundant)"
+                          : " with different modes or max_leases; either one suffices, since "
+                            "rules only grant"));
+    }
+    if (a.max_leases && *a.max_leases > limits.max_leases_per_uid) {
+      out.push_back(rule_label(a) + " allows max_leases = " + std::to_string(*a.max_leases) +
+                    ", more than [limits] max_leases_per_uid = " +
+                    std::to_string(limits.max_leases_per_uid) + "; the smaller limit applies");
+    }
+  }
+  return out;
+}
+
+// --- runtime reservations -------------------------------------------------------------------
+
+Result<void> Policy::add_reservation(Reservation r) {
+  if (!valid_name(r.name)) {
+    return make_error(ErrorCode::kBadRequest,
+                      "invalid reservation name '" + r.name +
+                          "': use 1-64 letters, digits and . _ - @, starting with a letter or "
+                          "digit");
+  }
+  if (r.ports.empty()) return make_error(ErrorCode::kBadRequest, "a reservation needs ports");
+  for (const auto& other : reservations) {
+    if (other.name == r.name) {
+      return make_error(ErrorCode::kConflict, "reservation '" + r.name + "' already exists (" +
+                                                  other.origin.to_string() + ")");
+    }
+    if (reservations_collide(r, other)) {
+      return make_error(ErrorCode::kConflict,
+                        "reservation '" + r.name + "' overlaps " + reservation_label(other) +
+                            " on " + port_word(*first_common_ports(r.ports, other.ports)));
+    }
+  }
+  r.runtime = true;
+  reservations.push_back(std::move(r));
+  return {};
+}
+
+Result<void> Policy::remove_reservation(std::string_view name) {
+  auto it = std::find_if(reservations.begin(), reservations.end(),
+                         [&](const Reservation& r) { return r.name == name; });
+  if (it == reservations.end()) {
+    return make_error(ErrorCode::kNotFound, "no reservation named '" + std::string(name) + "'");
+  }
+  if (!it->runtime) {
+    return make_error(ErrorCode::kPermissionDenied,
+                      "reservation '" + it->name + "' is defined in " + it->origin.to_string() +
+                          "; edit that file and reload to remove it");
+  }
+  reservations.erase(it);
+  return {};
+}
+
+std::vector<Reservation> Policy::runtime_reservations() const {
+  std::vector<Reservation> out;
+  for (const auto& r : reservations)
+    if (r.runtime) out.push_back(r);
+  return out;
+}
+
+Result<Reservation> make_runtime_reservation(std::string_view name, std::string_view target,
+                                             std::span<const std::string> users,
+                                             std::span<const std::string> groups, bool hold,
+                                             const NameResolver& names) {
+  auto bad = [&](const std::string& why) {
+    return make_error(ErrorCode::kBadRequest,
+                      "invalid reservation target '" + std::string(target) + "': " + why);
+  };
+  Reservation r;
+  r.name = std::string(name);
+  r.origin = Origin{std::string(kReserveCommand), 0};
+  r.runtime = true;
+  r.hold = hold;
+  if (!valid_name(name)) {
+    return make_error(ErrorCode::kBadRequest,
+                      "invalid reservation name '" + r.name +
+                          "': use 1-64 letters, digits and . _ - @, starting with a letter or "
+                          "digit");
+  }
+  size_t first = target.find(':'), last = target.rfind(':');
+  if (first == std::string_view::npos || first == last) {
+    return bad("expected PROTO:ADDRESS:PORT[-PORT]");
+  }
+  std::string_view proto = target.substr(0, first);
+  std::string_view addr = target.substr(first + 1, last - first - 1);
+  if (proto == "tcp") {
+    r.protocols = ProtocolSet{true, false};
+  } else if (proto == "udp") {
+    r.protocols = ProtocolSet{false, true};
+  } else if (proto != "both") {
+    return bad("unknown protocol '" + std::string(proto) + "' (tcp, udp or both)");
+  }
+  if (addr != "any" && addr != "*") {
+    auto a = IpAddress::parse(addr);
+    if (!a) return bad(a.error().message);
+    r.addresses.push_back(a.value());
+  }
+  auto ports = parse_port_range(target.substr(last + 1));
+  if (!ports) return bad(ports.error().message);
+  r.ports.push_back(ports.value());
+
+  for (bool user : {true, false}) {
+    for (const auto& n : user ? users : groups) {
+      std::optional<uint32_t> id = user ? names.uid_of(n) : names.gid_of(n);
+      std::string label = n;
+      if (!id) {
+        id = parse_u32(n, static_cast<uint32_t>(kMaxId));
+        label.clear();
+      }
+      if (!id) {
+        return make_error(ErrorCode::kBadRequest,
+                          std::string("unknown ") + (user ? "user" : "group") + " '" + n + "'");
+      }
+      (user ? r.principals.users : r.principals.groups).push_back({*id, label});
+    }
+  }
+  return r;
+}
+
+std::string to_state_toml(std::span<const Reservation> runtime) {
+  toml::array list;
+  for (const auto& r : runtime) {
+    toml::table t;
+    t.insert("name", r.name);
+    t.insert("protocol", r.protocols.tcp && r.protocols.udp ? "both"
+                         : r.protocols.udp                  ? "udp"
+                                                            : "tcp");
+    if (r.addresses.empty()) {
+      t.insert("address", "any");
+    } else {
+      toml::array addrs;
+      for (const auto& a : r.addresses) addrs.push_back(a.to_string());
+      t.insert("address", std::move(addrs));
+    }
+    toml::array ports;
+    for (const auto& p : r.ports) ports.push_back(p.to_string());
+    t.insert("ports", std::move(ports));
+    if (r.principals.anyone || !r.principals.users.empty()) {
+      toml::array users;
+      if (r.principals.anyone) users.push_back("*");
+      for (const auto& u : r.principals.users) users.push_back(int64_t{u.id});
+      t.insert("users", std::move(users));
+    }
+    if (!r.principals.groups.empty()) {
+      toml::array groups;
+      for (const auto& g : r.principals.groups) groups.push_back(int64_t{g.id});
+      t.insert("groups", std::move(groups));
+    }
+    if (!r.principals.cgroups.empty()) {
+      toml::array cgroups;
+      for (const auto& c : r.principals.cgroups) cgroups.push_back(c);
+      t.insert("cgroups", std::move(cgroups));
+    }
+    toml::array modes;
+    for (Mode m : {Mode::kExclusive, Mode::kShared, Mode::kReuseport})
+      if (r.modes.has(m)) modes.push_back(mode_name(m));
+    t.insert("modes", std::move(modes));
+    t.insert("hold", r.hold);
+    list.push_back(std::move(t));
+  }
+  toml::table root;
+  root.insert("version", 1);
+  if (!list.empty()) root.insert("reservation", std::move(list));
+  std::ostringstream os;
+  os << "# Runtime port reservations (portbroker reserve / unreserve).\n"
+        "# Written by portbrokerd; edits are lost on the next change.\n"
+     << root << "\n";
+  return os.str();
+}
+
+}  // namespace portbroker::broker

@@ -1,0 +1,53 @@
+// Server internals shared by server.cc and admin.cc (not part of any interface).
+#pragma once
+
+#include <capnp/message.h>
+
+#include <string>
+#include <vector>
+
+#include "broker/server.h"
+#include "ipc/portbroker.capnp.h"
+#include "ipc/wire.h"
+
+namespace portbroker::broker {
+
+// One reply under construction. The first segment lives in a reused, zeroed scratch buffer
+// so that a typical reply allocates nothing.
+struct Server::Reply {
+  capnp::MallocMessageBuilder message;
+  wire::Reply::Builder root;
+  std::vector<int> fds;  // borrowed: owned by the broker's socket tables
+
+  explicit Reply(kj::ArrayPtr<capnp::word> scratch)
+      : message(scratch), root(message.initRoot<wire::Reply>()) {}
+
+  void error(const Error& e) {
+    auto err = root.initError();
+    err.setCode(ipc::error_code_to_wire(e.code));
+    err.setMessage(e.message);
+    fds.clear();
+  }
+};
+
+struct Server::Session {
+  Server* server = nullptr;
+  uint64_t id = 0;
+  UniqueFd conn;
+  UniqueFd pidfd;
+  Holder holder;
+  Principal principal;  // what the policy sees: holder's ids plus supplementary groups
+  uv_poll_t poll{};
+  bool closing = false;
+  // A reply the socket had no room for; while it waits, the session is not read.
+  kj::Array<capnp::word> pending;
+  std::vector<UniqueFd> pending_fds;
+};
+
+bool pidfd_alive(int pidfd);
+std::string read_first_line(const std::string& path);
+void fill_lease(const Registry& reg, const Lease& l, const std::string& comm,
+                wire::LeaseInfo::Builder info);
+void fill_reservation(const Reservation& r, wire::Reservation::Builder out);
+
+}  // namespace portbroker::broker

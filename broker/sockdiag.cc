@@ -1,0 +1,339 @@
+#include "broker/sockdiag.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+
+#include "ipc/fd.h"
+
+namespace portbroker::broker {
+
+namespace {
+
+// The kernel's socket states (include/net/tcp_states.h); UDP reuses them.
+enum : uint8_t {
+  kEstablished = 1,
+  kSynSent = 2,
+  kSynRecv = 3,
+  kFinWait1 = 4,
+  kFinWait2 = 5,
+  kTimeWait = 6,
+  kClose = 7,
+  kCloseWait = 8,
+  kLastAck = 9,
+  kListen = 10,
+  kClosing = 11,
+  kNewSynRecv = 12,
+  kBoundInactive = 13,  // Linux 6.8+: bound, never listened; older kernels ignore the bit
+};
+
+const char* state_name(uint8_t state) {
+  switch (state) {
+    case kEstablished:
+      return "ESTAB";
+    case kSynSent:
+      return "SYN-SENT";
+    case kSynRecv:
+    case kNewSynRecv:
+      return "SYN-RECV";
+    case kFinWait1:
+      return "FIN-WAIT-1";
+    case kFinWait2:
+      return "FIN-WAIT-2";
+    case kTimeWait:
+      return "TIME-WAIT";
+    case kClose:
+    case kBoundInactive:
+      return "UNCONN";
+    case kCloseWait:
+      return "CLOSE-WAIT";
+    case kLastAck:
+      return "LAST-ACK";
+    case kListen:
+      return "LISTEN";
+    case kClosing:
+      return "CLOSING";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+bool holds_for_bind(const PortHolder& h) { return h.state == "LISTEN" || h.state == "UNCONN"; }
+
+Error sys_error(const std::string& what, int err) {
+  return make_error(ErrorCode::kInternal, what + ": " + std::strerror(err));
+}
+
+// The kernel runs this filter on every socket of the dump, so only the port's sockets cross
+// into userspace. S_GE + S_LE rather than S_EQ: S_EQ needs Linux 4.16. A failed test jumps
+// past the end (remaining length + 4), which the kernel reads as "reject".
+std::vector<uint8_t> dump_request(int family, Protocol protocol, uint16_t port, uint32_t states,
+                                  uint32_t seq) {
+  const inet_diag_bc_op ops[4] = {
+      {INET_DIAG_BC_S_GE, 8, 16 + 4},
+      {0, 0, port},
+      {INET_DIAG_BC_S_LE, 8, 8 + 4},
+      {0, 0, port},
+  };
+  inet_diag_req_v2 req{};
+  req.sdiag_family = static_cast<uint8_t>(family);
+  req.sdiag_protocol = protocol == Protocol::kUdp ? IPPROTO_UDP : IPPROTO_TCP;
+  req.idiag_states = states;
+
+  const size_t attr_len = NLA_HDRLEN + sizeof(ops);
+  const size_t total = NLMSG_LENGTH(sizeof(req)) + NLA_ALIGN(attr_len);
+  std::vector<uint8_t> buf(total, 0);
+  nlmsghdr nlh{};
+  nlh.nlmsg_len = static_cast<uint32_t>(total);
+  nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  nlh.nlmsg_seq = seq;
+  nlattr attr{};
+  attr.nla_len = static_cast<uint16_t>(attr_len);
+  attr.nla_type = INET_DIAG_REQ_BYTECODE;
+  uint8_t* p = buf.data();
+  std::memcpy(p, &nlh, sizeof(nlh));
+  p += NLMSG_HDRLEN;
+  std::memcpy(p, &req, sizeof(req));
+  p += NLMSG_ALIGN(sizeof(req));
+  std::memcpy(p, &attr, sizeof(attr));
+  p += NLA_HDRLEN;
+  std::memcpy(p, ops, sizeof(ops));
+  return buf;
+}
+
+IpAddress address_from(int family, const uint32_t (&words)[4]) {
+  IpAddress a;
+  a.family = family;
+  std::memcpy(a.bytes.data(), words, family == AF_INET ? 4 : 16);
+  return a;
+}
+
+// One SOCK_DIAG_BY_FAMILY dump for one address family, appended to `out`.
+Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, HolderScope scope,
+                         uint32_t seq, std::vector<PortHolder>& out) {
+  uint32_t states = ~0u;
+  if (protocol == Protocol::kTcp && scope == HolderScope::kBound) {
+    states = (1u << kListen) | (1u << kClose) | (1u << kBoundInactive);
+  }
+  std::vector<uint8_t> req = dump_request(family, protocol, port, states, seq);
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  ssize_t sent;
+  do {
+    sent = ::sendto(nl, req.data(), req.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
+                    sizeof(kernel));
+  } while (sent < 0 && errno == EINTR);
+  if (sent < 0) return sys_error("sock_diag request", errno);
+
+  // Dumps arrive in parts of up to a page or two each; 64 KiB never truncates one.
+  std::vector<char> buf(64 * 1024);
+  for (;;) {
+    sockaddr_nl from{};
+    iovec iov{buf.data(), buf.size()};
+    msghdr mh{};
+    mh.msg_name = &from;
+    mh.msg_namelen = sizeof(from);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    ssize_t n = ::recvmsg(nl, &mh, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return sys_error("sock_diag reply", errno);
+    if (mh.msg_flags & MSG_TRUNC)
+      return make_error(ErrorCode::kInternal, "sock_diag reply truncated");
+    if (from.nl_pid != 0) continue;  // only the kernel speaks for the kernel
+
+    int len = static_cast<int>(n);
+    for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, len);
+         h = NLMSG_NEXT(h, len)) {
+      if (h->nlmsg_seq != seq) continue;
+      if (h->nlmsg_type == NLMSG_DONE) {
+        // A dump that failed midway reports the error here.
+        if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(int))) {
+          int err = 0;
+          std::memcpy(&err, NLMSG_DATA(h), sizeof(err));
+          if (err < 0) return sys_error("sock_diag dump", -err);
+        }
+        return {};
+      }
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
+          return make_error(ErrorCode::kInternal, "sock_diag: short error message");
+        }
+        const auto* e = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
+        if (e->error == 0) continue;
+        int err = -e->error;
+        if (family == AF_INET6 && err == EAFNOSUPPORT) return {};  // IPv6 disabled: none
+        if (err == ENOENT) {
+          return make_error(ErrorCode::kInternal,
+                            std::string("socket diagnostics for ") + protocol_name(protocol) +
+                                " are unavailable (is the " + protocol_name(protocol) +
+                                "_diag kernel module loaded?)");
+        }
+        return sys_error("sock_diag dump", err);
+      }
+      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+      if (h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
+      const auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+      if (m->idiag_family != AF_INET && m->idiag_family != AF_INET6) continue;
+      // The bytecode already filtered; checking again costs nothing and survives a kernel
+      // that ignored it.
+      if (ntohs(m->id.idiag_sport) != port) continue;
+      PortHolder holder;
+      holder.protocol = protocol;
+      holder.address = address_from(m->idiag_family, m->id.idiag_src);
+      holder.port = port;
+      if (m->id.idiag_dport != 0) {
+        holder.peer = address_from(m->idiag_family, m->id.idiag_dst);
+        holder.peer_port = ntohs(m->id.idiag_dport);
+      }
+      holder.state = state_name(m->idiag_state);
+      holder.uid = m->idiag_uid;
+      holder.inode = m->idiag_inode;
+      out.push_back(std::move(holder));
+    }
+  }
+}
+
+struct DirCloser {
+  void operator()(DIR* d) const { ::closedir(d); }
+};
+using Dir = std::unique_ptr<DIR, DirCloser>;
+
+Dir open_dir_at(int dirfd, const char* name) {
+  UniqueFd fd(::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) return nullptr;
+  DIR* d = ::fdopendir(fd.get());
+  if (!d) return nullptr;
+  (void)fd.release();  // the DIR owns it now
+  return Dir(d);
+}
+
+std::optional<uint64_t> parse_decimal(std::string_view s) {
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
+  return v;
+}
+
+// "socket:[12345]" -> 12345
+std::optional<uint64_t> socket_inode(std::string_view link) {
+  constexpr std::string_view kPrefix = "socket:[";
+  if (!link.starts_with(kPrefix) || !link.ends_with(']')) return std::nullopt;
+  return parse_decimal(link.substr(kPrefix.size(), link.size() - kPrefix.size() - 1));
+}
+
+std::string read_small_file_at(int dirfd, const char* name) {
+  UniqueFd fd(::openat(dirfd, name, O_RDONLY | O_CLOEXEC));
+  if (!fd) return {};
+  char buf[4096];
+  std::string out;
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > 64 * 1024) break;
+  }
+  return out;
+}
+
+SocketOwner describe_process(pid_t pid, int pid_dir) {
+  SocketOwner owner;
+  owner.pid = pid;
+  owner.comm = read_small_file_at(pid_dir, "comm");
+  if (!owner.comm.empty() && owner.comm.back() == '\n') owner.comm.pop_back();
+  // "Uid:\treal\teffective\tsaved\tfs"
+  std::string status = read_small_file_at(pid_dir, "status");
+  size_t at = status.find("\nUid:");
+  if (at != std::string::npos) {
+    std::string_view rest(status);
+    rest.remove_prefix(at + 5);
+    for (int field = 0; field < 2; ++field) {
+      rest.remove_prefix(std::min(rest.find_first_not_of(" \t"), rest.size()));
+      size_t end = std::min(rest.find_first_of(" \t\n"), rest.size());
+      if (field == 1) {
+        if (auto v = parse_decimal(rest.substr(0, end))) owner.uid = static_cast<uint32_t>(*v);
+      }
+      rest.remove_prefix(end);
+    }
+  }
+  return owner;
+}
+
+// One pass over /proc/*/fd for every wanted inode at once. Processes come and go while we
+// read, and other users' fds may be unreadable: both are skipped, not errors.
+Result<void> attach_processes(std::vector<PortHolder>& holders) {
+  std::unordered_map<uint64_t, std::vector<size_t>> wanted;
+  for (size_t i = 0; i < holders.size(); ++i)
+    if (holders[i].inode != 0) wanted[holders[i].inode].push_back(i);
+  if (wanted.empty()) return {};
+
+  Dir proc = open_dir_at(AT_FDCWD, "/proc");
+  if (!proc) return sys_error("opening /proc", errno);
+  char link[64];
+  while (dirent* pe = ::readdir(proc.get())) {
+    auto pid = parse_decimal(pe->d_name);
+    if (!pid) continue;
+    UniqueFd pid_dir(::openat(::dirfd(proc.get()), pe->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!pid_dir) continue;
+    Dir fds = open_dir_at(pid_dir.get(), "fd");
+    if (!fds) continue;
+    std::optional<SocketOwner> owner;
+    while (dirent* fe = ::readdir(fds.get())) {
+      if (fe->d_name[0] == '.') continue;
+      ssize_t n = ::readlinkat(::dirfd(fds.get()), fe->d_name, link, sizeof(link));
+      if (n <= 0 || static_cast<size_t>(n) >= sizeof(link)) continue;
+      auto inode = socket_inode(std::string_view(link, static_cast<size_t>(n)));
+      if (!inode) continue;
+      auto it = wanted.find(*inode);
+      if (it == wanted.end()) continue;
+      if (!owner) owner = describe_process(static_cast<pid_t>(*pid), pid_dir.get());
+      for (size_t i : it->second) {
+        auto& procs = holders[i].processes;
+        // The same socket on several fds of one process is still one holder.
+        if (procs.empty() || procs.back().pid != owner->pid) procs.push_back(*owner);
+      }
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<std::vector<PortHolder>> find_port_holders(Protocol protocol, uint16_t port,
+                                                  HolderScope scope) {
+  UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!nl) return sys_error("socket(NETLINK_SOCK_DIAG)", errno);
+  std::vector<PortHolder> holders;
+  uint32_t seq = 1;
+  for (int family : {AF_INET, AF_INET6}) {
+    auto r = dump_family(nl.get(), family, protocol, port, scope, seq++, holders);
+    if (!r) return r.error();
+  }
+  if (auto r = attach_processes(holders); !r) return r.error();
+  std::stable_sort(holders.begin(), holders.end(), [](const PortHolder& a, const PortHolder& b) {
+    bool ab = holds_for_bind(a), bb = holds_for_bind(b);
+    if (ab != bb) return ab;
+    return a.address.family < b.address.family;
+  });
+  return holders;
+}
+
+}  // namespace portbroker::broker

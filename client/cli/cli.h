@@ -1,0 +1,33 @@
+// Pieces of the `portbroker` command line, shared by main.cc, exec.cc and format.cc.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <portbroker/client.hpp>
+#include <string>
+#include <vector>
+
+namespace portbroker::cli {
+
+// Exit codes: the contract in DESIGN.md.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;
+inline constexpr int kExitUsage = 2;
+
+std::string format_lease_table(const std::vector<LeaseInfo>& leases);
+nlohmann::json leases_to_json(const std::vector<LeaseInfo>& leases);
+std::string format_status(const DaemonStatus& status);
+nlohmann::json status_to_json(const DaemonStatus& status);
+std::string format_reservation_table(const std::vector<ReservationInfo>& reservations);
+nlohmann::json reservations_to_json(const std::vector<ReservationInfo>& reservations);
+std::string format_reload(const ReloadReport& report);
+std::string format_who(const WhoReport& report);
+nlohmann::json who_to_json(const WhoReport& report);
+std::string format_problems(const std::vector<Problem>& problems);  // "no problems found"
+nlohmann::json problems_to_json(const std::vector<Problem>& problems);
+
+// Acquires `specs`, then replaces this process with `command`, systemd socket-activation style.
+// Returns only on failure, with the exit code.
+int run_exec(const std::string& socket_path, const std::vector<std::string>& specs,
+             const std::vector<std::string>& command);
+
+}  // namespace portbroker::cli

@@ -1,0 +1,233 @@
+// `portbroker`: the command line for portbrokerd (leases, exec, reservations, diagnostics).
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli.h"
+
+namespace portbroker::cli {
+namespace {
+
+int fail(const Error& e) {
+  std::fprintf(stderr, "portbroker: %s\n", e.message.c_str());
+  return kExitFailed;
+}
+
+int print(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  return std::fflush(stdout) == 0 ? kExitOk : kExitFailed;
+}
+
+int run_list(const std::string& socket_path, bool json) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto leases = client->list();
+  if (!leases) return fail(leases.error());
+  return print(json ? leases_to_json(*leases).dump(2) + "\n" : format_lease_table(*leases));
+}
+
+int run_status(const std::string& socket_path, bool json) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto status = client->status();
+  if (!status) return fail(status.error());
+  return print(json ? status_to_json(*status).dump(2) + "\n" : format_status(*status));
+}
+
+int run_release(const std::string& socket_path, const std::string& id_text) {
+  // Parsed here rather than by CLI11, which wraps "-1" into the largest uint64.
+  uint64_t id = 0;
+  auto [end, ec] = std::from_chars(id_text.data(), id_text.data() + id_text.size(), id);
+  if (id_text.empty() || ec != std::errc() || end != id_text.data() + id_text.size()) {
+    std::fprintf(stderr, "portbroker release: '%s' is not a lease ID\n", id_text.c_str());
+    return kExitUsage;
+  }
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto released = client->release(id);
+  if (!released) return fail(released.error());
+  return kExitOk;
+}
+
+int run_reserve(const std::string& socket_path, const std::string& name, const std::string& target,
+                const std::vector<std::string>& users, const std::vector<std::string>& groups,
+                bool hold) {
+  // Checked here too, so that a typo is a usage error even before reaching the daemon.
+  if (auto parsed = parse_reservation_target(target); !parsed) {
+    std::fprintf(stderr, "portbroker reserve: %s\n", parsed.error().message.c_str());
+    return kExitUsage;
+  }
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto reserved = client->reserve(name, target, users, groups, hold);
+  if (!reserved) return fail(reserved.error());
+  return kExitOk;
+}
+
+int run_unreserve(const std::string& socket_path, const std::string& name) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto removed = client->unreserve(name);
+  if (!removed) return fail(removed.error());
+  return kExitOk;
+}
+
+int run_reservations(const std::string& socket_path, bool json) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto list = client->reservations();
+  if (!list) return fail(list.error());
+  return print(json ? reservations_to_json(*list).dump(2) + "\n" : format_reservation_table(*list));
+}
+
+int run_reload(const std::string& socket_path) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto report = client->reload();
+  if (!report) return fail(report.error());
+  return print(format_reload(*report));
+}
+
+int run_who(const std::string& socket_path, const std::string& port_text, bool udp, bool json) {
+  uint32_t port = 0;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (port_text.empty() || ec != std::errc() || end != port_text.data() + port_text.size() ||
+      port < 1 || port > 65535) {
+    std::fprintf(stderr, "portbroker who: '%s' is not a port (1-65535)\n", port_text.c_str());
+    return kExitUsage;
+  }
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto report = client->who(udp ? Protocol::kUdp : Protocol::kTcp, static_cast<uint16_t>(port));
+  if (!report) return fail(report.error());
+  return print(json ? who_to_json(*report).dump(2) + "\n" : format_who(*report));
+}
+
+int run_check(const std::string& socket_path, bool json) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto problems = client->check();
+  if (!problems) return fail(problems.error());
+  int printed =
+      print(json ? problems_to_json(*problems).dump(2) + "\n" : format_problems(*problems));
+  return problems->empty() ? printed : kExitFailed;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{
+      "Ask portbrokerd for ports; list and release leases; reserve ports; find out "
+      "who holds a port.",
+      "portbroker"};
+  app.require_subcommand(1);
+  app.fallthrough();  // `portbroker list --socket X` works as well as `--socket X list`
+  std::string socket_path;
+  app.add_option("--socket", socket_path,
+                 "portbrokerd's control socket (default: $PORTBROKER_SOCKET, else the "
+                 "standard path)");
+
+  bool json = false;
+  auto* list = app.add_subcommand("list", "List leases.");
+  list->add_flag("--json", json, "Print JSON.");
+
+  auto* status = app.add_subcommand("status", "Show the daemon's status.");
+  status->add_flag("--json", json, "Print JSON.");
+
+  std::string lease_id;
+  auto* release = app.add_subcommand("release", "Release (revoke) a lease.");
+  release->add_option("ID", lease_id, "Lease ID, as shown by `portbroker list`.")->required();
+
+  std::vector<std::string> specs;
+  std::vector<std::string> command;
+  auto* exec = app.add_subcommand("exec", "Acquire sockets, then run a command with them.");
+  exec->footer(
+      "CMD gets the sockets as fds 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES set "
+      "as systemd socket activation sets them, so any sd_listen_fds(3) server runs unchanged. "
+      "The leases last as long as CMD (or any process it passes PORTBROKER_SESSION_FD to) "
+      "runs.\nExample: portbroker exec --listen http=tcp:0.0.0.0:8080 -- nginx");
+  exec->add_option("--listen", specs,
+                   "A socket to acquire: [NAME=]PROTO:ADDRESS:PORT[,OPTION...], e.g. "
+                   "http=tcp:0.0.0.0:8080. Repeat for more; all are acquired or none.")
+      ->required()
+      ->allow_extra_args(false);
+  exec->add_option("CMD", command, "The command and its arguments (after `--`).")->required();
+  exec->positionals_at_end();  // everything from CMD on belongs to CMD
+
+  std::string name, target;
+  std::vector<std::string> users, groups;
+  bool hold = false;
+  auto* reserve = app.add_subcommand("reserve", "Reserve a port or range for a service (root).");
+  reserve->footer(
+      "Only the given users and groups may lease a reserved port; with --hold the daemon binds "
+      "it now and keeps it, so no process outside the broker can take it, and the first "
+      "entitled lease receives that very socket. Runtime reservations survive daemon "
+      "restarts.\nExample: portbroker reserve web tcp:any:80 --user www-data --hold");
+  reserve->add_option("NAME", name, "The reservation's name.")->required();
+  reserve
+      ->add_option("TARGET", target,
+                   "PROTO:ADDRESS:PORT[-PORT]: PROTO tcp, udp or both; ADDRESS an address "
+                   "or any.")
+      ->required();
+  reserve->add_option("--user", users, "A user (name or uid) who may lease it. Repeatable.")
+      ->allow_extra_args(false);
+  reserve->add_option("--group", groups, "A group (name or gid) that may lease it. Repeatable.")
+      ->allow_extra_args(false);
+  reserve->add_flag("--hold", hold, "Bind the port now and keep it until leased.");
+
+  auto* unreserve = app.add_subcommand("unreserve", "Remove a runtime reservation (root).");
+  unreserve->add_option("NAME", name, "The reservation's name.")->required();
+
+  auto* reservations = app.add_subcommand("reservations", "List reservations.");
+  reservations->add_flag("--json", json, "Print JSON.");
+
+  auto* reload = app.add_subcommand("reload", "Reload the policy, keeping every lease (root).");
+
+  std::string port;
+  bool udp = false;
+  auto* who = app.add_subcommand("who", "Show who holds a port, and why one may not bind it.");
+  who->footer(
+      "Lists the port's leases, the processes outside the broker holding it, its reservations "
+      "and pools, and whether it lies in the kernel's ephemeral range unprotected.");
+  who->add_option("PORT", port, "The port (1-65535).")->required();
+  who->add_flag("--udp", udp, "The UDP port (default: TCP).");
+  who->add_flag("--json", json, "Print JSON.");
+
+  auto* check = app.add_subcommand("check", "Report problems to fix before a restart.");
+  check->footer(
+      "Reservations held outside the broker, reservations in the ephemeral range unprotected, "
+      "contradictory rules, leases the current policy would refuse. Exit status 1 when there "
+      "is any problem.");
+  check->add_flag("--json", json, "Print JSON.");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);  // prints help (exit 0) or the error
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+
+  if (*list) return run_list(socket_path, json);
+  if (*status) return run_status(socket_path, json);
+  if (*release) return run_release(socket_path, lease_id);
+  if (*exec) return run_exec(socket_path, specs, command);
+  if (*reserve) return run_reserve(socket_path, name, target, users, groups, hold);
+  if (*unreserve) return run_unreserve(socket_path, name);
+  if (*reservations) return run_reservations(socket_path, json);
+  if (*reload) return run_reload(socket_path);
+  if (*who) return run_who(socket_path, port, udp, json);
+  if (*check) return run_check(socket_path, json);
+  return kExitUsage;
+}
+
+}  // namespace
+}  // namespace portbroker::cli
+
+int main(int argc, char** argv) {
+  try {
+    return portbroker::cli::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "portbroker: %s\n", e.what());
+    return portbroker::cli::kExitFailed;
+  }
+}

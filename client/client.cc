@@ -1,0 +1,621 @@
+#include "portbroker/client.hpp"
+
+#include <kj/exception.h>
+
+#include <charconv>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <optional>
+#include <span>
+#include <utility>
+
+#include "ipc/fd.h"
+#include "ipc/framing.h"
+#include "ipc/paths.h"
+#include "ipc/portbroker.capnp.h"
+#include "ipc/wire.h"
+
+namespace portbroker {
+
+namespace {
+
+Error protocol_error(std::string message) {
+  return make_error(ErrorCode::kProtocolError, "bad reply from portbrokerd: " + std::move(message));
+}
+
+// Nothing thrown by Cap'n Proto (a hostile or corrupt reply) or by the allocator may leave the
+// library: callers, including C ones, were promised errors as values.
+template <typename T, typename Fn>
+Result<T> no_throw(Fn&& fn) noexcept {
+  try {
+    return fn();
+  } catch (const kj::Exception& e) {
+    return protocol_error(e.getDescription().cStr());
+  } catch (const std::bad_alloc&) {
+    return make_error(ErrorCode::kResourceExhausted, "out of memory");
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::kInternal, e.what());
+  } catch (...) {
+    return make_error(ErrorCode::kInternal, "unexpected exception in the portbroker client");
+  }
+}
+
+Result<Protocol> protocol_from_wire(wire::Protocol p) {
+  switch (p) {
+    case wire::Protocol::TCP:
+      return Protocol::kTcp;
+    case wire::Protocol::UDP:
+      return Protocol::kUdp;
+  }
+  return protocol_error("unknown protocol " + std::to_string(static_cast<int>(p)));
+}
+
+Result<Mode> mode_from_wire(wire::Mode m) {
+  switch (m) {
+    case wire::Mode::EXCLUSIVE:
+      return Mode::kExclusive;
+    case wire::Mode::SHARED:
+      return Mode::kShared;
+    case wire::Mode::REUSEPORT:
+      return Mode::kReuseport;
+  }
+  return protocol_error("unknown mode " + std::to_string(static_cast<int>(m)));
+}
+
+std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+
+Result<void> lease_from_wire(wire::LeaseInfo::Reader in, LeaseInfo& out) {
+  auto protocol = protocol_from_wire(in.getProtocol());
+  if (!protocol) return protocol.error();
+  auto mode = mode_from_wire(in.getMode());
+  if (!mode) return mode.error();
+  auto address = ipc::address_from_wire(in.getAddress());
+  if (!address) return protocol_error(address.error().message);
+  out.id = in.getId();
+  out.name = text(in.getName());
+  out.protocol = *protocol;
+  out.address = *address;
+  out.port = in.getPort();
+  out.mode = *mode;
+  auto holder = in.getHolder();
+  out.holder.pid = holder.getPid();
+  out.holder.uid = holder.getUid();
+  out.holder.gid = holder.getGid();
+  out.holder.comm = text(holder.getComm());
+  out.holder.cgroup = text(holder.getCgroup());
+  out.session = in.getSession();
+  out.created_at_ms = in.getCreatedAt();
+  out.state = text(in.getState());
+  return {};
+}
+
+std::vector<std::string> texts(capnp::List<capnp::Text>::Reader list) {
+  std::vector<std::string> out;
+  out.reserve(list.size());
+  for (auto t : list) out.push_back(text(t));
+  return out;
+}
+
+Result<void> reservation_from_wire(wire::Reservation::Reader in, ReservationInfo& out) {
+  out.name = text(in.getName());
+  out.target = text(in.getTarget());
+  out.tcp = in.getTcp();
+  out.udp = in.getUdp();
+  if (in.hasAddress() && in.getAddress().size() > 0) {
+    auto address = ipc::address_from_wire(in.getAddress());
+    if (!address) return protocol_error(address.error().message);
+    out.address = *address;
+  }
+  out.port_first = in.getPortFirst();
+  out.port_last = in.getPortLast();
+  out.users = texts(in.getUsers());
+  out.groups = texts(in.getGroups());
+  out.hold = in.getHold();
+  out.origin = text(in.getOrigin());
+  out.principals = text(in.getPrincipals());
+  return {};
+}
+
+Result<void> outside_from_wire(wire::OutsideHolder::Reader in, OutsideHolder& out) {
+  auto protocol = protocol_from_wire(in.getProtocol());
+  if (!protocol) return protocol.error();
+  auto address = ipc::address_from_wire(in.getAddress());
+  if (!address) return protocol_error(address.error().message);
+  out.protocol = *protocol;
+  out.address = *address;
+  out.port = in.getPort();
+  out.state = text(in.getState());
+  out.pid = in.getPid();
+  out.uid = in.getUid();
+  out.comm = text(in.getComm());
+  return {};
+}
+
+// Converts every element of a wire list with `convert`, stopping at the first bad one.
+template <typename T, typename List, typename Convert>
+Result<std::vector<T>> all_from_wire(List list, Convert convert) {
+  std::vector<T> out(list.size());
+  for (unsigned i = 0; i < list.size(); ++i) {
+    if (auto ok = convert(list[i], out[i]); !ok) return ok.error();
+  }
+  return out;
+}
+
+Result<uint16_t> parse_port(std::string_view text) {
+  uint32_t port = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || port < 1 ||
+      port > 65535) {
+    return make_error(ErrorCode::kBadRequest,
+                      "'" + std::string(text) + "' is not a port (1-65535)");
+  }
+  return static_cast<uint16_t>(port);
+}
+
+Error error_from_reply(wire::Reply::Reader reply) {
+  auto err = reply.getError();
+  ErrorCode code = ipc::error_code_from_wire(err.getCode());
+  std::string message = text(err.getMessage());
+  if (message.empty()) message = error_code_name(code);
+  return make_error(code, std::move(message));
+}
+
+Error unexpected_reply(wire::Reply::Reader reply, const char* wanted) {
+  return protocol_error(std::string("expected ") + wanted + ", got reply kind " +
+                        std::to_string(static_cast<int>(reply.which())));
+}
+
+}  // namespace
+
+// One session with the daemon: its socket, a receive buffer reused for every reply, and a
+// zeroed scratch segment so that building a request does not allocate.
+class Connection {
+ public:
+  explicit Connection(UniqueFd fd) : fd_(std::move(fd)), scratch_(kScratchWords) {}
+
+  bool alive() const { return fd_.valid(); }
+  int fd() const { return fd_.get(); }
+  int detach() {
+    forget_reply();
+    return fd_.release();
+  }
+
+  // The fds that rode on the last reply; whatever is left in here is closed by the next call.
+  std::vector<UniqueFd>& fds() { return buf_.fds; }
+  void forget_reply() {
+    reader_.reset();
+    buf_.fds.clear();
+  }
+
+  // Sends the request `fill` writes and waits for its reply, valid until the next call.
+  // May throw kj::Exception while decoding; callers run under no_throw.
+  template <typename Fill>
+  Result<wire::Reply::Reader> call(Fill&& fill) {
+    if (!fd_) {
+      return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+    }
+    forget_reply();
+    {
+      capnp::MallocMessageBuilder message(kj::arrayPtr(scratch_.data(), scratch_.size()));
+      auto request = message.initRoot<wire::Request>();
+      request.setVersion(wire::PROTOCOL_VERSION);
+      fill(request);
+      auto sent = ipc::send_message(fd_.get(), message);
+      if (!sent) {
+        // The daemon is gone (EPIPE, ECONNRESET): the session and its leases went with it.
+        fd_.reset();
+        return sent.error();
+      }
+    }
+    switch (ipc::recv_record(fd_.get(), buf_, /*accept_fds=*/true, /*dont_wait=*/false)) {
+      case ipc::RecvStatus::kRecord:
+        break;
+      case ipc::RecvStatus::kEof:
+        fd_.reset();
+        return make_error(ErrorCode::kConnectionFailed, "portbrokerd closed the connection");
+      case ipc::RecvStatus::kError: {
+        int e = buf_.error;
+        fd_.reset();
+        return make_error(ErrorCode::kConnectionFailed,
+                          std::string("cannot read from portbrokerd: ") + std::strerror(e));
+      }
+      case ipc::RecvStatus::kTruncated:
+        buf_.fds.clear();
+        return protocol_error("record or its fds exceed the limits");
+      case ipc::RecvStatus::kMisaligned:
+        buf_.fds.clear();
+        return protocol_error("record is not a whole number of words");
+      case ipc::RecvStatus::kWouldBlock:
+      case ipc::RecvStatus::kBadFds:
+        buf_.fds.clear();
+        return protocol_error("unexpected receive status");
+    }
+    reader_.emplace(buf_.record(), ipc::reader_options());
+    return reader_->getRoot<wire::Reply>();
+  }
+
+  Result<void> release(uint64_t lease_id) {
+    auto reply = call([&](wire::Request::Builder r) { r.setRelease(lease_id); });
+    if (!reply) return reply.error();
+    Result<void> result;
+    if (reply->isError()) {
+      result = error_from_reply(*reply);
+    } else if (!reply->isReleased()) {
+      result = unexpected_reply(*reply, "released");
+    }
+    forget_reply();
+    return result;
+  }
+
+ private:
+  static constexpr size_t kScratchWords = 512;
+
+  UniqueFd fd_;
+  ipc::RecvBuffer buf_;
+  std::vector<capnp::word> scratch_;
+  std::optional<capnp::FlatArrayMessageReader> reader_;
+};
+
+namespace {
+
+// Drops the last reply and closes any fd it carried that nobody adopted, on every path out.
+class ReplyScope {
+ public:
+  explicit ReplyScope(Connection& conn) : conn_(conn) {}
+  ReplyScope(const ReplyScope&) = delete;
+  ReplyScope& operator=(const ReplyScope&) = delete;
+  ~ReplyScope() { conn_.forget_reply(); }
+
+ private:
+  Connection& conn_;
+};
+
+// One request and its reply: `fill` writes the request, `read` turns a non-error reply into
+// the result (refusing a reply of the wrong kind).
+template <typename T, typename Fill, typename Read>
+Result<T> round_trip(Connection* conn, Fill&& fill, Read&& read) {
+  if (!conn) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+  return no_throw<T>([&]() -> Result<T> {
+    auto reply = conn->call(fill);
+    if (!reply) return reply.error();
+    ReplyScope scope(*conn);
+    if (reply->isError()) return error_from_reply(*reply);
+    return read(*reply);
+  });
+}
+
+// For requests answered by `done`.
+template <typename Fill>
+Result<void> round_trip_done(Connection* conn, Fill&& fill) {
+  auto done = round_trip<bool>(conn, fill, [](wire::Reply::Reader reply) -> Result<bool> {
+    if (!reply.isDone()) return unexpected_reply(reply, "done");
+    return true;
+  });
+  if (!done) return done.error();
+  return {};
+}
+
+// The parts of a Lease that acquire_into fills in. Only Client may construct one (it is
+// Lease's friend), so Client's members pass a lambda that exposes them.
+struct LeaseParts {
+  std::shared_ptr<Connection>& conn;
+  int& fd;
+  LeaseInfo& info;
+};
+
+// Acquires `specs` all or nothing into `out[0..specs.size())`. Every fd that arrives ends up
+// owned by exactly one Lease or closed, whatever the reply looks like.
+template <typename Parts>
+Result<void> acquire_into(const std::shared_ptr<Connection>& conn,
+                          std::span<const SocketSpec> specs, std::span<Lease> out, Parts parts) {
+  if (!conn) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+  if (specs.empty()) return make_error(ErrorCode::kBadRequest, "no sockets requested");
+  if (specs.size() > ipc::kMaxSocketsPerRequest) {
+    return make_error(ErrorCode::kBadRequest,
+                      "at most " + std::to_string(ipc::kMaxSocketsPerRequest) +
+                          " sockets per request, not " + std::to_string(specs.size()));
+  }
+  auto reply = conn->call([&](wire::Request::Builder r) {
+    auto list = r.initAcquire(static_cast<unsigned>(specs.size()));
+    for (size_t i = 0; i < specs.size(); ++i) ipc::spec_to_wire(specs[i], list[i]);
+  });
+  if (!reply) return reply.error();
+  std::optional<Error> bad;
+  std::vector<uint64_t> granted_ids;
+  {
+    ReplyScope scope(*conn);
+    if (reply->isError()) return error_from_reply(*reply);
+    if (!reply->isAcquired()) return unexpected_reply(*reply, "acquired");
+    auto granted = reply->getAcquired();
+    auto& fds = conn->fds();
+    const size_t n = specs.size();
+    uint32_t fd_index[ipc::kMaxSocketsPerRequest];
+    if (granted.size() != n) {
+      bad = protocol_error("asked for " + std::to_string(n) + " sockets, granted " +
+                           std::to_string(granted.size()));
+    } else if (fds.size() != n) {
+      bad = protocol_error(std::to_string(n) + " sockets granted but " +
+                           std::to_string(fds.size()) + " fds received");
+    } else {
+      uint64_t used = 0;  // n <= 64: one bit per fd
+      for (size_t i = 0; i < n; ++i) {
+        uint32_t index = granted[i].getFdIndex();
+        if (index >= n || (used & (uint64_t{1} << index))) {
+          bad = protocol_error("bad or repeated fd index " + std::to_string(index));
+          break;
+        }
+        used |= uint64_t{1} << index;
+        fd_index[i] = index;
+        if (auto ok = lease_from_wire(granted[i].getLease(), parts(out[i]).info); !ok) {
+          bad = ok.error();
+          break;
+        }
+      }
+    }
+    if (!bad) {
+      for (size_t i = 0; i < n; ++i) {
+        LeaseParts p = parts(out[i]);
+        p.conn = conn;
+        p.fd = fds[fd_index[i]].release();
+      }
+      return {};
+    }
+    for (auto g : granted) granted_ids.push_back(g.getLease().getId());
+  }
+  // The daemon may hold leases we cannot use (their fds are closed by now): give them back.
+  for (uint64_t id : granted_ids) (void)conn->release(id);
+  return *bad;
+}
+
+}  // namespace
+
+// --- reservations -------------------------------------------------------------------------
+
+Result<ReservationInfo> parse_reservation_target(std::string_view target) {
+  auto bad = [&](const std::string& why) {
+    return make_error(ErrorCode::kBadRequest,
+                      "invalid reservation target '" + std::string(target) + "': " + why);
+  };
+  // The address may be IPv6, colons and all: the protocol ends at the first colon, the port
+  // starts after the last.
+  size_t first = target.find(':'), last = target.rfind(':');
+  if (first == std::string_view::npos || first == last) {
+    return bad("expected PROTO:ADDRESS:PORT[-PORT]");
+  }
+  std::string_view proto = target.substr(0, first);
+  std::string_view addr = target.substr(first + 1, last - first - 1);
+  std::string_view ports = target.substr(last + 1);
+  ReservationInfo r;
+  r.target = std::string(target);
+  r.tcp = proto == "tcp" || proto == "both";
+  r.udp = proto == "udp" || proto == "both";
+  if (!r.tcp && !r.udp)
+    return bad("unknown protocol '" + std::string(proto) + "' (tcp, udp or both)");
+  if (addr != "any" && addr != "*") {
+    auto a = IpAddress::parse(addr);
+    if (!a) return bad(a.error().message);
+    r.address = *a;
+  }
+  size_t dash = ports.find('-');
+  auto port_first = parse_port(ports.substr(0, dash));
+  if (!port_first) return bad(port_first.error().message);
+  auto port_last = dash == std::string_view::npos ? port_first : parse_port(ports.substr(dash + 1));
+  if (!port_last) return bad(port_last.error().message);
+  if (*port_first > *port_last) return bad("the port range is inverted (first > last)");
+  r.port_first = *port_first;
+  r.port_last = *port_last;
+  return r;
+}
+
+// --- Lease --------------------------------------------------------------------------------
+
+Lease::Lease(Lease&& o) noexcept
+    : conn_(std::move(o.conn_)), fd_(std::exchange(o.fd_, -1)), info_(std::move(o.info_)) {}
+
+Lease& Lease::operator=(Lease&& o) noexcept {
+  if (this != &o) {
+    reset();
+    conn_ = std::move(o.conn_);
+    fd_ = std::exchange(o.fd_, -1);
+    info_ = std::move(o.info_);
+  }
+  return *this;
+}
+
+Lease::~Lease() { reset(); }
+
+int Lease::release_fd() {
+  conn_.reset();  // the lease now lives as long as the session, not this object
+  return std::exchange(fd_, -1);
+}
+
+void Lease::reset() {
+  if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+  auto conn = std::move(conn_);
+  if (conn && conn->alive()) {
+    // Best effort: if this fails the daemon still releases the lease with the session.
+    (void)no_throw<void>([&] { return conn->release(info_.id); });
+  }
+}
+
+Result<void> Lease::release() {
+  if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+  auto conn = std::move(conn_);
+  if (!conn) return make_error(ErrorCode::kNotFound, "lease is not held by this object");
+  return no_throw<void>([&] { return conn->release(info_.id); });
+}
+
+// --- Client -------------------------------------------------------------------------------
+
+Result<Client> Client::connect(std::string socket_path) {
+  return no_throw<Client>([&]() -> Result<Client> {
+    if (socket_path.empty()) socket_path = ipc::client_socket_path();
+    auto fd = ipc::connect_to(socket_path);
+    if (!fd) return fd.error();
+    return Client(std::make_shared<Connection>(std::move(fd).value()));
+  });
+}
+
+Result<Lease> Client::acquire(std::string_view spec) {
+  auto parsed = no_throw<SocketSpec>([&] { return parse_socket_spec(spec); });
+  if (!parsed) return parsed.error();
+  return acquire(*parsed);
+}
+
+Result<Lease> Client::acquire(const SocketSpec& spec) {
+  return no_throw<Lease>([&]() -> Result<Lease> {
+    auto lease_parts = [](Lease& l) { return LeaseParts{l.conn_, l.fd_, l.info_}; };
+    Lease lease;
+    auto ok = acquire_into(conn_, std::span(&spec, 1), std::span(&lease, 1), lease_parts);
+    if (!ok) return ok.error();
+    return lease;
+  });
+}
+
+Result<std::vector<Lease>> Client::acquire_all(const std::vector<SocketSpec>& specs) {
+  return no_throw<std::vector<Lease>>([&]() -> Result<std::vector<Lease>> {
+    auto lease_parts = [](Lease& l) { return LeaseParts{l.conn_, l.fd_, l.info_}; };
+    std::vector<Lease> leases(specs.size());
+    auto ok = acquire_into(conn_, specs, leases, lease_parts);
+    if (!ok) return ok.error();
+    return leases;
+  });
+}
+
+Result<void> Client::release(uint64_t lease_id) {
+  if (!conn_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+  return no_throw<void>([&] { return conn_->release(lease_id); });
+}
+
+Result<std::vector<LeaseInfo>> Client::list() {
+  return round_trip<std::vector<LeaseInfo>>(
+      conn_.get(), [](wire::Request::Builder r) { r.setList(); },
+      [](wire::Reply::Reader reply) -> Result<std::vector<LeaseInfo>> {
+        if (!reply.isLeases()) return unexpected_reply(reply, "leases");
+        return all_from_wire<LeaseInfo>(reply.getLeases(), lease_from_wire);
+      });
+}
+
+Result<DaemonStatus> Client::status() {
+  return round_trip<DaemonStatus>(
+      conn_.get(), [](wire::Request::Builder r) { r.setStatus(); },
+      [](wire::Reply::Reader reply) -> Result<DaemonStatus> {
+        if (!reply.isStatus()) return unexpected_reply(reply, "status");
+        auto s = reply.getStatus();
+        DaemonStatus out;
+        out.version = text(s.getVersion());
+        out.pid = s.getPid();
+        out.started_at_ms = s.getStartedAt();
+        out.sessions = s.getSessions();
+        out.leases = s.getLeases();
+        out.pool_low = s.getPoolLow();
+        out.pool_high = s.getPoolHigh();
+        out.open_fds = s.getOpenFds();
+        out.socket_path = text(s.getSocketPath());
+        return out;
+      });
+}
+
+Result<void> Client::reserve(std::string_view name, std::string_view target,
+                             const std::vector<std::string>& users,
+                             const std::vector<std::string>& groups, bool hold) {
+  auto parsed = no_throw<ReservationInfo>([&] { return parse_reservation_target(target); });
+  if (!parsed) return parsed.error();
+  const ReservationInfo& t = *parsed;
+  return round_trip_done(conn_.get(), [&](wire::Request::Builder r) {
+    auto out = r.initReserve();
+    out.setName(std::string(name));
+    out.setTarget(std::string(target));
+    out.setTcp(t.tcp);
+    out.setUdp(t.udp);
+    if (t.address) out.setAddress(ipc::address_bytes(*t.address));
+    out.setPortFirst(t.port_first);
+    out.setPortLast(t.port_last);
+    auto u = out.initUsers(static_cast<unsigned>(users.size()));
+    for (size_t i = 0; i < users.size(); ++i) u.set(static_cast<unsigned>(i), users[i]);
+    auto g = out.initGroups(static_cast<unsigned>(groups.size()));
+    for (size_t i = 0; i < groups.size(); ++i) g.set(static_cast<unsigned>(i), groups[i]);
+    out.setHold(hold);
+  });
+}
+
+Result<void> Client::unreserve(std::string_view name) {
+  return round_trip_done(conn_.get(),
+                         [&](wire::Request::Builder r) { r.setUnreserve(std::string(name)); });
+}
+
+Result<std::vector<ReservationInfo>> Client::reservations() {
+  return round_trip<std::vector<ReservationInfo>>(
+      conn_.get(), [](wire::Request::Builder r) { r.setReservations(); },
+      [](wire::Reply::Reader reply) -> Result<std::vector<ReservationInfo>> {
+        if (!reply.isReservations()) return unexpected_reply(reply, "reservations");
+        return all_from_wire<ReservationInfo>(reply.getReservations(), reservation_from_wire);
+      });
+}
+
+Result<ReloadReport> Client::reload() {
+  return round_trip<ReloadReport>(
+      conn_.get(), [](wire::Request::Builder r) { r.setReload(); },
+      [](wire::Reply::Reader reply) -> Result<ReloadReport> {
+        if (!reply.isReloaded()) return unexpected_reply(reply, "reloaded");
+        auto in = reply.getReloaded();
+        return ReloadReport{text(in.getSource()), texts(in.getRefusedLeases())};
+      });
+}
+
+Result<WhoReport> Client::who(Protocol protocol, uint16_t port) {
+  return round_trip<WhoReport>(
+      conn_.get(),
+      [&](wire::Request::Builder r) {
+        auto who = r.initWho();
+        who.setProtocol(ipc::protocol_to_wire(protocol));
+        who.setPort(port);
+      },
+      [](wire::Reply::Reader reply) -> Result<WhoReport> {
+        if (!reply.isWho()) return unexpected_reply(reply, "who");
+        auto in = reply.getWho();
+        auto reply_protocol = protocol_from_wire(in.getProtocol());
+        if (!reply_protocol) return reply_protocol.error();
+        auto leases = all_from_wire<LeaseInfo>(in.getLeases(), lease_from_wire);
+        if (!leases) return leases.error();
+        auto outside = all_from_wire<OutsideHolder>(in.getOutside(), outside_from_wire);
+        if (!outside) return outside.error();
+        auto reservations =
+            all_from_wire<ReservationInfo>(in.getReservations(), reservation_from_wire);
+        if (!reservations) return reservations.error();
+        WhoReport out;
+        out.protocol = *reply_protocol;
+        out.port = in.getPort();
+        out.leases = std::move(leases).value();
+        out.outside = std::move(outside).value();
+        out.reservations = std::move(reservations).value();
+        out.pools = texts(in.getPools());
+        out.in_ephemeral_range = in.getInEphemeralRange();
+        out.guarded = in.getGuarded();
+        out.held = in.getHeld();
+        return out;
+      });
+}
+
+Result<std::vector<Problem>> Client::check() {
+  return round_trip<std::vector<Problem>>(
+      conn_.get(), [](wire::Request::Builder r) { r.setCheck(); },
+      [](wire::Reply::Reader reply) -> Result<std::vector<Problem>> {
+        if (!reply.isProblems()) return unexpected_reply(reply, "problems");
+        std::vector<Problem> out;
+        for (auto p : reply.getProblems()) out.push_back({text(p.getKind()), text(p.getMessage())});
+        return out;
+      });
+}
+
+int Client::session_fd() const { return conn_ ? conn_->fd() : -1; }
+
+int Client::detach_session_fd() {
+  if (!conn_) return -1;
+  int fd = conn_->detach();
+  conn_.reset();
+  return fd;
+}
+
+}  // namespace portbroker

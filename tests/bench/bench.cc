@@ -1,0 +1,603 @@
+// portbroker_bench: acquire+release through the real portbrokerd, against the raw floor of the
+// same kernel work measured in the same run. Runs entirely inside a private network namespace.
+//
+//   portbroker_bench [--quick] [--iterations N] [--duration SECONDS] [--clients N] [--held N]
+//                    [--daemon PATH] [--daemon-arg ARG]...
+//
+// Prints a table (each figure, its floor, the ratio, the target, PASS/MISS) and, last, one JSON
+// line. Exit status: 0 when the run completed (whatever the figures), 1 when it could not run.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench/bench_raw.h"
+#include "bench/bench_support.h"
+#include "portbroker/client.hpp"
+
+namespace pbbench {
+namespace {
+
+struct Options {
+  size_t iterations = 30000;
+  size_t warmup = 2000;
+  double duration = 3.0;
+  int clients = 32;
+  size_t held = 15000;
+  int holders = 3;
+  size_t rounds = 3;  // compared figures are measured in this many interleaved chunks
+  std::string daemon;
+  std::vector<std::string> daemon_args;
+  bool floor_only = false;
+  int cpu = 0;  // sequential phases: client and server both here; < 0: not pinned
+};
+
+// The CPU for the cross-CPU rows, -1 when there is none.
+int other_cpu(const Options& o) {
+  if (o.cpu < 0 || cpu_count() < 2) return -1;
+  return (o.cpu + 1) % cpu_count();
+}
+
+[[noreturn]] void usage(int code) {
+  std::fprintf(code ? stderr : stdout,
+               "usage: portbroker_bench [--quick] [--iterations N] [--duration SECONDS]\n"
+               "                        [--clients N] [--held N] [--rounds N]\n"
+               "                        [--daemon PATH] [--daemon-arg ARG]...\n"
+               "                        [--cpu N | --no-pin] [--floor-only]\n"
+               "  --quick         fewer iterations and a shorter concurrent run (a smoke test)\n"
+               "  --iterations N  timed acquire+release (and floor) iterations (default 30000)\n"
+               "  --duration S    seconds of the concurrent run (default 3)\n"
+               "  --clients N     concurrent client processes (default 32)\n"
+               "  --held N        leases held for the p99-under-load figure (default 15000)\n"
+               "  --daemon PATH   portbrokerd binary (default: the one built with this tree)\n"
+               "  --daemon-arg A  extra argument for portbrokerd (repeatable)\n"
+               "  --rounds N      interleaved chunks for compared figures (default 3)\n"
+               "  --cpu N         CPU for the sequential phases, client and server alike\n"
+               "                  (default 0; cross-CPU rows put the server on the next CPU)\n"
+               "  --no-pin        do not pin the sequential phases (ratios get noisy: a\n"
+               "                  wake-up on another CPU costs far more than on the same one)\n"
+               "  --floor-only    measure the raw floor only (no daemon)\n");
+  std::exit(code);
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+#ifdef PB_DAEMON_PATH
+  o.daemon = PB_DAEMON_PATH;
+#endif
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage(2);
+      return argv[++i];
+    };
+    if (a == "--quick") {
+      o.iterations = 5000;
+      o.warmup = 500;
+      o.duration = 1.0;
+    } else if (a == "--iterations") {
+      o.iterations = std::strtoull(value().c_str(), nullptr, 10);
+    } else if (a == "--duration") {
+      o.duration = std::strtod(value().c_str(), nullptr);
+    } else if (a == "--clients") {
+      o.clients = std::atoi(value().c_str());
+    } else if (a == "--held") {
+      o.held = std::strtoull(value().c_str(), nullptr, 10);
+    } else if (a == "--rounds") {
+      o.rounds = std::strtoull(value().c_str(), nullptr, 10);
+    } else if (a == "--cpu") {
+      o.cpu = std::atoi(value().c_str());
+    } else if (a == "--no-pin") {
+      o.cpu = -1;
+    } else if (a == "--floor-only") {
+      o.floor_only = true;
+    } else if (a == "--daemon") {
+      o.daemon = value();
+    } else if (a == "--daemon-arg") {
+      o.daemon_args.push_back(value());
+    } else if (a == "--help" || a == "-h") {
+      usage(0);
+    } else {
+      std::fprintf(stderr, "portbroker_bench: unknown argument '%s'\n", a.c_str());
+      usage(2);
+    }
+  }
+  if (o.iterations < 100 || o.duration <= 0 || o.clients < 1 || o.cpu >= cpu_count() ||
+      o.rounds < 1) {
+    usage(2);
+  }
+  if (o.floor_only) return o;
+  if (o.daemon.empty()) die("no daemon binary: pass --daemon PATH");
+  if (::access(o.daemon.c_str(), X_OK) != 0) die("%s is not executable", o.daemon.c_str());
+  return o;
+}
+
+void phase(const char* what) {
+  std::fprintf(stderr, "# %s\n", what);
+  std::fflush(stderr);
+}
+
+portbroker::SocketSpec tcp_spec(const std::string& address, uint16_t port) {
+  portbroker::SocketSpec spec;
+  spec.protocol = portbroker::Protocol::kTcp;
+  auto a = portbroker::IpAddress::parse(address);
+  if (!a) die("bad address %s", address.c_str());
+  spec.address = a.value();
+  spec.port = port;
+  return spec;
+}
+
+// One acquire of a pool port and its release, as an application does it.
+bool acquire_release(portbroker::Client& client, const portbroker::SocketSpec& spec,
+                     std::string& err) {
+  auto lease = client.acquire(spec);
+  if (!lease) {
+    err = "acquire: " + lease.error().message;
+    return false;
+  }
+  auto released = lease->release();
+  if (!released) {
+    err = "release: " + released.error().message;
+    return false;
+  }
+  return true;
+}
+
+std::shared_ptr<portbroker::Client> connect_or_die(const std::string& path) {
+  auto c = portbroker::Client::connect(path);
+  if (!c) die("connect %s: %s", path.c_str(), c.error().message.c_str());
+  return std::make_shared<portbroker::Client>(std::move(c).value());
+}
+
+// Processes that hold `count` leases on explicit ports (tcp 127.0.0.N:30000-44999) until
+// destroyed. They close their copies of the fds so that only the daemon's duplicates stay open.
+class Holders {
+ public:
+  Holders(const std::string& socket_path, size_t count, int processes) {
+    int ready[2];
+    if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(stop_, O_CLOEXEC) != 0) {
+      die("pipe: %s", std::strerror(errno));
+    }
+    size_t per = (count + static_cast<size_t>(processes) - 1) / static_cast<size_t>(processes);
+    for (int h = 0; h < processes; ++h) {
+      size_t first = static_cast<size_t>(h) * per;
+      size_t last = std::min(count, first + per);
+      pids_.push_back(fork_child([&, first, last]() -> int {
+        ::close(ready[0]);
+        ::close(stop_[1]);
+        auto c = portbroker::Client::connect(socket_path);
+        if (!c) {
+          std::fprintf(stderr, "holder: %s\n", c.error().message.c_str());
+          return 1;
+        }
+        std::vector<portbroker::Lease> leases;
+        leases.reserve(last - first);
+        for (size_t i = first; i < last; ++i) {
+          std::string addr = "127.0.0." + std::to_string(1 + i / 15000);
+          auto lease = c->acquire(tcp_spec(addr, static_cast<uint16_t>(30000 + i % 15000)));
+          if (!lease) {
+            std::fprintf(stderr, "holder: lease %zu: %s\n", i, lease.error().message.c_str());
+            return 1;
+          }
+          ::close(lease->release_fd());
+          leases.push_back(std::move(*lease));
+        }
+        char ok = 'k';
+        if (::write(ready[1], &ok, 1) != 1) return 1;
+        char c2;
+        while (::read(stop_[0], &c2, 1) > 0) {
+        }
+        // _exit (in fork_child) ends the session: the daemon releases everything at once.
+        return 0;
+      }));
+    }
+    ::close(ready[1]);
+    ::close(stop_[0]);
+    for (int got = 0; got < processes; ++got) {
+      char c;
+      if (::read(ready[0], &c, 1) != 1) die("a lease holder failed (see above)");
+    }
+    ::close(ready[0]);
+  }
+  ~Holders() { stop(); }
+  // Ends the holders' sessions (the daemon then releases their leases).
+  void stop() {
+    if (stop_[1] >= 0) ::close(std::exchange(stop_[1], -1));
+    for (pid_t p : pids_) wait_child(p);
+    pids_.clear();
+  }
+
+ private:
+  int stop_[2];
+  std::vector<pid_t> pids_;
+};
+
+struct FloorResults {
+  Summary bind_fixed, bind_any, rt, rt_fd, rt_cross, raw_seq, raw_conc;
+  double floor_us = 0;        // 2 x B + A, at p50
+  double floor_cross_us = 0;  // the same with the peer on another CPU
+};
+
+struct DaemonResults {
+  Summary seq, seq_cross, held, conc;
+  uint64_t conc_ops = 0;
+  uint32_t leases_held = 0;
+  int fds_idle = -1, fds_held = -1, fds_end = -1, exit_status = -1;
+};
+
+// Samples gathered over several interleaved chunks, so that two figures compared with each
+// other saw the same background load (this machine is shared).
+struct Accumulated {
+  std::vector<uint64_t> samples;
+  double seconds = 0;
+  uint64_t ops = 0;
+
+  void add(TimedRun r) {
+    ops += r.samples_ns.size();
+    samples.insert(samples.end(), r.samples_ns.begin(), r.samples_ns.end());
+    seconds += r.wall_seconds;
+  }
+  void add(ConcurrentRun r) {
+    ops += r.ops;  // samples may be capped; the count is not
+    samples.insert(samples.end(), r.samples_ns.begin(), r.samples_ns.end());
+    seconds += r.wall_seconds;
+  }
+  Summary summary() const {
+    Summary s = summarize(samples, seconds);
+    s.ops_per_sec = seconds > 0 ? static_cast<double>(ops) / seconds : 0;
+    return s;
+  }
+};
+
+std::vector<std::string> daemon_args(const Options& o, const TempDir& dir) {
+  std::string leases = std::to_string(o.held + static_cast<size_t>(o.clients) * 4 + 1000);
+  std::vector<std::string> args{
+      "--pool",
+      "20000-29999",
+      "--max-leases-per-uid",
+      leases,
+      "--max-root-leases",
+      leases,
+      "--max-connections-per-uid",
+      std::to_string(o.clients + o.holders + 100),
+      "--state-dir",
+      dir.path() + "/state",
+      "--log-level",
+      "warn",
+  };
+  args.insert(args.end(), o.daemon_args.begin(), o.daemon_args.end());
+  return args;
+}
+
+// Waits until the daemon holds no lease (after the holders' sessions closed).
+void wait_no_leases(portbroker::Client& client) {
+  for (uint64_t deadline = now_ns() + 10'000'000'000ull;;) {
+    auto st = client.status();
+    if (!st) die("status: %s", st.error().message.c_str());
+    if (st->leases == 0) return;
+    if (now_ns() > deadline) die("daemon still has %u leases after the holders left", st->leases);
+    ::usleep(5'000);
+  }
+}
+
+void measure(const Options& o, const TempDir& dir, FloorResults& f,
+             std::optional<DaemonResults>& dres) {
+  const int cross = other_cpu(o);
+  const size_t rounds = o.rounds;
+  const size_t chunk = std::max<size_t>(o.iterations / rounds, 1);
+  const size_t chunk_warmup = std::max<size_t>(o.warmup / rounds, 100);
+  pin(0, o.cpu);  // everything forked from here on inherits it
+
+  RawBroker raw(dir.path());
+  std::string err;
+  RawBrokerClient raw_client(raw.path(), err);
+  if (!raw_client.valid()) die("%s", err.c_str());
+  std::optional<DaemonProcess> daemon;
+  const portbroker::SocketSpec pool_spec = tcp_spec("127.0.0.1", 0);
+  std::shared_ptr<portbroker::Client> client;
+  if (!o.floor_only) {
+    phase("starting portbrokerd");
+    DaemonResults& d = dres.emplace();
+    daemon.emplace(o.daemon, dir.path(), daemon_args(o, dir));
+    d.fds_idle = daemon->open_fds();
+    client = connect_or_die(daemon->socket_path());
+  }
+  auto sequential = [&](size_t warmup, size_t iterations) {
+    return time_loop(warmup, iterations,
+                     [&](std::string& e) { return acquire_release(*client, pool_spec, e); });
+  };
+
+  // Sequential, one client: every figure gets a chunk in every round, so that figures compared
+  // with each other saw the same background load (this machine is shared). p99 moves first.
+  Accumulated bind_fixed, bind_any, rt, rt_fd, rt_cross, raw_seq, seq, seq_cross, held;
+  double hold_s = 0;
+  char what[160];
+  for (size_t r = 0; r < rounds; ++r) {
+    const size_t w = r == 0 ? o.warmup : chunk_warmup;
+    std::snprintf(what, sizeof(what), "round %zu/%zu: floors A, B, M", r + 1, rounds);
+    phase(what);
+    bind_fixed.add(floor_bind(w, chunk, true));
+    bind_any.add(floor_bind(w, chunk, false));
+    rt.add(floor_round_trip(w, chunk, false, o.cpu));
+    rt_fd.add(floor_round_trip(w, chunk, true, o.cpu));
+    if (cross >= 0) rt_cross.add(floor_round_trip(w, chunk, false, cross));
+    raw_seq.add(time_loop(w, chunk, [&](std::string& e) { return raw_client.acquire_release(e); }));
+    if (!daemon) continue;
+
+    DaemonResults& d = *dres;
+    std::snprintf(what, sizeof(what),
+                  "round %zu/%zu: portbrokerd acquire+release, none held, then %zu held", r + 1,
+                  rounds, o.held);
+    phase(what);
+    seq.add(sequential(w, chunk));
+    if (cross >= 0) {
+      pin(daemon->pid(), cross);
+      seq_cross.add(sequential(w, chunk));
+      pin(daemon->pid(), o.cpu);
+    }
+    uint64_t t0 = now_ns();
+    Holders holders(daemon->socket_path(), o.held, o.holders);
+    hold_s += static_cast<double>(now_ns() - t0) / 1e9;
+    auto st = client->status();
+    if (!st) die("status: %s", st.error().message.c_str());
+    d.leases_held = st->leases;
+    if (d.leases_held < o.held) die("daemon reports %u leases, not %zu", d.leases_held, o.held);
+    d.fds_held = daemon->open_fds();
+    held.add(sequential(chunk_warmup, chunk));
+    holders.stop();
+    wait_no_leases(*client);
+  }
+  f.bind_fixed = bind_fixed.summary();
+  f.bind_any = bind_any.summary();
+  f.rt = rt.summary();
+  f.rt_fd = rt_fd.summary();
+  f.floor_us = 2 * f.rt.p50_us + f.bind_fixed.p50_us;
+  if (cross >= 0) {
+    f.rt_cross = rt_cross.summary();
+    f.floor_cross_us = 2 * f.rt_cross.p50_us + f.bind_fixed.p50_us;
+  }
+  f.raw_seq = raw_seq.summary();
+  if (daemon) {
+    dres->seq = seq.summary();
+    dres->held = held.summary();
+    if (cross >= 0) dres->seq_cross = seq_cross.summary();
+    std::fprintf(stderr, "# %zu leases acquired by %d processes: %.0f/s\n", o.held, o.holders,
+                 static_cast<double>(o.held * rounds) / hold_s);
+  }
+
+  // Concurrent: every process may run anywhere, as in production; again interleaved.
+  pin(raw.pid(), -1);
+  if (daemon) pin(daemon->pid(), -1);
+  pin(0, -1);
+  const std::string raw_path = raw.path();
+  WorkerSetup raw_worker = [raw_path](std::string& e) {
+    auto c = std::make_shared<RawBrokerClient>(raw_path, e);
+    if (!c->valid()) return WorkerOp();
+    return WorkerOp([c](std::string& e2) { return c->acquire_release(e2); });
+  };
+  const std::string sock = daemon ? daemon->socket_path() : "";
+  WorkerSetup daemon_worker = [&](std::string& e) {
+    auto c = portbroker::Client::connect(sock);
+    if (!c) {
+      e = c.error().message;
+      return WorkerOp();
+    }
+    auto mine = std::make_shared<portbroker::Client>(std::move(c).value());
+    return WorkerOp(
+        [mine, &pool_spec](std::string& e2) { return acquire_release(*mine, pool_spec, e2); });
+  };
+  const double slice = o.duration / static_cast<double>(rounds);
+  Accumulated m, c;
+  for (size_t r = 0; r < rounds; ++r) {
+    std::snprintf(what, sizeof(what), "round %zu/%zu: %d concurrent clients, minimal broker%s",
+                  r + 1, rounds, o.clients, daemon ? " then portbrokerd" : "");
+    phase(what);
+    auto mr = run_concurrent(o.clients, slice, o.warmup / 10, raw_worker);
+    if (!mr.error.empty()) die("minimal broker, concurrent: %s", mr.error.c_str());
+    m.add(std::move(mr));
+    if (!daemon) continue;
+    auto cr = run_concurrent(o.clients, slice, o.warmup / 10, daemon_worker);
+    if (!cr.error.empty()) die("portbrokerd, concurrent: %s", cr.error.c_str());
+    c.add(std::move(cr));
+  }
+  f.raw_conc = m.summary();
+  if (!daemon) return;
+
+  DaemonResults& d = *dres;
+  d.conc = c.summary();
+  d.conc_ops = c.ops;
+  client.reset();
+  // Let the daemon see the last session close before counting its fds.
+  for (uint64_t deadline = now_ns() + 1'000'000'000ull; now_ns() < deadline;) {
+    d.fds_end = daemon->open_fds();
+    if (d.fds_end <= d.fds_idle) break;
+    ::usleep(5'000);
+  }
+  d.exit_status = daemon->stop();
+}
+
+// Output -------------------------------------------------------------------------------------
+
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof(b), f, v);
+  return b;
+}
+
+void print_header(const char* title) {
+  std::printf("\n  %-4s %-46s %9s %9s %9s %9s %11s\n", "", title, "p50 us", "p99 us", "p99.9 us",
+              "mean us", "ops/s");
+}
+
+void print_row(const std::string& tag, const std::string& what, const Summary& s) {
+  std::printf("  %-4s %-46s %9.2f %9.2f %9.2f %9.2f %11.0f\n", tag.c_str(), what.c_str(), s.p50_us,
+              s.p99_us, s.p999_us, s.mean_us, s.ops_per_sec);
+}
+
+std::string json_summary(const Summary& s) {
+  std::ostringstream o;
+  o.precision(6);
+  o << "{\"n\":" << s.count << ",\"p50_us\":" << s.p50_us << ",\"p90_us\":" << s.p90_us
+    << ",\"p99_us\":" << s.p99_us << ",\"p999_us\":" << s.p999_us << ",\"max_us\":" << s.max_us
+    << ",\"mean_us\":" << s.mean_us << ",\"ops_per_sec\":" << s.ops_per_sec
+    << ",\"seconds\":" << s.seconds << "}";
+  return o.str();
+}
+
+struct Figure {
+  std::string key;  // JSON name
+  std::string name;
+  std::string measured;
+  std::string floor;
+  double ratio;
+  std::string target;  // empty: informative only
+  bool pass;
+};
+
+void report(const Options& o, const std::string& machine, const FloorResults& f,
+            const DaemonResults* d) {
+  std::printf("\nportbroker benchmark: %s\n", machine.c_str());
+  print_header("raw floor (same run)");
+  print_row("A", "socket+bind+listen+close, fixed ports", f.bind_fixed);
+  print_row("A0", "socket+bind+listen+close, port 0 (info)", f.bind_any);
+  print_row("B", "SEQPACKET round trip, 104 B", f.rt);
+  print_row("Bfd", "SEQPACKET round trip + 1 fd by SCM_RIGHTS", f.rt_fd);
+  if (f.floor_cross_us > 0)
+    print_row("Bx", "SEQPACKET round trip, peer on another CPU", f.rt_cross);
+  std::printf("  %-4s %-46s %9.2f\n", "F", "acquire+release floor = 2 x B + A (p50)", f.floor_us);
+  if (f.floor_cross_us > 0) {
+    std::printf("  %-4s %-46s %9.2f\n", "Fx", "the same with Bx (p50)", f.floor_cross_us);
+  }
+  print_row("M", "minimal epoll broker, 1 client", f.raw_seq);
+  print_row("M" + std::to_string(o.clients),
+            "minimal epoll broker, " + std::to_string(o.clients) + " clients", f.raw_conc);
+
+  std::vector<Figure> figs;
+  double floor_tput = 1e6 / f.floor_us;
+  if (d) {
+    print_header("portbrokerd acquire+release");
+    print_row("S", "1 client, tcp 127.0.0.1:0 (pool)", d->seq);
+    if (f.floor_cross_us > 0) print_row("Sx", "the same, daemon on another CPU", d->seq_cross);
+    print_row("H", "1 client, " + std::to_string(d->leases_held) + " leases held", d->held);
+    print_row("C", std::to_string(o.clients) + " clients (processes)", d->conc);
+
+    double r = d->seq.p50_us / f.floor_us;
+    figs.push_back({"seq_p50_over_floor", "S p50 / F", fmt("%.2f us", d->seq.p50_us),
+                    fmt("%.2f us", f.floor_us), r, "<= 1.50", r <= 1.5});
+    figs.push_back({"concurrent_leases_per_sec", "C throughput",
+                    fmt("%.0f /s", d->conc.ops_per_sec), "-", -1, ">= 30000/s",
+                    d->conc.ops_per_sec >= 30000});
+    r = d->held.p99_us / d->seq.p99_us;
+    figs.push_back({"held_p99_over_idle_p99", "H p99 / S p99", fmt("%.2f us", d->held.p99_us),
+                    fmt("%.2f us", d->seq.p99_us), r, "<= 1.30", r <= 1.3});
+    if (f.floor_cross_us > 0) {
+      figs.push_back({"seq_cross_p50_over_floor", "Sx p50 / Fx",
+                      fmt("%.2f us", d->seq_cross.p50_us), fmt("%.2f us", f.floor_cross_us),
+                      d->seq_cross.p50_us / f.floor_cross_us, "", true});
+    }
+    figs.push_back({"concurrent_over_minimal_broker", "C throughput / M throughput",
+                    fmt("%.0f /s", d->conc.ops_per_sec), fmt("%.0f /s", f.raw_conc.ops_per_sec),
+                    d->conc.ops_per_sec / f.raw_conc.ops_per_sec, "", true});
+    figs.push_back({"concurrent_over_floor", "C throughput / (1/F)",
+                    fmt("%.0f /s", d->conc.ops_per_sec), fmt("%.0f /s", floor_tput),
+                    d->conc.ops_per_sec / floor_tput, "", true});
+    figs.push_back({"seq_over_floor_throughput", "S throughput / (1/F)",
+                    fmt("%.0f /s", d->seq.ops_per_sec), fmt("%.0f /s", floor_tput),
+                    d->seq.ops_per_sec / floor_tput, "", true});
+    figs.push_back({"seq_p50_over_minimal_broker", "S p50 / M p50", fmt("%.2f us", d->seq.p50_us),
+                    fmt("%.2f us", f.raw_seq.p50_us), d->seq.p50_us / f.raw_seq.p50_us, "", true});
+    figs.push_back({"seq_p99_over_minimal_broker", "S p99 / M p99", fmt("%.2f us", d->seq.p99_us),
+                    fmt("%.2f us", f.raw_seq.p99_us), d->seq.p99_us / f.raw_seq.p99_us, "", true});
+
+    std::printf("\n  %-30s %14s %14s %7s %11s %s\n", "figure", "measured", "floor", "ratio",
+                "target", "result");
+    for (const auto& x : figs) {
+      std::printf("  %-30s %14s %14s %7s %11s %s\n", x.name.c_str(), x.measured.c_str(),
+                  x.floor.c_str(), x.ratio < 0 ? "-" : fmt("%.2f", x.ratio).c_str(),
+                  x.target.empty() ? "info" : x.target.c_str(),
+                  x.target.empty() ? ""
+                  : x.pass         ? "PASS"
+                                   : "MISS");
+    }
+    std::printf("\n  daemon fds: %d idle, %d with %u leases held, %d at the end; exit status %d\n",
+                d->fds_idle, d->fds_held, d->leases_held, d->fds_end, d->exit_status);
+  }
+
+  std::ostringstream j;
+  j.precision(6);
+  j << "{\"bench\":\"portbroker\",\"machine\":\"" << machine << "\",\"iterations\":" << o.iterations
+    << ",\"clients\":" << o.clients << ",\"duration_s\":" << o.duration
+    << ",\"floor\":{\"bind\":" << json_summary(f.bind_fixed)
+    << ",\"bind_port0\":" << json_summary(f.bind_any) << ",\"round_trip\":" << json_summary(f.rt)
+    << ",\"round_trip_fd\":" << json_summary(f.rt_fd)
+    << ",\"round_trip_cross_cpu\":" << json_summary(f.rt_cross)
+    << ",\"acquire_release_cross_cpu_us\":" << f.floor_cross_us
+    << ",\"acquire_release_us\":" << f.floor_us << ",\"minimal_broker\":" << json_summary(f.raw_seq)
+    << ",\"minimal_broker_concurrent\":" << json_summary(f.raw_conc) << "}";
+  if (d) {
+    j << ",\"daemon\":{\"sequential\":" << json_summary(d->seq)
+      << ",\"sequential_cross_cpu\":" << json_summary(d->seq_cross)
+      << ",\"held\":" << json_summary(d->held) << ",\"leases_held\":" << d->leases_held
+      << ",\"concurrent\":" << json_summary(d->conc) << ",\"concurrent_ops\":" << d->conc_ops
+      << ",\"fds_idle\":" << d->fds_idle << ",\"fds_held\":" << d->fds_held
+      << ",\"fds_end\":" << d->fds_end << ",\"exit_status\":" << d->exit_status << "}";
+    j << ",\"figures\":{";
+    for (size_t i = 0; i < figs.size(); ++i) {
+      const Figure& x = figs[i];
+      j << (i ? "," : "") << "\"" << x.key << "\":{\"ratio\":";
+      if (x.ratio < 0) {
+        j << "null";
+      } else {
+        j << x.ratio;
+      }
+      if (x.key == "concurrent_leases_per_sec") j << ",\"value\":" << d->conc.ops_per_sec;
+      if (!x.target.empty()) {
+        j << ",\"target\":\"" << x.target << "\",\"pass\":" << (x.pass ? "true" : "false");
+      }
+      j << "}";
+    }
+    j << "}";
+  }
+  j << "}";
+  std::printf("\n%s\n", j.str().c_str());
+  std::fflush(stdout);
+}
+
+int run(const Options& o) {
+  enter_private_netns();
+  uint64_t nofile = raise_fd_limit();
+  if (!o.floor_only && nofile < o.held + 2000) {
+    die("RLIMIT_NOFILE hard limit %" PRIu64 " is too small for %zu held leases", nofile, o.held);
+  }
+  TempDir dir;
+  std::string load_before = loadavg();
+  FloorResults f;
+  std::optional<DaemonResults> d;
+  measure(o, dir, f, d);
+  std::string pinning = o.cpu < 0 ? "sequential phases not pinned"
+                                  : "sequential phases on CPU " + std::to_string(o.cpu);
+  char machine[320];
+  std::snprintf(machine, sizeof(machine),
+                "%ld CPUs, loadavg %s -> %s, %zu iterations (+%zu warm-up), %d clients x %.1f s, "
+                "%zu held leases, %s, private netns",
+                ::sysconf(_SC_NPROCESSORS_ONLN), load_before.c_str(), loadavg().c_str(),
+                o.iterations, o.warmup, o.clients, o.duration, o.held, pinning.c_str());
+  report(o, machine, f, d ? &*d : nullptr);
+  return 0;
+}
+
+}  // namespace
+}  // namespace pbbench
+
+int main(int argc, char** argv) { return pbbench::run(pbbench::parse_args(argc, argv)); }

@@ -1,0 +1,395 @@
+#include "bench/bench_support.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+
+namespace pbbench {
+
+void die(const char* fmt, ...) {
+  std::fflush(stdout);
+  std::fputs("portbroker_bench: ", stderr);
+  va_list ap;
+  va_start(ap, fmt);
+  std::vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  std::fputc('\n', stderr);
+  std::exit(1);
+}
+
+namespace {
+
+void write_file(const char* path, const std::string& text) {
+  int fd = ::open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) die("open %s: %s", path, std::strerror(errno));
+  if (::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    die("write %s: %s", path, std::strerror(errno));
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+void enter_private_netns() {
+  uid_t uid = ::geteuid();
+  gid_t gid = ::getegid();
+  if (uid == 0) {
+    if (::unshare(CLONE_NEWNET) != 0) die("unshare(CLONE_NEWNET): %s", std::strerror(errno));
+  } else {
+    if (::unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0) {
+      die("unshare(CLONE_NEWUSER|CLONE_NEWNET): %s", std::strerror(errno));
+    }
+    write_file("/proc/self/setgroups", "deny");
+    write_file("/proc/self/uid_map", "0 " + std::to_string(uid) + " 1");
+    write_file("/proc/self/gid_map", "0 " + std::to_string(gid) + " 1");
+  }
+  int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) die("socket: %s", std::strerror(errno));
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(s, SIOCGIFFLAGS, &ifr) != 0) die("SIOCGIFFLAGS lo: %s", std::strerror(errno));
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
+  if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0) die("SIOCSIFFLAGS lo: %s", std::strerror(errno));
+  ::close(s);
+}
+
+uint64_t raise_fd_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) die("getrlimit: %s", std::strerror(errno));
+  rl.rlim_cur = rl.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) die("setrlimit: %s", std::strerror(errno));
+  return rl.rlim_cur;
+}
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/pb-bench-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) die("mkdtemp: %s", std::strerror(errno));
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  if (DIR* d = ::opendir(path_.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+      std::string p = path_ + "/" + e->d_name;
+      if (::unlink(p.c_str()) != 0) ::rmdir(p.c_str());
+    }
+    ::closedir(d);
+  }
+  ::rmdir(path_.c_str());
+}
+
+DaemonProcess::DaemonProcess(const std::string& binary, const std::string& dir,
+                             std::vector<std::string> args) {
+  socket_path_ = dir + "/portbroker.sock";
+  std::string notify_path = dir + "/notify.sock";
+  int notify = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (notify < 0) die("socket: %s", std::strerror(errno));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, notify_path.c_str(), sizeof(addr.sun_path) - 1);
+  if (::bind(notify, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    die("bind %s: %s", notify_path.c_str(), std::strerror(errno));
+  }
+
+  std::vector<std::string> argv_s{binary, "--socket", socket_path_};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_ = ::fork();
+  if (pid_ < 0) die("fork: %s", std::strerror(errno));
+  if (pid_ == 0) {
+    ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
+    int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, 0);
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(binary.c_str(), argv.data());
+    std::fprintf(stderr, "portbroker_bench: exec %s: %s\n", binary.c_str(), std::strerror(errno));
+    ::_exit(127);
+  }
+
+  uint64_t deadline = now_ns() + 15'000'000'000ull;
+  bool ready = false;
+  while (!ready) {
+    if (now_ns() > deadline) die("portbrokerd did not report READY=1 within 15 s");
+    int status;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      die("portbrokerd exited before it was ready (status %d)", status);
+    }
+    pollfd p{notify, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buf[4096];
+    ssize_t n = ::recv(notify, buf, sizeof(buf) - 1, 0);
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    // sd_notify sends newline-separated assignments; READY=1 may be among others.
+    for (char* line = std::strtok(buf, "\n"); line; line = std::strtok(nullptr, "\n")) {
+      if (std::strcmp(line, "READY=1") == 0) ready = true;
+    }
+  }
+  ::close(notify);
+  ::unlink(notify_path.c_str());
+}
+
+int DaemonProcess::open_fds() const {
+  std::string p = "/proc/" + std::to_string(pid_) + "/fd";
+  DIR* d = ::opendir(p.c_str());
+  if (!d) return -1;
+  int n = 0;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(d);
+  return n;
+}
+
+int DaemonProcess::stop() {
+  if (pid_ < 0) return 0;
+  ::kill(pid_, SIGTERM);
+  int status = 0;
+  uint64_t deadline = now_ns() + 5'000'000'000ull;
+  while (::waitpid(pid_, &status, WNOHANG) == 0) {
+    if (now_ns() > deadline) {
+      std::fprintf(stderr, "portbroker_bench: portbrokerd ignored SIGTERM for 5 s; killing\n");
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+      break;
+    }
+    ::usleep(2000);
+  }
+  pid_ = -1;
+  return status;
+}
+
+DaemonProcess::~DaemonProcess() { stop(); }
+
+Summary summarize(std::vector<uint64_t> samples, double wall_seconds) {
+  Summary s;
+  s.count = samples.size();
+  s.seconds = wall_seconds;
+  if (samples.empty()) return s;
+  std::sort(samples.begin(), samples.end());
+  auto pct = [&](double q) {
+    // Nearest rank.
+    size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(samples.size())));
+    rank = std::clamp<size_t>(rank, 1, samples.size());
+    return static_cast<double>(samples[rank - 1]) / 1000.0;
+  };
+  s.p50_us = pct(0.50);
+  s.p90_us = pct(0.90);
+  s.p99_us = pct(0.99);
+  s.p999_us = pct(0.999);
+  s.max_us = static_cast<double>(samples.back()) / 1000.0;
+  s.mean_us = static_cast<double>(std::accumulate(samples.begin(), samples.end(), uint64_t{0})) /
+              static_cast<double>(samples.size()) / 1000.0;
+  s.ops_per_sec = wall_seconds > 0 ? static_cast<double>(samples.size()) / wall_seconds : 0;
+  return s;
+}
+
+TimedRun time_loop(size_t warmup, size_t iterations, const std::function<bool(std::string&)>& op) {
+  std::string err;
+  for (size_t i = 0; i < warmup; ++i) {
+    if (!op(err)) die("warm-up failed: %s", err.c_str());
+  }
+  TimedRun run;
+  run.samples_ns.resize(iterations);
+  uint64_t start = now_ns();
+  uint64_t prev = start;
+  for (size_t i = 0; i < iterations; ++i) {
+    if (!op(err)) die("iteration %zu failed: %s", i, err.c_str());
+    uint64_t t = now_ns();
+    run.samples_ns[i] = t - prev;
+    prev = t;
+  }
+  run.wall_seconds = static_cast<double>(prev - start) / 1e9;
+  return run;
+}
+
+pid_t fork_child(const std::function<int()>& body) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = ::fork();
+  if (pid < 0) die("fork: %s", std::strerror(errno));
+  if (pid == 0) {
+    int rc = 1;
+    try {
+      rc = body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "portbroker_bench: child: %s\n", e.what());
+    }
+    std::fflush(stdout);
+    std::fflush(stderr);
+    ::_exit(rc);
+  }
+  return pid;
+}
+
+int wait_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return -1;
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+namespace {
+
+constexpr size_t kMaxSamplesPerWorker = size_t{1} << 18;
+
+struct WorkerSlot {
+  uint64_t ops;
+  uint64_t end_ns;
+  uint64_t samples;
+  char error[256];
+};
+
+struct SharedHeader {
+  uint64_t start_ns;
+  uint64_t deadline_ns;
+};
+
+}  // namespace
+
+ConcurrentRun run_concurrent(int workers, double seconds, size_t warmup_per_worker,
+                             const WorkerSetup& setup) {
+  size_t header = sizeof(SharedHeader) + sizeof(WorkerSlot) * static_cast<size_t>(workers);
+  header = (header + 63) & ~size_t{63};
+  size_t bytes = header + sizeof(uint32_t) * kMaxSamplesPerWorker * static_cast<size_t>(workers);
+  void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) die("mmap: %s", std::strerror(errno));
+  auto* hdr = static_cast<SharedHeader*>(mem);
+  auto* slots = reinterpret_cast<WorkerSlot*>(static_cast<char*>(mem) + sizeof(SharedHeader));
+  auto* samples = reinterpret_cast<uint32_t*>(static_cast<char*>(mem) + header);
+
+  int ready[2], go[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) {
+    die("pipe: %s", std::strerror(errno));
+  }
+  std::vector<pid_t> pids;
+  for (int w = 0; w < workers; ++w) {
+    pids.push_back(fork_child([&, w]() -> int {
+      ::close(ready[0]);
+      ::close(go[1]);
+      WorkerSlot& slot = slots[w];
+      uint32_t* mine = samples + static_cast<size_t>(w) * kMaxSamplesPerWorker;
+      std::string err;
+      auto fail = [&](const std::string& what) {
+        std::snprintf(slot.error, sizeof(slot.error), "worker %d: %s", w, what.c_str());
+        char c = 'x';
+        (void)!::write(ready[1], &c, 1);
+        return 1;
+      };
+      WorkerOp op = setup(err);
+      if (!op) return fail("setup: " + err);
+      for (size_t i = 0; i < warmup_per_worker; ++i) {
+        if (!op(err)) return fail("warm-up: " + err);
+      }
+      char c = 'r';
+      if (::write(ready[1], &c, 1) != 1) return 1;
+      while (::read(go[0], &c, 1) > 0) {
+      }
+      uint64_t deadline = __atomic_load_n(&hdr->deadline_ns, __ATOMIC_ACQUIRE);
+      uint64_t prev = now_ns();
+      uint64_t ops = 0;
+      while (prev < deadline) {
+        if (!op(err)) {
+          std::snprintf(slot.error, sizeof(slot.error), "worker %d op %llu: %s", w,
+                        static_cast<unsigned long long>(ops), err.c_str());
+          break;
+        }
+        uint64_t t = now_ns();
+        if (ops < kMaxSamplesPerWorker) {
+          mine[ops] = static_cast<uint32_t>(std::min<uint64_t>(t - prev, UINT32_MAX));
+        }
+        ++ops;
+        prev = t;
+      }
+      slot.ops = ops;
+      slot.samples = std::min<uint64_t>(ops, kMaxSamplesPerWorker);
+      __atomic_store_n(&slot.end_ns, prev, __ATOMIC_RELEASE);
+      return 0;
+    }));
+  }
+  ::close(ready[1]);
+  ::close(go[0]);
+
+  ConcurrentRun run;
+  for (int got = 0; got < workers;) {
+    pollfd p{ready[0], POLLIN, 0};
+    if (::poll(&p, 1, 60'000) <= 0) die("workers did not get ready within 60 s");
+    char buf[64];
+    ssize_t n = ::read(ready[0], buf, sizeof(buf));
+    if (n <= 0) die("a worker died before it was ready");
+    got += static_cast<int>(n);
+  }
+  uint64_t start = now_ns();
+  hdr->start_ns = start;
+  __atomic_store_n(&hdr->deadline_ns, start + static_cast<uint64_t>(seconds * 1e9),
+                   __ATOMIC_RELEASE);
+  ::close(go[1]);
+  uint64_t end = start;
+  for (int w = 0; w < workers; ++w) {
+    int rc = wait_child(pids[static_cast<size_t>(w)]);
+    WorkerSlot& slot = slots[w];
+    if (slot.error[0] != '\0' && run.error.empty()) run.error = slot.error;
+    if (rc != 0 && run.error.empty())
+      run.error = "worker " + std::to_string(w) + " exit " + std::to_string(rc);
+    run.ops += slot.ops;
+    end = std::max(end, __atomic_load_n(&slot.end_ns, __ATOMIC_ACQUIRE));
+    const uint32_t* theirs = samples + static_cast<size_t>(w) * kMaxSamplesPerWorker;
+    run.samples_ns.insert(run.samples_ns.end(), theirs, theirs + slot.samples);
+  }
+  ::close(ready[0]);
+  run.wall_seconds = static_cast<double>(end - start) / 1e9;
+  ::munmap(mem, bytes);
+  return run;
+}
+
+void pin(pid_t pid, int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= 0) {
+    CPU_SET(cpu, &set);
+  } else {
+    for (int c = 0; c < cpu_count(); ++c) CPU_SET(c, &set);
+  }
+  if (::sched_setaffinity(pid, sizeof(set), &set) != 0) {
+    die("sched_setaffinity(%d, cpu %d): %s", static_cast<int>(pid), cpu, std::strerror(errno));
+  }
+}
+
+int cpu_count() { return static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN)); }
+
+std::string loadavg() {
+  std::ifstream f("/proc/loadavg");
+  std::string a, b, c;
+  f >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
+}  // namespace pbbench

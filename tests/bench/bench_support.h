@@ -1,0 +1,111 @@
+// Plumbing for the benchmark: a private network namespace, the fd limit, the daemon as a child
+// process, latency samples and their percentiles, and a fan-out of worker processes. Kept
+// apart from the integration harness so that the benchmark needs no test framework.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace pbbench {
+
+// Aborts the benchmark with a message (setup failures are not measurements).
+[[noreturn]] void die(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+inline uint64_t now_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// Enters a fresh network namespace (with a user namespace when not root) and brings lo up, so
+// that every port used here is private and fixed ports are safe.
+void enter_private_netns();
+
+// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit. Children
+// (the daemon included) inherit it.
+uint64_t raise_fd_limit();
+
+// A scratch directory removed (with its files, one level) on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// portbrokerd as a child process, started with NOTIFY_SOCKET and waited for until READY=1.
+class DaemonProcess {
+ public:
+  DaemonProcess(const std::string& binary, const std::string& dir, std::vector<std::string> args);
+  ~DaemonProcess();
+  DaemonProcess(const DaemonProcess&) = delete;
+  DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  const std::string& socket_path() const { return socket_path_; }
+  // Number of fds open in the daemon (from /proc), -1 if unreadable.
+  int open_fds() const;
+  // SIGTERM, then waits; returns the exit status as waitpid reports it.
+  int stop();
+
+ private:
+  pid_t pid_ = -1;
+  std::string socket_path_;
+};
+
+// Latency samples in nanoseconds and what is reported about them.
+struct Summary {
+  size_t count = 0;
+  double p50_us = 0, p90_us = 0, p99_us = 0, p999_us = 0, max_us = 0, mean_us = 0;
+  double seconds = 0;      // wall time of the measured loop
+  double ops_per_sec = 0;  // count / seconds
+};
+Summary summarize(std::vector<uint64_t> samples_ns, double wall_seconds);
+
+// Times `op` `iterations` times after `warmup` untimed calls. `op` returns false on failure,
+// with a message in its argument; the benchmark then stops.
+struct TimedRun {
+  std::vector<uint64_t> samples_ns;
+  double wall_seconds = 0;
+};
+TimedRun time_loop(size_t warmup, size_t iterations, const std::function<bool(std::string&)>& op);
+
+// N worker processes, each with its own state made by `setup` (in the child, after fork), all
+// released at once and looping `op` until a common deadline. Every op's latency is kept (up to
+// a cap per worker).
+using WorkerOp = std::function<bool(std::string&)>;
+using WorkerSetup = std::function<WorkerOp(std::string&)>;
+struct ConcurrentRun {
+  uint64_t ops = 0;
+  double wall_seconds = 0;  // from the common start to the last worker's last op
+  std::vector<uint64_t> samples_ns;
+  std::string error;  // first worker error, empty if none
+};
+ConcurrentRun run_concurrent(int workers, double seconds, size_t warmup_per_worker,
+                             const WorkerSetup& setup);
+
+// Forks a child that runs `body` and then _exits with its return value. The child never runs
+// the parent's destructors (a Lease destroyed in a child would release the parent's lease).
+pid_t fork_child(const std::function<int()>& body);
+// Waits for `pid`; returns its exit code, or 128+signal.
+int wait_child(pid_t pid);
+
+std::string loadavg();
+
+// Restricts `pid` (0: this process) to one CPU, or lets it run anywhere with cpu < 0. Children
+// inherit the mask at fork. Latency is compared only between runs with the same placement: a
+// wake-up on the same CPU and one on another CPU differ by tens of microseconds on a VM.
+void pin(pid_t pid, int cpu);
+int cpu_count();
+
+}  // namespace pbbench
