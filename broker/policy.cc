@@ -906,6 +906,11 @@ Decision Policy::check(const Principal& who, const Request& req,
     return allow("allowed by " + rule_label(rule));
   }
   if (refusal) return *refusal;
+  if (source == kEmbeddedSource && req.port < 1024) {
+    return deny(caller + " may not lease " + endpoint +
+                ": ports below 1024 are for root only under the embedded default policy (no "
+                "policy file; grant it with a rule in /etc/portbroker/portbroker.toml)");
+  }
   return deny("no rule in " + source + " grants " + caller + " " + endpoint + " (deny by default)");
 }
 

@@ -243,6 +243,10 @@ struct Accumulated {
   double seconds = 0;
   uint64_t ops = 0;
 
+  CpuTime server;  // CPU the server process spent in the measured runs
+  bool server_measured = false;
+  double worker_min_ops = -1, worker_max_ops = -1;
+
   void add(TimedRun r) {
     ops += r.samples_ns.size();
     samples.insert(samples.end(), r.samples_ns.begin(), r.samples_ns.end());
@@ -252,10 +256,31 @@ struct Accumulated {
     ops += r.ops;  // samples may be capped; the count is not
     samples.insert(samples.end(), r.samples_ns.begin(), r.samples_ns.end());
     seconds += r.wall_seconds;
+    double lo = static_cast<double>(r.min_worker_ops) / r.wall_seconds;
+    double hi = static_cast<double>(r.max_worker_ops) / r.wall_seconds;
+    worker_min_ops = worker_min_ops < 0 ? lo : std::min(worker_min_ops, lo);
+    worker_max_ops = std::max(worker_max_ops, hi);
+  }
+  // Runs `fn` (which returns a run) and charges the CPU that `server_pid` used meanwhile.
+  template <typename Fn>
+  void add_measured(pid_t server_pid, Fn&& fn) {
+    CpuTime before = cpu_time(server_pid);
+    auto run = fn();
+    server += cpu_time(server_pid) - before;
+    server_measured = true;
+    add(std::move(run));
   }
   Summary summary() const {
     Summary s = summarize(samples, seconds);
     s.ops_per_sec = seconds > 0 ? static_cast<double>(ops) / seconds : 0;
+    if (server_measured && ops > 0) {
+      double n = static_cast<double>(ops);
+      s.server_cpu_us = server.total * 1e6 / n;
+      s.server_user_us = server.user * 1e6 / n;
+      s.server_sys_us = server.sys * 1e6 / n;
+    }
+    s.worker_min_ops = worker_min_ops;
+    s.worker_max_ops = worker_max_ops;
     return s;
   }
 };
@@ -332,7 +357,9 @@ void measure(const Options& o, const TempDir& dir, FloorResults& f,
     rt.add(floor_round_trip(w, chunk, false, o.cpu));
     rt_fd.add(floor_round_trip(w, chunk, true, o.cpu));
     if (cross >= 0) rt_cross.add(floor_round_trip(w, chunk, false, cross));
-    raw_seq.add(time_loop(w, chunk, [&](std::string& e) { return raw_client.acquire_release(e); }));
+    raw_seq.add_measured(raw.pid(), [&] {
+      return time_loop(w, chunk, [&](std::string& e) { return raw_client.acquire_release(e); });
+    });
     if (!daemon) continue;
 
     DaemonResults& d = *dres;
@@ -340,10 +367,10 @@ void measure(const Options& o, const TempDir& dir, FloorResults& f,
                   "round %zu/%zu: portbrokerd acquire+release, none held, then %zu held", r + 1,
                   rounds, o.held);
     phase(what);
-    seq.add(sequential(w, chunk));
+    seq.add_measured(daemon->pid(), [&] { return sequential(w, chunk); });
     if (cross >= 0) {
       pin(daemon->pid(), cross);
-      seq_cross.add(sequential(w, chunk));
+      seq_cross.add_measured(daemon->pid(), [&] { return sequential(w, chunk); });
       pin(daemon->pid(), o.cpu);
     }
     uint64_t t0 = now_ns();
@@ -354,7 +381,7 @@ void measure(const Options& o, const TempDir& dir, FloorResults& f,
     d.leases_held = st->leases;
     if (d.leases_held < o.held) die("daemon reports %u leases, not %zu", d.leases_held, o.held);
     d.fds_held = daemon->open_fds();
-    held.add(sequential(chunk_warmup, chunk));
+    held.add_measured(daemon->pid(), [&] { return sequential(chunk_warmup, chunk); });
     holders.stop();
     wait_no_leases(*client);
   }
@@ -403,13 +430,17 @@ void measure(const Options& o, const TempDir& dir, FloorResults& f,
     std::snprintf(what, sizeof(what), "round %zu/%zu: %d concurrent clients, minimal broker%s",
                   r + 1, rounds, o.clients, daemon ? " then portbrokerd" : "");
     phase(what);
-    auto mr = run_concurrent(o.clients, slice, o.warmup / 10, raw_worker);
-    if (!mr.error.empty()) die("minimal broker, concurrent: %s", mr.error.c_str());
-    m.add(std::move(mr));
+    m.add_measured(raw.pid(), [&] {
+      auto mr = run_concurrent(o.clients, slice, o.warmup / 10, raw_worker);
+      if (!mr.error.empty()) die("minimal broker, concurrent: %s", mr.error.c_str());
+      return mr;
+    });
     if (!daemon) continue;
-    auto cr = run_concurrent(o.clients, slice, o.warmup / 10, daemon_worker);
-    if (!cr.error.empty()) die("portbrokerd, concurrent: %s", cr.error.c_str());
-    c.add(std::move(cr));
+    c.add_measured(daemon->pid(), [&] {
+      auto cr = run_concurrent(o.clients, slice, o.warmup / 10, daemon_worker);
+      if (!cr.error.empty()) die("portbrokerd, concurrent: %s", cr.error.c_str());
+      return cr;
+    });
   }
   f.raw_conc = m.summary();
   if (!daemon) return;
@@ -445,13 +476,31 @@ void print_row(const std::string& tag, const std::string& what, const Summary& s
               s.p99_us, s.p999_us, s.mean_us, s.ops_per_sec);
 }
 
+void print_cpu_row(const std::string& tag, const std::string& what, const Summary& s) {
+  if (s.server_cpu_us < 0) return;
+  std::printf("  %-4s %-46s %9.2f %9.2f %9.2f %8.0f%%", tag.c_str(), what.c_str(), s.server_cpu_us,
+              s.server_user_us, s.server_sys_us, s.server_cpu_us * s.ops_per_sec / 1e4);
+  if (s.worker_min_ops >= 0) std::printf(" %8.0f .. %.0f", s.worker_min_ops, s.worker_max_ops);
+  std::printf("\n");
+}
+
 std::string json_summary(const Summary& s) {
   std::ostringstream o;
   o.precision(6);
   o << "{\"n\":" << s.count << ",\"p50_us\":" << s.p50_us << ",\"p90_us\":" << s.p90_us
     << ",\"p99_us\":" << s.p99_us << ",\"p999_us\":" << s.p999_us << ",\"max_us\":" << s.max_us
     << ",\"mean_us\":" << s.mean_us << ",\"ops_per_sec\":" << s.ops_per_sec
-    << ",\"seconds\":" << s.seconds << "}";
+    << ",\"seconds\":" << s.seconds;
+  if (s.server_cpu_us >= 0) {
+    o << ",\"server_cpu_us_per_op\":" << s.server_cpu_us
+      << ",\"server_user_us_per_op\":" << s.server_user_us
+      << ",\"server_sys_us_per_op\":" << s.server_sys_us;
+  }
+  if (s.worker_min_ops >= 0) {
+    o << ",\"worker_min_ops_per_sec\":" << s.worker_min_ops
+      << ",\"worker_max_ops_per_sec\":" << s.worker_max_ops;
+  }
+  o << "}";
   return o.str();
 }
 
@@ -491,6 +540,17 @@ void report(const Options& o, const std::string& machine, const FloorResults& f,
     if (f.floor_cross_us > 0) print_row("Sx", "the same, daemon on another CPU", d->seq_cross);
     print_row("H", "1 client, " + std::to_string(d->leases_held) + " leases held", d->held);
     print_row("C", std::to_string(o.clients) + " clients (processes)", d->conc);
+  }
+  std::printf("\n  %-4s %-46s %9s %9s %9s %9s %s\n", "", "server process CPU per acquire+release",
+              "cpu us", "user us", "sys us", "busy", " per-client ops/s, min .. max");
+  const std::string mc = "M" + std::to_string(o.clients);
+  print_cpu_row("M", "minimal epoll broker, 1 client", f.raw_seq);
+  print_cpu_row(mc, "minimal epoll broker, " + std::to_string(o.clients) + " clients", f.raw_conc);
+  if (d) {
+    print_cpu_row("S", "portbrokerd, 1 client", d->seq);
+    print_cpu_row("Sx", "portbrokerd, 1 client, on another CPU", d->seq_cross);
+    print_cpu_row("H", "portbrokerd, 1 client, leases held", d->held);
+    print_cpu_row("C", "portbrokerd, " + std::to_string(o.clients) + " clients", d->conc);
 
     double r = d->seq.p50_us / f.floor_us;
     figs.push_back({"seq_p50_over_floor", "S p50 / F", fmt("%.2f us", d->seq.p50_us),

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <fstream>
 #include <numeric>
+#include <sstream>
 
 namespace pbbench {
 
@@ -360,6 +361,8 @@ ConcurrentRun run_concurrent(int workers, double seconds, size_t warmup_per_work
     if (rc != 0 && run.error.empty())
       run.error = "worker " + std::to_string(w) + " exit " + std::to_string(rc);
     run.ops += slot.ops;
+    run.min_worker_ops = w == 0 ? slot.ops : std::min(run.min_worker_ops, slot.ops);
+    run.max_worker_ops = std::max(run.max_worker_ops, slot.ops);
     end = std::max(end, __atomic_load_n(&slot.end_ns, __ATOMIC_ACQUIRE));
     const uint32_t* theirs = samples + static_cast<size_t>(w) * kMaxSamplesPerWorker;
     run.samples_ns.insert(run.samples_ns.end(), theirs, theirs + slot.samples);
@@ -381,6 +384,28 @@ void pin(pid_t pid, int cpu) {
   if (::sched_setaffinity(pid, sizeof(set), &set) != 0) {
     die("sched_setaffinity(%d, cpu %d): %s", static_cast<int>(pid), cpu, std::strerror(errno));
   }
+}
+
+CpuTime cpu_time(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  // Fields after the command (which may hold spaces) start past the last ')'.
+  auto close = line.rfind(')');
+  if (close == std::string::npos) return {};
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+  }
+  const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  std::ifstream sched("/proc/" + std::to_string(pid) + "/schedstat");
+  unsigned long long on_cpu_ns = 0;
+  sched >> on_cpu_ns;
+  return {static_cast<double>(on_cpu_ns) / 1e9, static_cast<double>(utime) / tick,
+          static_cast<double>(stime) / tick};
 }
 
 int cpu_count() { return static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN)); }

@@ -69,6 +69,10 @@ struct Summary {
   double p50_us = 0, p90_us = 0, p99_us = 0, p999_us = 0, max_us = 0, mean_us = 0;
   double seconds = 0;      // wall time of the measured loop
   double ops_per_sec = 0;  // count / seconds
+  // CPU the server process spent per operation (microseconds), when measured; -1 otherwise.
+  double server_cpu_us = -1, server_user_us = -1, server_sys_us = -1;
+  // Concurrent runs: the slowest and the fastest worker's operations per second.
+  double worker_min_ops = -1, worker_max_ops = -1;
 };
 Summary summarize(std::vector<uint64_t> samples_ns, double wall_seconds);
 
@@ -87,6 +91,7 @@ using WorkerOp = std::function<bool(std::string&)>;
 using WorkerSetup = std::function<WorkerOp(std::string&)>;
 struct ConcurrentRun {
   uint64_t ops = 0;
+  uint64_t min_worker_ops = 0, max_worker_ops = 0;  // fairness between workers
   double wall_seconds = 0;  // from the common start to the last worker's last op
   std::vector<uint64_t> samples_ns;
   std::string error;  // first worker error, empty if none
@@ -107,5 +112,21 @@ std::string loadavg();
 // wake-up on the same CPU and one on another CPU differ by tens of microseconds on a VM.
 void pin(pid_t pid, int cpu);
 int cpu_count();
+
+// CPU time a process has used so far, in seconds: the total from /proc/PID/schedstat (exact),
+// user and system from /proc/PID/stat (sampled at the clock tick).
+struct CpuTime {
+  double total = 0, user = 0, sys = 0;
+  CpuTime operator-(const CpuTime& o) const {
+    return {total - o.total, user - o.user, sys - o.sys};
+  }
+  CpuTime& operator+=(const CpuTime& o) {
+    total += o.total;
+    user += o.user;
+    sys += o.sys;
+    return *this;
+  }
+};
+CpuTime cpu_time(pid_t pid);
 
 }  // namespace pbbench

@@ -17,10 +17,8 @@ bool contains(const std::string& haystack, const std::string& needle) {
 }
 
 std::vector<std::string> base_args(const TempDir& dir) {
-  return {"--socket",    dir.file("portbroker.sock"),
-          "--state-dir", dir.file("state"),
-          "--config",    dir.file("portbroker.toml"),
-          "--log-level", "debug"};
+  return {"--socket", dir.file("portbroker.sock"), "--state-dir", dir.file("state"),
+          "--config", dir.file("portbroker.toml"), "--log-level", "debug"};
 }
 
 }  // namespace
@@ -38,6 +36,7 @@ TEST_CASE("status describes the running daemon; the socket is open to every user
   CHECK(s->leases == 0);
   CHECK(s->sessions >= 1);
   CHECK(!s->version.empty());
+  CHECK_MESSAGE(s->open_fds == d.fd_count(), "status says " << s->open_fds << " open fds");
   struct stat st;
   REQUIRE(::stat(d.socket_path().c_str(), &st) == 0);
   CHECK(S_ISSOCK(st.st_mode));

@@ -58,8 +58,8 @@ TEST_CASE("an echo server refused its port says why and exits 1") {
   Daemon d;
   Holder h = spawn_holder(d, "tcp:127.0.0.1:18601");
   for (const char* program : {"echo_server", "echo_server_c"}) {
-    CommandResult r = run_command({example_path(program), "tcp:127.0.0.1:18601"},
-                                  {.env = d.client_env()});
+    CommandResult r =
+        run_command({example_path(program), "tcp:127.0.0.1:18601"}, {.env = d.client_env()});
     CHECK_MESSAGE(r.status.code == 1, program << ": " << r.describe());
     CHECK_MESSAGE(r.out.find(std::to_string(h.child.pid())) != std::string::npos,
                   program << " should name the holder: " << r.out);

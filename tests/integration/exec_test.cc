@@ -98,10 +98,10 @@ TEST_CASE("exec with several sockets, TCP and UDP, in order") {
   FdLeakCheck fds;
   Daemon d({.args = {"--pool", "23000-23099"}});
   SpawnOptions opts{.env = d.client_env(), .stdout_to_lines = true};
-  Child server = Child::exec({cli_path(), "exec", "--listen", "a=tcp:127.0.0.1:0", "--listen",
-                              "b=udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:18081", "--",
-                              self_exe(), "--pb-listen-fds-probe"},
-                             opts);
+  Child server = Child::exec(
+      {cli_path(), "exec", "--listen", "a=tcp:127.0.0.1:0", "--listen", "b=udp:127.0.0.1:0",
+       "--listen", "tcp:127.0.0.1:18081", "--", self_exe(), "--pb-listen-fds-probe"},
+      opts);
   auto line = server.read_line();
   REQUIRE_MESSAGE(line.has_value(), server.output());
   auto t = parse_tokens(*line);
@@ -136,8 +136,8 @@ TEST_CASE("exec: the command's exit code is passed through; failures exit 1, usa
   CHECK_MESSAGE(seven.status.code == 7, seven.describe());
   CHECK(d.wait_port_unleased(18082));
 
-  CommandResult missing = run_cli(d, {"exec", "--listen", "tcp:127.0.0.1:18083", "--",
-                                      "/nonexistent/program"});
+  CommandResult missing =
+      run_cli(d, {"exec", "--listen", "tcp:127.0.0.1:18083", "--", "/nonexistent/program"});
   CHECK_MESSAGE(missing.status.code != 0, missing.describe());
   CHECK(contains(missing.out, "/nonexistent/program"));
   CHECK(d.wait_port_unleased(18083));
@@ -172,16 +172,15 @@ TEST_CASE("list, status and release from the CLI") {
   CHECK(contains(plain.out, std::to_string(d.pid())));
 
   // --socket works before or after the subcommand, without the environment variable.
-  for (auto args : std::vector<std::vector<std::string>>{
-           {cli_path(), "--socket", d.socket_path(), "list"},
-           {cli_path(), "list", "--socket", d.socket_path()}}) {
+  for (auto args :
+       std::vector<std::vector<std::string>>{{cli_path(), "--socket", d.socket_path(), "list"},
+                                             {cli_path(), "list", "--socket", d.socket_path()}}) {
     CommandResult r = run_command(args, {.unset_env = {"PORTBROKER_SOCKET"}});
     CHECK_MESSAGE(r.status.ok(), r.describe());
     CHECK(contains(r.out, "18090"));
   }
   // No daemon there: exit 1 with a reason.
-  CommandResult nowhere =
-      run_command({cli_path(), "--socket", d.dir() + "/nope.sock", "list"}, {});
+  CommandResult nowhere = run_command({cli_path(), "--socket", d.dir() + "/nope.sock", "list"}, {});
   CHECK_MESSAGE(nowhere.status.code == 1, nowhere.describe());
   CHECK(contains(nowhere.out, "nope.sock"));
 

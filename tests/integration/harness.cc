@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <doctest/doctest.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <grp.h>
@@ -23,7 +24,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <doctest/doctest.h>
 #include <fstream>
 #include <iostream>
 #include <set>
@@ -206,8 +206,8 @@ FdLeakCheck::FdLeakCheck() : before_(list_fds(0)) {}
 
 FdLeakCheck::~FdLeakCheck() {
   auto after = list_fds(0);
-  CHECK_MESSAGE(after.size() == before_.size(),
-                "the test process leaked fds:\n" << describe_fd_diff(before_, after));
+  CHECK_MESSAGE(after.size() == before_.size(), "the test process leaked fds:\n"
+                                                    << describe_fd_diff(before_, after));
 }
 
 // ---- child processes ----------------------------------------------------------------------------
@@ -277,8 +277,8 @@ Child ChildAccess::spawn(const SpawnPlan& plan, const SpawnOptions& opts) {
   REQUIRE_MESSAGE(::pipe2(control, O_CLOEXEC) == 0, errno_text("pipe2"));
   int capture;
   if (!opts.output_path.empty()) {
-    capture = ::open(opts.output_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC,
-                     0644);
+    capture =
+        ::open(opts.output_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
   } else {
     capture = ::memfd_create("pb-child-output", MFD_CLOEXEC);
   }
@@ -532,15 +532,9 @@ Daemon::Daemon(DaemonOptions opts) {
   std::string config = dir_->file("portbroker.toml");
   if (!opts.config_text.empty()) std::ofstream(config) << opts.config_text;
 
-  std::vector<std::string> argv = {daemon_path(),
-                                   "--socket",
-                                   socket_path_,
-                                   "--state-dir",
-                                   dir_->file("state"),
-                                   "--config",
-                                   config,
-                                   "--log-level",
-                                   opts.log_level};
+  std::vector<std::string> argv = {daemon_path(), "--socket",          socket_path_,
+                                   "--state-dir", dir_->file("state"), "--config",
+                                   config,        "--log-level",       opts.log_level};
   argv.insert(argv.end(), opts.args.begin(), opts.args.end());
   SpawnOptions so;
   so.env["NOTIFY_SOCKET"] = notify_path;
@@ -653,10 +647,10 @@ void Daemon::stop(int sig) {
   probe_.reset();
   proc_->kill(sig);
   ExitStatus st = proc_->wait(std::chrono::seconds(20));
-  CHECK_MESSAGE(st.ok(), "portbrokerd did not exit cleanly on signal " << sig << ": "
-                                                                       << st.describe());
-  CHECK_MESSAGE(!path_exists(socket_path_), "portbrokerd left its socket file "
-                                                << socket_path_ << " behind on signal " << sig);
+  CHECK_MESSAGE(st.ok(),
+                "portbrokerd did not exit cleanly on signal " << sig << ": " << st.describe());
+  CHECK_MESSAGE(!path_exists(socket_path_),
+                "portbrokerd left its socket file " << socket_path_ << " behind on signal " << sig);
 }
 
 void Daemon::kill_hard() {
@@ -667,8 +661,7 @@ void Daemon::kill_hard() {
   proc_->wait(std::chrono::seconds(20));
 }
 
-FailedStart start_daemon_expect_failure(const std::vector<std::string>& args,
-                                        const TempDir& dir) {
+FailedStart start_daemon_expect_failure(const std::vector<std::string>& args, const TempDir& dir) {
   int serial = ++g_daemon_serial;
   std::string notify_path = dir.file("notify." + std::to_string(serial) + ".sock");
   UniqueFd notify = make_notify_socket(notify_path);
@@ -752,8 +745,7 @@ int holder_loop(ChildIo& io, int listen_fd) {
 
 }  // namespace
 
-Child start_holder(const Daemon& d, const std::string& spec, SpawnOptions opts,
-                   bool wait_for_go) {
+Child start_holder(const Daemon& d, const std::string& spec, SpawnOptions opts, bool wait_for_go) {
   if (opts.name.empty()) opts.name = "pbholder";
   std::string path = d.socket_path();
   return Child::run(
@@ -851,7 +843,8 @@ bool fill_sockaddr(const std::string& addr, uint16_t port, sockaddr_storage& ss,
 }
 
 void set_timeouts(int fd, std::chrono::milliseconds t) {
-  timeval tv{static_cast<time_t>(t.count() / 1000), static_cast<suseconds_t>(t.count() % 1000) * 1000};
+  timeval tv{static_cast<time_t>(t.count() / 1000),
+             static_cast<suseconds_t>(t.count() % 1000) * 1000};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
@@ -939,8 +932,7 @@ bool port_free(uint16_t port, const std::string& addr) {
   // As servers do (and the daemon by default): TIME_WAIT leftovers must not count as held.
   int one = 1;
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  return ::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0 &&
-         ::listen(fd.get(), 1) == 0;
+  return ::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0 && ::listen(fd.get(), 1) == 0;
 }
 
 // ---- raw protocol -------------------------------------------------------------------------------
@@ -1007,8 +999,7 @@ RawConn::Got RawConn::recv(std::chrono::milliseconds timeout) {
 
 portbroker::wire::Reply::Reader RawConn::reply() const {
   REQUIRE(reader_.has_value());
-  return const_cast<capnp::FlatArrayMessageReader&>(*reader_)
-      .getRoot<portbroker::wire::Reply>();
+  return const_cast<capnp::FlatArrayMessageReader&>(*reader_).getRoot<portbroker::wire::Reply>();
 }
 
 std::string RawConn::describe_reply() const {

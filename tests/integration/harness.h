@@ -88,15 +88,15 @@ struct ExitStatus {
 };
 
 struct SpawnOptions {
-  std::optional<uid_t> uid;         // switch to this uid (and gid = uid, no groups) before running
-  std::string name;                 // comm (PR_SET_NAME) of a lambda child
+  std::optional<uid_t> uid;  // switch to this uid (and gid = uid, no groups) before running
+  std::string name;          // comm (PR_SET_NAME) of a lambda child
   std::map<std::string, std::string> env;  // added to (or overriding) the environment
   std::vector<std::string> unset_env;
-  bool stdout_to_lines = false;     // command: stdout goes to the line pipe (read_line)
-  bool stdin_from_parent = false;   // command: stdin is the parent's send_line pipe
-  std::vector<int> keep_fds;        // extra fds to keep open in the child (at the same numbers)
-  std::optional<long> nofile_limit; // RLIMIT_NOFILE for the child
-  std::string output_path;          // stdout+stderr to this file instead of an anonymous memfd
+  bool stdout_to_lines = false;      // command: stdout goes to the line pipe (read_line)
+  bool stdin_from_parent = false;    // command: stdin is the parent's send_line pipe
+  std::vector<int> keep_fds;         // extra fds to keep open in the child (at the same numbers)
+  std::optional<long> nofile_limit;  // RLIMIT_NOFILE for the child
+  std::string output_path;           // stdout+stderr to this file instead of an anonymous memfd
 };
 
 // What a lambda child sees.
@@ -243,8 +243,7 @@ struct FailedStart {
   bool became_ready = false;
   CommandResult result;
 };
-FailedStart start_daemon_expect_failure(const std::vector<std::string>& args,
-                                        const TempDir& dir);
+FailedStart start_daemon_expect_failure(const std::vector<std::string>& args, const TempDir& dir);
 
 // The `portbroker` CLI against `d`.
 CommandResult run_cli(const Daemon& d, const std::vector<std::string>& args,

@@ -3,6 +3,7 @@
 // log whenever an assertion fails. The same binary doubles as a LISTEN_FDS probe for the exec
 // tests (`<test> --pb-listen-fds-probe`).
 #define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -15,7 +16,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <doctest/doctest.h>
 #include <fstream>
 #include <string>
 
@@ -148,7 +148,9 @@ REGISTER_LISTENER("portbrokerd-log", 1, DaemonLogListener);
 bool can_switch_uid() { return g_can_switch_uid; }
 std::string daemon_path() { return PB_DAEMON_PATH; }
 std::string cli_path() { return PB_CLI_PATH; }
-std::string example_path(const std::string& name) { return std::string(PB_EXAMPLES_DIR) + "/" + name; }
+std::string example_path(const std::string& name) {
+  return std::string(PB_EXAMPLES_DIR) + "/" + name;
+}
 std::string self_exe() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);

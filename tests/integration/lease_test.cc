@@ -204,8 +204,8 @@ TEST_CASE("a non-root client is refused a privileged port and granted a high one
   CHECK_MESSAGE(root.ok, "root asking for port 80: " << root.describe());
 
   // The CLI refuses the same way, with exit code 1.
-  CommandResult cli = run_cli(
-      d, {"exec", "--listen", "tcp:127.0.0.1:80", "--", "/bin/true"}, {.uid = 65534});
+  CommandResult cli =
+      run_cli(d, {"exec", "--listen", "tcp:127.0.0.1:80", "--", "/bin/true"}, {.uid = 65534});
   INFO("portbroker exec as uid 65534: " << cli.describe());
   CHECK(cli.status.code == 1);
   CHECK(contains(cli.out, "80"));
@@ -345,4 +345,62 @@ TEST_CASE("UDP, IPv6 and socket options") {
   CHECK((bad_device.error().code == ErrorCode::kAddressUnavailable ||
          bad_device.error().code == ErrorCode::kInvalidOption));
   // ~Daemon checks for leaked fds once the clients above are gone.
+}
+
+TEST_CASE("churn: many clients acquiring and releasing from a small pool") {
+  FdLeakCheck fds;
+  constexpr int kClients = 16, kRounds = 100;
+  Daemon d({.args = {"--pool", "21700-21709"}});
+  std::vector<Child> children;
+  for (int i = 0; i < kClients; ++i) {
+    children.push_back(Child::run([path = d.socket_path()](ChildIo& io) {
+      auto c = portbroker::Client::connect(path);
+      if (!c) {
+        io.send_line("connect failed: " + c.error().message);
+        return 1;
+      }
+      int granted = 0, exhausted = 0;
+      for (int r = 0; r < kRounds; ++r) {
+        auto lease = c->acquire("tcp:127.0.0.1:0");
+        if (!lease) {
+          if (lease.error().code == ErrorCode::kNoFreePort) {
+            ++exhausted;
+            continue;
+          }
+          io.send_line("unexpected refusal: " + lease.error().message);
+          return 1;
+        }
+        ++granted;
+        uint16_t port = lease->port();
+        if (port < 21700 || port > 21709 || local_port(lease->fd()) != port) {
+          io.send_line("bad grant: port " + std::to_string(port));
+          return 1;
+        }
+        if (port_free(port)) {
+          io.send_line("granted port " + std::to_string(port) + " is not actually held");
+          return 1;
+        }
+        auto released = lease->release();
+        if (!released) {
+          io.send_line("release failed: " + released.error().message);
+          return 1;
+        }
+      }
+      io.send_line("done " + std::to_string(granted) + " " + std::to_string(exhausted));
+      return 0;
+    }));
+  }
+  int granted = 0;
+  for (auto& c : children) {
+    auto line = c.read_line();
+    REQUIRE_MESSAGE(line.has_value(), c.output());
+    CHECK_MESSAGE(line->rfind("done ", 0) == 0, *line);
+    granted += std::atoi(line->c_str() + 5);
+    CHECK(c.wait().ok());
+  }
+  CHECK(granted > 0);
+  CHECK(d.wait_until([](portbroker::Client& c) {
+    auto l = c.list();
+    return l.ok() && l->empty();
+  }));
 }

@@ -320,7 +320,9 @@ TEST_CASE("policy: embedded default") {
   CHECK(check(kRoot, 1).allowed);
   CHECK_FALSE(check(kAlice, 80).allowed);
   CHECK(check(kAlice, 80).reason ==
-        "no rule in <embedded default> grants uid 1000 tcp 0.0.0.0:80 (deny by default)");
+        "uid 1000 may not lease tcp 0.0.0.0:80: ports below 1024 are for root only under the "
+        "embedded default policy (no policy file; grant it with a rule in "
+        "/etc/portbroker/portbroker.toml)");
   CHECK_FALSE(check(kAlice, 1023).allowed);
   CHECK(check(kAlice, 1024).allowed);
   CHECK(check(kAlice, 1024).reason == "allowed by rule 'unprivileged-ports' (<embedded default>)");

@@ -14,6 +14,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -128,6 +129,12 @@ std::string own_comm() {
   return comm;
 }
 
+size_t open_fd_count() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
 bool held_by(const PortHolder& h, pid_t pid) {
   for (const auto& p : h.processes)
     if (p.pid == pid) return true;
@@ -174,7 +181,9 @@ TEST_CASE("sockdiag: finds this process's sockets, tcp and udp, v4 and v6") {
   CHECK(l.processes[0].comm == comm);
   CHECK(l.processes[0].uid == ::geteuid());
 
+  const size_t fds_before = open_fd_count();
   auto udp = find_port_holders(Protocol::kUdp, kPort);
+  CHECK(open_fd_count() == fds_before);  // the netlink socket and /proc dirs are closed
   REQUIRE_MESSAGE(udp.ok(), (udp.ok() ? "" : udp.error().message));
   REQUIRE(udp->size() == 2);
   const PortHolder& u4 = (*udp)[0];  // IPv4 sorts first
