@@ -36,7 +36,11 @@ struct Signals {
   static void on_hup(uv_signal_t* h, int) {
     auto* self = static_cast<Signals*>(h->data);
     spdlog::info("received SIGHUP; reloading the policy");
-    (void)self->server->reload();
+    try {
+      (void)self->server->reload();
+    } catch (const std::exception& e) {
+      spdlog::error("reload failed: {}", e.what());
+    }
   }
 
   static void on_stop(uv_signal_t* h, int signum) {

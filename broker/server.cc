@@ -220,7 +220,11 @@ void Server::on_listen_readable(uv_poll_t* handle, int status, int /*events*/) {
     spdlog::error("control socket poll failed: {}", uv_strerror(status));
     return;
   }
-  self->accept_pending();
+  try {
+    self->accept_pending();
+  } catch (const std::exception& e) {  // e.g. bad_alloc: drop this wake-up, keep serving
+    spdlog::error("accepting connections failed: {}", e.what());
+  }
 }
 
 void Server::accept_pending() {
@@ -329,11 +333,18 @@ void Server::on_session_event(uv_poll_t* handle, int status, int events) {
     self->close_session(*s);
     return;
   }
-  if (events & UV_WRITABLE) {
-    self->flush_pending(*s);
-    if (s->closing || !(s->pending.size() == 0)) return;
+  try {
+    if (events & UV_WRITABLE) {
+      self->flush_pending(*s);
+      if (s->closing || s->pending.size() != 0) return;
+    }
+    if (events & (UV_READABLE | UV_DISCONNECT)) self->read_requests(*s);
+  } catch (const std::exception& e) {
+    // Only resource exhaustion gets here (requests catch their own errors): this client
+    // loses its session, the daemon and everyone else carry on.
+    spdlog::error("pid={} uid={} session failed: {}", s->holder.pid, s->holder.uid, e.what());
+    self->close_session(*s);
   }
-  if (events & (UV_READABLE | UV_DISCONNECT)) self->read_requests(*s);
 }
 
 void Server::read_requests(Session& s) {
