@@ -909,7 +909,7 @@ Decision Policy::check(const Principal& who, const Request& req,
   if (source == kEmbeddedSource && req.port < 1024) {
     return deny(caller + " may not lease " + endpoint +
                 ": ports below 1024 are for root only under the embedded default policy (no "
-                "policy file; grant it with a rule in /etc/portbroker/portbroker.toml)");
+                "policy file; a rule in one can grant it)");
   }
   return deny("no rule in " + source + " grants " + caller + " " + endpoint + " (deny by default)");
 }

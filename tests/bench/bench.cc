@@ -7,6 +7,7 @@
 // Prints a table (each figure, its floor, the ratio, the target, PASS/MISS) and, last, one JSON
 // line. Exit status: 0 when the run completed (whatever the figures), 1 when it could not run.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,7 +41,8 @@ struct Options {
   std::string daemon;
   std::vector<std::string> daemon_args;
   bool floor_only = false;
-  int cpu = 0;  // sequential phases: client and server both here; < 0: not pinned
+  int cpu = 0;     // sequential phases: client and server both here; < 0: not pinned
+  int nice = -20;  // for every process of the run, the daemon included
 };
 
 // The CPU for the cross-CPU rows, -1 when there is none.
@@ -54,7 +56,7 @@ int other_cpu(const Options& o) {
                "usage: portbroker_bench [--quick] [--iterations N] [--duration SECONDS]\n"
                "                        [--clients N] [--held N] [--rounds N]\n"
                "                        [--daemon PATH] [--daemon-arg ARG]...\n"
-               "                        [--cpu N | --no-pin] [--floor-only]\n"
+               "                        [--cpu N | --no-pin] [--nice N] [--floor-only]\n"
                "  --quick         fewer iterations and a shorter concurrent run (a smoke test)\n"
                "  --iterations N  timed acquire+release (and floor) iterations (default 30000)\n"
                "  --duration S    seconds of the concurrent run (default 3)\n"
@@ -67,6 +69,8 @@ int other_cpu(const Options& o) {
                "                  (default 0; cross-CPU rows put the server on the next CPU)\n"
                "  --no-pin        do not pin the sequential phases (ratios get noisy: a\n"
                "                  wake-up on another CPU costs far more than on the same one)\n"
+               "  --nice N        nice value of every process of the run (default -20, so\n"
+               "                  that other work on the machine disturbs the tails less)\n"
                "  --floor-only    measure the raw floor only (no daemon)\n");
   std::exit(code);
 }
@@ -100,6 +104,8 @@ Options parse_args(int argc, char** argv) {
       o.cpu = std::atoi(value().c_str());
     } else if (a == "--no-pin") {
       o.cpu = -1;
+    } else if (a == "--nice") {
+      o.nice = std::atoi(value().c_str());
     } else if (a == "--floor-only") {
       o.floor_only = true;
     } else if (a == "--daemon") {
@@ -636,6 +642,12 @@ void report(const Options& o, const std::string& machine, const FloorResults& f,
 
 int run(const Options& o) {
   enter_private_netns();
+  errno = 0;
+  if (::setpriority(PRIO_PROCESS, 0, o.nice) != 0) {
+    std::fprintf(stderr, "portbroker_bench: setpriority(%d): %s; running at nice %d\n", o.nice,
+                 std::strerror(errno), ::getpriority(PRIO_PROCESS, 0));
+  }
+  const int nice_value = ::getpriority(PRIO_PROCESS, 0);
   uint64_t nofile = raise_fd_limit();
   if (!o.floor_only && nofile < o.held + 2000) {
     die("RLIMIT_NOFILE hard limit %" PRIu64 " is too small for %zu held leases", nofile, o.held);
@@ -645,8 +657,9 @@ int run(const Options& o) {
   FloorResults f;
   std::optional<DaemonResults> d;
   measure(o, dir, f, d);
-  std::string pinning = o.cpu < 0 ? "sequential phases not pinned"
-                                  : "sequential phases on CPU " + std::to_string(o.cpu);
+  std::string pinning = (o.cpu < 0 ? "sequential phases not pinned"
+                                   : "sequential phases on CPU " + std::to_string(o.cpu)) +
+                        ", nice " + std::to_string(nice_value);
   char machine[320];
   std::snprintf(machine, sizeof(machine),
                 "%ld CPUs, loadavg %s -> %s, %zu iterations (+%zu warm-up), %d clients x %.1f s, "

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -21,11 +22,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <sstream>
 
 namespace pbbench {
+
+namespace {
+const pid_t g_main_pid = ::getpid();
+std::string g_temp_dir;  // removed by die() too
+}  // namespace
 
 void die(const char* fmt, ...) {
   std::fflush(stdout);
@@ -35,6 +42,12 @@ void die(const char* fmt, ...) {
   std::vfprintf(stderr, fmt, ap);
   va_end(ap);
   std::fputc('\n', stderr);
+  if (::getpid() != g_main_pid) ::_exit(1);
+  if (!g_temp_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(g_temp_dir, ec);
+  }
+  // Every child was started with PR_SET_PDEATHSIG: none outlives this process.
   std::exit(1);
 }
 
@@ -86,18 +99,13 @@ TempDir::TempDir() {
   char tmpl[] = "/tmp/pb-bench-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr) die("mkdtemp: %s", std::strerror(errno));
   path_ = tmpl;
+  g_temp_dir = path_;
 }
 
 TempDir::~TempDir() {
-  if (DIR* d = ::opendir(path_.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
-      std::string p = path_ + "/" + e->d_name;
-      if (::unlink(p.c_str()) != 0) ::rmdir(p.c_str());
-    }
-    ::closedir(d);
-  }
-  ::rmdir(path_.c_str());
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+  g_temp_dir.clear();
 }
 
 DaemonProcess::DaemonProcess(const std::string& binary, const std::string& dir,
@@ -120,6 +128,9 @@ DaemonProcess::DaemonProcess(const std::string& binary, const std::string& dir,
   pid_ = ::fork();
   if (pid_ < 0) die("fork: %s", std::strerror(errno));
   if (pid_ == 0) {
+    // SIGTERM, not SIGKILL: the daemon then removes its socket file on its way out.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != g_main_pid) ::_exit(1);
     ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
     int devnull = ::open("/dev/null", O_RDONLY);
     if (devnull >= 0) ::dup2(devnull, 0);
@@ -232,9 +243,12 @@ TimedRun time_loop(size_t warmup, size_t iterations, const std::function<bool(st
 pid_t fork_child(const std::function<int()>& body) {
   std::fflush(stdout);
   std::fflush(stderr);
+  const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) die("fork: %s", std::strerror(errno));
   if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the benchmark
+    if (::getppid() != parent) ::_exit(1);
     int rc = 1;
     try {
       rc = body();

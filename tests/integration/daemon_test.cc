@@ -136,3 +136,33 @@ TEST_CASE("the daemon's command line: usage errors exit 2") {
   CHECK_MESSAGE(help.status.ok(), help.describe());
   CHECK(contains(help.out, "--socket"));
 }
+
+TEST_CASE("the socket's directory is created with safe permissions") {
+  FdLeakCheck fds;
+  TempDir dir;
+  std::string sub = dir.file("run/portbroker");
+  {
+    Daemon d({.dir = &dir, .socket_path = sub + "/portbroker.sock"});
+    struct stat st;
+    REQUIRE(::stat(sub.c_str(), &st) == 0);
+    CHECK(S_ISDIR(st.st_mode));
+    CHECK_MESSAGE((st.st_mode & 0022) == 0,
+                  "the daemon's directory is writable by others: " << std::oct << st.st_mode);
+    CHECK_MESSAGE((st.st_mode & 0005) == 0005,
+                  "other users cannot reach the socket: " << std::oct << st.st_mode);
+    portbroker::Client c = d.connect();
+    CHECK(c.status().ok());
+  }
+}
+
+TEST_CASE("a non-socket file at the socket path is left alone") {
+  FdLeakCheck fds;
+  TempDir dir;
+  std::ofstream(dir.file("portbroker.sock")) << "not a socket\n";
+  FailedStart r = start_daemon_expect_failure(base_args(dir), dir);
+  INFO("daemon: " << r.result.describe());
+  CHECK_FALSE(r.became_ready);
+  CHECK(r.result.status.code != 0);
+  CHECK(read_file(dir.file("portbroker.sock")) == "not a socket\n");
+  CHECK(contains(r.result.out, "not a socket"));
+}

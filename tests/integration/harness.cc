@@ -523,7 +523,7 @@ Daemon::Daemon(DaemonOptions opts) {
     dir_ = opts.dir;
   }
   int serial = ++g_daemon_serial;
-  socket_path_ = dir_->file("portbroker.sock");
+  socket_path_ = opts.socket_path.empty() ? dir_->file("portbroker.sock") : opts.socket_path;
   log_path_ = dir_->file("portbrokerd." + std::to_string(serial) + ".log");
   std::string notify_path = dir_->file("notify." + std::to_string(serial) + ".sock");
   UniqueFd notify = make_notify_socket(notify_path);
@@ -559,10 +559,16 @@ Daemon::Daemon(DaemonOptions opts) {
          << log_tail());
   }
   auto c = Client::connect(socket_path_);
-  REQUIRE_MESSAGE(c.ok(), "cannot connect to the ready daemon: " << c.error().message);
+  auto s = c.ok() ? c->status() : portbroker::Result<portbroker::DaemonStatus>(c.error());
+  if (!s.ok()) {
+    // No destructor runs for a half-built object: tidy up here.
+    stopped_ = true;
+    proc_->kill(SIGKILL);
+    proc_->wait();
+    unregister_for_failure_log();
+    FAIL("the ready daemon does not answer: " << s.error().message << "\nlog:\n" << log_tail());
+  }
   probe_.emplace(std::move(c).value());
-  auto s = probe_->status();
-  REQUIRE_MESSAGE(s.ok(), "status on the ready daemon failed: " << s.error().message);
   baseline_fds_ = list_fds(pid_);
 }
 

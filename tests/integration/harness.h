@@ -7,6 +7,7 @@
 // status, and the parent asserts.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -171,11 +172,14 @@ struct DaemonOptions {
   std::string log_level = "debug";
   std::optional<long> nofile_limit;
   std::string config_text;  // written to <dir>/portbroker.toml when set; else no config file
+  std::string socket_path;  // default: <dir>/portbroker.sock
 };
 
-// One running portbrokerd. The constructor returns once it has sent READY=1 (a REQUIRE fails
-// otherwise). Destruction SIGTERMs it and checks it exited 0 and removed its socket file.
-// While it lives, its log is printed with any failing assertion.
+// One running portbrokerd, in its own 0755 temp dir with its log in a file there. The constructor
+// returns once it has sent READY=1 and answered a status request (the test fails otherwise).
+// Destruction checks it leaked no fd (declare it before the test's clients, so they are gone by
+// then), SIGTERMs it and checks it exited 0 and removed its socket file. While it lives, its log
+// is printed with any failing assertion.
 class Daemon {
  public:
   // For the failure-log listener (harness_main.cc): prints the log of every live daemon once
@@ -217,7 +221,7 @@ class Daemon {
 
   // Signals it (SIGTERM by default) and waits; CHECKs a clean exit and the socket file removed.
   // Idempotent.
-  void stop(int sig = 15);
+  void stop(int sig = SIGTERM);
   // SIGKILL and reap (the socket file stays behind, as after a crash).
   void kill_hard();
 
