@@ -32,6 +32,9 @@ namespace {
 
 constexpr int kMaxRecordsPerWakeup = 64;  // fairness between busy clients
 constexpr int kListenBacklog = 1024;
+// A connection must send its first request this soon: a client that connects and says
+// nothing would otherwise hold one of its uid's connection slots for ever.
+constexpr uint64_t kFirstRequestDeadlineMs = 30'000;
 
 // The unified-hierarchy path ("0::/system.slice/foo.service"), else the first line's path.
 std::string read_cgroup(int pid) {
@@ -189,6 +192,11 @@ Result<void> Server::start() {
   uv_poll_init(loop_, &listen_poll_, listen_fd_.get());
   listen_poll_.data = this;
   uv_poll_start(&listen_poll_, UV_READABLE, &Server::on_listen_readable);
+  uv_timer_init(loop_, &sweep_timer_);
+  sweep_timer_.data = this;
+  uv_timer_start(&sweep_timer_, &Server::on_sweep, kFirstRequestDeadlineMs / 4,
+                 kFirstRequestDeadlineMs / 4);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_timer_));
   listening_ = true;
   sync_held();
   apply_guard();
@@ -202,6 +210,8 @@ void Server::stop() {
   if (listening_) {
     uv_poll_stop(&listen_poll_);
     uv_close(reinterpret_cast<uv_handle_t*>(&listen_poll_), nullptr);
+    uv_timer_stop(&sweep_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
     listening_ = false;
   }
   listen_fd_.reset();
@@ -224,6 +234,20 @@ void Server::on_listen_readable(uv_poll_t* handle, int status, int /*events*/) {
     self->accept_pending();
   } catch (const std::exception& e) {  // e.g. bad_alloc: drop this wake-up, keep serving
     spdlog::error("accepting connections failed: {}", e.what());
+  }
+}
+
+void Server::on_sweep(uv_timer_t* t) {
+  auto* self = static_cast<Server*>(t->data);
+  const uint64_t now = uv_now(self->loop_);
+  std::vector<Session*> silent;
+  for (auto& [id, s] : self->sessions_) {
+    if (!s->spoke && now - s->connected_at >= kFirstRequestDeadlineMs) silent.push_back(s.get());
+  }
+  for (Session* s : silent) {
+    spdlog::info("pid={} uid={} closed: no request within {} s", s->holder.pid, s->holder.uid,
+                 kFirstRequestDeadlineMs / 1000);
+    self->close_session(*s);
   }
 }
 
@@ -278,6 +302,7 @@ void Server::accept_one(UniqueFd conn) {
   s->conn = std::move(conn);
   s->pidfd.reset(pidfd);
   if (pidfd >= 0) ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+  s->connected_at = uv_now(loop_);
   s->holder.pid = cred.pid;
   s->holder.uid = cred.uid;
   s->holder.gid = cred.gid;
@@ -351,6 +376,7 @@ void Server::read_requests(Session& s) {
   for (int i = 0; i < kMaxRecordsPerWakeup && !s.closing && (s.pending.size() == 0); ++i) {
     auto st = ipc::recv_record(s.conn.get(), recv_buf_, false, true);
     if (st == ipc::RecvStatus::kWouldBlock) return;
+    s.spoke = true;
     if (st == ipc::RecvStatus::kEof || st == ipc::RecvStatus::kError) {
       close_session(s);
       return;

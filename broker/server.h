@@ -123,6 +123,9 @@ class Server {
   UniqueFd listen_fd_;
   UniqueFd reserve_fd_;  // closed to accept-and-drop a connection when out of fds
   uv_poll_t listen_poll_{};
+  // Closes connections that never send a request (see kFirstRequestDeadlineMs).
+  uv_timer_t sweep_timer_{};
+  static void on_sweep(uv_timer_t* t);
   bool listening_ = false;
   bool socket_created_ = false;
   bool dual_stack_default_ = true;

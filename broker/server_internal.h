@@ -39,6 +39,8 @@ struct Server::Session {
   Principal principal;  // what the policy sees: holder's ids plus supplementary groups
   uv_poll_t poll{};
   bool closing = false;
+  bool spoke = false;         // has sent at least one record
+  uint64_t connected_at = 0;  // uv_now() at accept
   // A reply the socket had no room for; while it waits, the session is not read.
   kj::Array<capnp::word> pending;
   std::vector<UniqueFd> pending_fds;
