@@ -87,6 +87,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-leases-per-uid", cfg.max_leases_per_uid,
                  "leases per non-root uid (overrides the policy's [limits])")
       ->check(CLI::Range(1, 1 << 20));
+  double request_timeout_s = 30;
+  app.add_option("--request-timeout", request_timeout_s,
+                 "seconds a new connection has to send its first request")
+      ->capture_default_str()
+      ->check(CLI::Range(0.05, 3600.0));
   app.add_option("--max-root-leases", cfg.root_limits.leases, "leases held by root")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
@@ -96,6 +101,7 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
+  cfg.first_request_timeout_ms = static_cast<uint64_t>(request_timeout_s * 1000);
   if (!pool.empty()) {
     auto range = portbroker::broker::parse_port_range(pool);
     if (!range) {

@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -32,9 +33,6 @@ namespace {
 
 constexpr int kMaxRecordsPerWakeup = 64;  // fairness between busy clients
 constexpr int kListenBacklog = 1024;
-// A connection must send its first request this soon: a client that connects and says
-// nothing would otherwise hold one of its uid's connection slots for ever.
-constexpr uint64_t kFirstRequestDeadlineMs = 30'000;
 
 // The unified-hierarchy path ("0::/system.slice/foo.service"), else the first line's path.
 std::string read_cgroup(int pid) {
@@ -194,8 +192,8 @@ Result<void> Server::start() {
   uv_poll_start(&listen_poll_, UV_READABLE, &Server::on_listen_readable);
   uv_timer_init(loop_, &sweep_timer_);
   sweep_timer_.data = this;
-  uv_timer_start(&sweep_timer_, &Server::on_sweep, kFirstRequestDeadlineMs / 4,
-                 kFirstRequestDeadlineMs / 4);
+  uint64_t every = std::max<uint64_t>(config_.first_request_timeout_ms / 4, 50);
+  uv_timer_start(&sweep_timer_, &Server::on_sweep, every, every);
   uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_timer_));
   listening_ = true;
   sync_held();
@@ -242,11 +240,13 @@ void Server::on_sweep(uv_timer_t* t) {
   const uint64_t now = uv_now(self->loop_);
   std::vector<Session*> silent;
   for (auto& [id, s] : self->sessions_) {
-    if (!s->spoke && now - s->connected_at >= kFirstRequestDeadlineMs) silent.push_back(s.get());
+    if (!s->spoke && now - s->connected_at >= self->config_.first_request_timeout_ms) {
+      silent.push_back(s.get());
+    }
   }
   for (Session* s : silent) {
-    spdlog::info("pid={} uid={} closed: no request within {} s", s->holder.pid, s->holder.uid,
-                 kFirstRequestDeadlineMs / 1000);
+    spdlog::info("pid={} uid={} closed: no request within {} ms", s->holder.pid, s->holder.uid,
+                 self->config_.first_request_timeout_ms);
     self->close_session(*s);
   }
 }

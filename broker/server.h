@@ -33,6 +33,9 @@ struct ServerConfig {
   std::optional<size_t> max_connections_per_uid;  // override the policy's [limits]
   std::optional<size_t> max_leases_per_uid;
   UidLimits root_limits{4096, 65536};  // root, generous but bounded
+  // A connection must send its first request this soon: a client that connects and says
+  // nothing would otherwise hold one of its uid's connection slots for ever.
+  uint64_t first_request_timeout_ms = 30'000;
 };
 
 // Reads the policy file (or the embedded default when `path` does not exist), applies the
@@ -123,7 +126,7 @@ class Server {
   UniqueFd listen_fd_;
   UniqueFd reserve_fd_;  // closed to accept-and-drop a connection when out of fds
   uv_poll_t listen_poll_{};
-  // Closes connections that never send a request (see kFirstRequestDeadlineMs).
+  // Closes connections that never send a request (first_request_timeout_ms).
   uv_timer_t sweep_timer_{};
   static void on_sweep(uv_timer_t* t);
   bool listening_ = false;

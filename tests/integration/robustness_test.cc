@@ -187,6 +187,27 @@ TEST_CASE("an unknown request kind gets an error, not a disconnect") {
   finish(d);
 }
 
+TEST_CASE("a connection that never sends a request is closed after --request-timeout") {
+  FdLeakCheck fds;
+  DaemonOptions opts;
+  opts.args = {"--request-timeout", "0.2"};
+  Daemon d(opts);
+  RawConn silent(d.socket_path());
+  // The daemon hangs up on its own; the bound is generous, the event is what is awaited.
+  CHECK(silent.recv(std::chrono::seconds(20)) == RawConn::Got::kClosed);
+  CHECK(d.log().find("no request within 200 ms") != std::string::npos);
+
+  RawConn talker(d.socket_path());
+  capnp::MallocMessageBuilder msg;
+  build_status(msg, wire::PROTOCOL_VERSION);
+  REQUIRE(talker.send_message(msg) == 0);
+  REQUIRE(talker.recv(std::chrono::seconds(10)) == RawConn::Got::kReply);
+  CHECK_MESSAGE(talker.reply().which() == wire::Reply::STATUS, talker.describe_reply());
+  silent.close();
+  talker.close();
+  finish(d);
+}
+
 TEST_CASE("a wrong protocol version") {
   FdLeakCheck fds;
   Daemon d;
