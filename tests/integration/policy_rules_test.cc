@@ -103,8 +103,8 @@ TEST_CASE("a rule grants uid 65534 port 80; other uids are refused by default; r
   CHECK(udp80.code == ErrorCode::kPermissionDenied);
 
   // The CLI passes the reason on and exits 1.
-  CommandResult cli = run_cli(d, {"exec", "--listen", "tcp:0.0.0.0:80", "--", "/bin/true"},
-                              {.uid = 65533});
+  CommandResult cli =
+      run_cli(d, {"exec", "--listen", "tcp:0.0.0.0:80", "--", "/bin/true"}, {.uid = 65533});
   INFO("portbroker exec as uid 65533: " << cli.describe());
   CHECK(cli.status.exited);
   CHECK(cli.status.code == 1);
@@ -205,7 +205,8 @@ prots = 9001
 
 }  // namespace
 
-TEST_CASE("reload keeps every lease, lists those the new policy would refuse, and survives bad files") {
+TEST_CASE(
+    "reload keeps every lease, lists those the new policy would refuse, and survives bad files") {
   FdLeakCheck fds;
   Daemon d({.config_text = kPolicyA});
   const std::string config = config_path(d);
