@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -68,6 +69,7 @@ void fill_reservation(const Reservation& r, wire::Reservation::Builder out) {
   out.setTcp(r.protocols.tcp);
   out.setUdp(r.protocols.udp);
   if (!r.addresses.empty()) out.setAddress(ipc::address_bytes(r.addresses.front()));
+  // [::1] is written in brackets in a target, as in a socket spec.
   if (!r.ports.empty()) {
     out.setPortFirst(r.ports.front().first);
     out.setPortLast(r.ports.back().last);
@@ -75,8 +77,14 @@ void fill_reservation(const Reservation& r, wire::Reservation::Builder out) {
   out.setHold(r.hold);
   out.setOrigin(r.runtime ? "runtime (portbroker reserve)" : r.origin.to_string());
   out.setPrincipals(r.principals.to_string());
-  std::string target = r.protocols.to_string() + ":";
-  target += r.addresses.empty() ? "any" : r.addresses.front().to_string();
+  std::string target = r.protocols.tcp && r.protocols.udp ? "both:" : r.protocols.to_string() + ":";
+  if (r.addresses.empty()) {
+    target += "any";
+  } else if (r.addresses.front().family == AF_INET6) {
+    target += "[" + r.addresses.front().to_string() + "]";
+  } else {
+    target += r.addresses.front().to_string();
+  }
   std::string ports;
   for (const PortRange& p : r.ports) ports += (ports.empty() ? "" : ",") + p.to_string();
   out.setTarget(target + ":" + ports);
@@ -149,8 +157,16 @@ void Server::do_reserve(Session& s, wire::Reservation::Reader r, Reply& reply) {
     std::swap(policy_, next);  // not persisted: not made
     return reply.error(saved.error());
   }
+  if (auto failures = sync_held(name); !failures.empty()) {
+    // Could not hold it: take the reservation back so that nothing changed.
+    std::swap(policy_, next);
+    sync_held();
+    (void)save_runtime_reservations();
+    return reply.error(make_error(failures.front().code, "cannot hold reservation " + name + ": " +
+                                                             failures.front().message +
+                                                             "; nothing was reserved"));
+  }
   spdlog::info("pid={} uid={} reserved {}", s.holder.pid, s.holder.uid, name);
-  sync_held();
   apply_guard();
   reply.root.setDone();
 }
@@ -235,89 +251,176 @@ void Server::do_reload(Session& s, Reply& reply) {
 }
 
 // --- held reservations --------------------------------------------------------------------
+//
+// A held port is a set of sockets the daemon bound itself: for a reservation of any address,
+// 0.0.0.0 and [::] (v6only), which together keep out every IPv4 and IPv6 bind and let an IPv4
+// or IPv6 lease receive the very socket that was held. TCP ones listen, so that even a
+// SO_REUSEADDR bind elsewhere fails (and early connections queue for the service); UDP ones
+// have no SO_REUSEADDR, which would let others bind the port too.
 
-void Server::hold_port(const std::string& reservation, Protocol p, const IpAddress& a,
-                       uint16_t port) {
-  SocketSpec spec;
-  spec.protocol = p;
-  spec.address = a;
-  spec.port = port;
-  // TCP: listening, so that even a SO_REUSEADDR bind elsewhere fails (and early connections
-  // queue for the service). UDP: no SO_REUSEADDR, which would let others bind it too.
-  auto fd = make_bound_socket(spec, port);
-  if (!fd) {
-    spdlog::warn("cannot hold {} for reservation {}: {}", format_endpoint(p, a, port), reservation,
-                 fd.error().message);
-    return;
-  }
-  held_[held_key(p, port)] = Held{reservation, p, a, port, std::move(fd).value()};
+namespace {
+
+Endpoint held_endpoint(Protocol p, const Server::HeldSocket& h, uint16_t port) {
+  return Endpoint{p, h.address, port,
+                  h.address.family == AF_INET6 && h.address.is_any() && !h.v6only};
 }
 
-void Server::sync_held() {
+}  // namespace
+
+std::vector<Server::HeldSocket> Server::hold_addresses(const Reservation& r) const {
+  std::vector<HeldSocket> out;
+  if (!r.addresses.empty()) {
+    const IpAddress& a = r.addresses.front();
+    out.push_back(
+        HeldSocket{a, a.family == AF_INET6 && a.is_any() && !dual_stack_default_, {}, false});
+    return out;
+  }
+  out.push_back(HeldSocket{IpAddress::parse("0.0.0.0").value(), false, {}, false});
+  if (ipv6_available_) out.push_back(HeldSocket{IpAddress::parse("::").value(), true, {}, false});
+  return out;
+}
+
+Result<void> Server::hold_port(const Reservation& r, Protocol p, uint16_t port) {
+  const uint32_t key = held_key(p, port);
+  Held& entry = held_[key];
+  entry.reservation = r.name;
+  std::optional<Error> failed;
+  for (HeldSocket& want : hold_addresses(r)) {
+    bool have = std::any_of(entry.sockets.begin(), entry.sockets.end(),
+                            [&](const HeldSocket& h) { return h.address == want.address; });
+    if (have) continue;
+    SocketSpec spec;
+    spec.protocol = p;
+    spec.address = want.address;
+    spec.port = port;
+    if (want.address.family == AF_INET6 && want.address.is_any()) spec.options.v6only = want.v6only;
+    auto fd = make_bound_socket(spec, port);
+    if (!fd) {
+      failed = fd.error();
+      continue;
+    }
+    want.fd = std::move(fd).value();
+    entry.sockets.push_back(std::move(want));
+  }
+  if (!failed) {
+    if (hold_failures_.erase(key) > 0) {
+      spdlog::info("now holding {} port {} for reservation {}", protocol_name(p), port, r.name);
+    }
+    return {};
+  }
+  // Said once per distinct failure: the sweep retries every few seconds.
+  auto [it, fresh] = hold_failures_.try_emplace(key, failed->message);
+  if (fresh || it->second != failed->message) {
+    it->second = failed->message;
+    spdlog::warn("cannot hold {} port {} for reservation {} (retrying): {}", protocol_name(p), port,
+                 r.name, failed->message);
+  }
+  return *failed;
+}
+
+void Server::unpark(Held& entry) {
+  const int on = 1;
+  for (HeldSocket& h : entry.sockets) {
+    if (!h.parked) continue;
+    // SO_REUSEADDR back on first, so that parking it again later works as it did.
+    ::setsockopt(h.fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (::listen(h.fd.get(), SOMAXCONN) == 0) h.parked = false;
+  }
+}
+
+std::vector<Error> Server::sync_held(const std::string& only) {
   // Drop holds whose reservation is gone or no longer held.
   for (auto it = held_.begin(); it != held_.end();) {
+    auto p = static_cast<Protocol>(it->first >> 16);
     bool keep = false;
-    for (const Reservation* r : policy_.reservations_at(it->second.protocol, it->second.port)) {
+    for (const Reservation* r : policy_.reservations_at(p, it->first & 0xffff)) {
       if (r->hold && r->name == it->second.reservation) keep = true;
     }
+    if (!keep) hold_failures_.erase(it->first);
     it = keep ? std::next(it) : held_.erase(it);
   }
+  std::vector<Error> failures;
   for (const Reservation& r : policy_.reservations) {
-    if (!r.hold) continue;
-    IpAddress addr =
-        r.addresses.empty() ? IpAddress::parse("0.0.0.0").value() : r.addresses.front();
+    if (!r.hold || (!only.empty() && r.name != only)) continue;
     size_t count = 0;
     for (const PortRange& range : r.ports) {
-      for (uint32_t port = range.first; port <= range.last; ++port) {
-        if (++count > kMaxHeldPortsPerReservation) {
-          spdlog::warn("reservation {}: holding only its first {} ports", r.name,
-                       kMaxHeldPortsPerReservation);
-          goto next_reservation;
-        }
+      for (uint32_t p32 = range.first; p32 <= range.last && count < kMaxHeldPortsPerReservation;
+           ++p32, ++count) {
+        const auto port = static_cast<uint16_t>(p32);
         for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
-          if (!r.protocols.has(p) || held_.count(held_key(p, static_cast<uint16_t>(port))))
-            continue;
-          Endpoint ep{p, addr, static_cast<uint16_t>(port), false};
-          if (registry_.in_use(ep)) continue;  // leased: it is held through the lease
-          hold_port(r.name, p, addr, static_cast<uint16_t>(port));
+          if (!r.protocols.has(p)) continue;
+          Endpoint any{p, IpAddress::parse("::").value(), port, true};
+          if (registry_.in_use(any)) continue;  // leased: held through the lease
+          if (auto it = held_.find(held_key(p, port)); it != held_.end()) unpark(it->second);
+          if (auto held = hold_port(r, p, port); !held) failures.push_back(held.error());
         }
       }
     }
-  next_reservation:;
+    if (count >= kMaxHeldPortsPerReservation) {
+      spdlog::warn("reservation {}: holding only its first {} ports", r.name,
+                   kMaxHeldPortsPerReservation);
+    }
   }
+  return failures;
 }
 
-Result<UniqueFd> Server::take_held(const SocketSpec& spec) {
+Result<UniqueFd> Server::bind_reserved(const SocketSpec& spec) {
   auto it = held_.find(held_key(spec.protocol, spec.port));
-  if (it == held_.end()) return UniqueFd();
-  Held& h = it->second;
+  if (it == held_.end()) return make_bound_socket(spec, spec.port);
+  auto& socks = it->second.sockets;
   const auto& o = spec.options;
-  // Options that only work before bind() mean a new socket; the held one is closed first.
-  bool fits =
-      h.address == spec.address && spec.mode != Mode::kReuseport && !o.v6only &&
-      !o.freebind.value_or(false) && o.device.empty() &&
-      o.reuseaddr.value_or(spec.protocol == Protocol::kTcp) == (spec.protocol == Protocol::kTcp);
-  UniqueFd fd = std::move(h.fd);
-  held_.erase(it);
-  if (!fits) return UniqueFd();  // closed now; the caller binds what was asked
-  auto applied = apply_late_options(fd.get(), spec);
-  if (!applied) return applied.error();
+  const bool tcp = spec.protocol == Protocol::kTcp;
+  const bool want_v6only = o.v6only.value_or(!dual_stack_default_);
+  for (auto h = socks.begin(); h != socks.end(); ++h) {
+    // Options that only work before bind() mean a socket of its own.
+    bool fits =
+        !h->parked && h->address == spec.address && spec.mode != Mode::kReuseport &&
+        (spec.address.family != AF_INET6 || !spec.address.is_any() || h->v6only == want_v6only) &&
+        !o.freebind.value_or(false) && o.device.empty() && o.reuseaddr.value_or(tcp) == tcp;
+    if (!fits) continue;
+    // The held socket itself: nothing is released and rebound, so there is no window.
+    if (auto applied = apply_late_options(h->fd.get(), spec); !applied) return applied.error();
+    UniqueFd fd = std::move(h->fd);
+    socks.erase(h);
+    return fd;
+  }
+  // A socket of its own. Held sockets in its way stand aside: TCP ones stop listening but stay
+  // bound (binds without SO_REUSEADDR stay refused), UDP ones must go.
+  Endpoint ep{spec.protocol, spec.address, spec.port, is_dual_stack(spec, !dual_stack_default_)};
+  auto in_the_way = [&](const HeldSocket& h) {
+    return endpoints_overlap(held_endpoint(spec.protocol, h, spec.port), ep);
+  };
+  for (HeldSocket& h : socks) {
+    if (tcp && in_the_way(h) && !h.parked && ::shutdown(h.fd.get(), SHUT_RD) == 0) h.parked = true;
+  }
+  if (!tcp) std::erase_if(socks, in_the_way);
+  auto fd = make_bound_socket(spec, spec.port);
+  if (!fd && fd.error().code == ErrorCode::kInUseOutside) {
+    std::erase_if(socks, in_the_way);  // e.g. the request has no SO_REUSEADDR
+    fd = make_bound_socket(spec, spec.port);
+  }
+  // With SO_REUSEADDR off, a parked socket refuses every other bind of its address, even
+  // one with SO_REUSEADDR (the kernel checks the flag of the socket already bound).
+  const int off = 0;
+  for (HeldSocket& h : socks) {
+    if (h.parked) ::setsockopt(h.fd.get(), SOL_SOCKET, SO_REUSEADDR, &off, sizeof(off));
+  }
   return fd;
 }
 
 void Server::rehold_if_reserved(const Endpoint& ep, UniqueFd old) {
   for (const Reservation* r : policy_.reservations_at(ep.protocol, ep.port)) {
-    if (!r->hold || held_.count(held_key(ep.protocol, ep.port))) continue;
-    IpAddress addr =
-        r->addresses.empty() ? IpAddress::parse("0.0.0.0").value() : r->addresses.front();
-    // `old` is shut down (TCP: no longer listening), so with SO_REUSEADDR the new socket
-    // binds while the old one still holds the port: no moment where the port is free. A UDP
-    // socket has no such state; it must go first (a window of one bind call).
+    if (!r->hold) continue;
+    // `old` is shut down (TCP: no longer listening), so with SO_REUSEADDR a new socket binds
+    // while the old one still holds the port: no moment where the port is free. A UDP socket
+    // has no such state; it must go first (a window of one bind call).
     if (ep.protocol == Protocol::kUdp) old.reset();
-    hold_port(r->name, ep.protocol, addr, ep.port);
+    auto it = held_.find(held_key(ep.protocol, ep.port));
+    if (it != held_.end()) unpark(it->second);
+    (void)hold_port(*r, ep.protocol, ep.port);
+    if (it != held_.end()) unpark(it->second);  // those that waited for `old` to go
     break;
   }
-  old.reset();
 }
 
 }  // namespace portbroker::broker

@@ -135,7 +135,18 @@ void Server::do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply) {
     fill_lease(registry_, *leases[i], current_comm(*leases[i]), wl[static_cast<unsigned>(i)]);
   }
 
+  // Bound and listening sockets, and connections whose source port this is (they block a bind
+  // too), but not the lease holders' own accepted connections nor TIME-WAIT leftovers.
+  std::vector<int> lease_pids;
+  for (const Lease* l : leases) lease_pids.push_back(l->holder.pid);
   auto outside = outside_holders(p, port, HolderScope::kAll);
+  std::erase_if(outside, [&](const PortHolder& h) {
+    if (h.state == "LISTEN" || h.state == "UNCONN") return false;
+    if (h.processes.empty()) return true;
+    return std::any_of(h.processes.begin(), h.processes.end(), [&](const SocketOwner& o) {
+      return std::find(lease_pids.begin(), lease_pids.end(), o.pid) != lease_pids.end();
+    });
+  });
   auto wo = out.initOutside(static_cast<unsigned>(outside.size()));
   for (size_t i = 0; i < outside.size(); ++i) {
     const PortHolder& h = outside[i];
@@ -165,7 +176,10 @@ void Server::do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply) {
 
   if (auto range = read_local_port_range()) out.setInEphemeralRange(range->contains(port));
   if (auto reserved = read_reserved_ports()) out.setGuarded(contains(*reserved, port));
-  out.setHeld(held_.count((static_cast<uint32_t>(p) << 16) | port) > 0);
+  if (auto it = held_.find((static_cast<uint32_t>(p) << 16) | port); it != held_.end()) {
+    out.setHeld(std::any_of(it->second.sockets.begin(), it->second.sockets.end(),
+                            [](const HeldSocket& h) { return !h.parked; }));
+  }
 }
 
 void Server::do_check(Reply& reply) {
@@ -200,6 +214,14 @@ void Server::do_check(Reply& reply) {
                                   "out as source ports");
       }
     }
+  }
+  for (const auto& [key, why] : hold_failures_) {
+    auto p = static_cast<Protocol>(key >> 16);
+    auto entry = held_.find(key);
+    std::string name = entry == held_.end() ? "?" : entry->second.reservation;
+    problems.emplace_back("not-held", std::string(protocol_name(p)) + " port " +
+                                          std::to_string(key & 0xffff) + " of reservation " + name +
+                                          " is not held (retrying): " + why);
   }
   for (const auto& line : leases_refused_by_policy()) problems.emplace_back("lease-refused", line);
 

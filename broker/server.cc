@@ -167,6 +167,7 @@ Result<void> prepare_socket_path(const std::string& path) {
 Result<void> Server::start() {
   started_at_ms_ = unix_now_ms();
   dual_stack_default_ = !read_bindv6only();
+  ipv6_available_ = UniqueFd(::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0)).valid();
   if (auto r = prepare_socket_path(config_.socket_path); !r) return r;
 
   auto fd = ipc::make_seqpacket_socket(true);
@@ -192,7 +193,8 @@ Result<void> Server::start() {
   uv_poll_start(&listen_poll_, UV_READABLE, &Server::on_listen_readable);
   uv_timer_init(loop_, &sweep_timer_);
   sweep_timer_.data = this;
-  uint64_t every = std::max<uint64_t>(config_.first_request_timeout_ms / 4, 50);
+  // Also the retry period of holds that failed.
+  uint64_t every = std::clamp<uint64_t>(config_.first_request_timeout_ms / 4, 50, 2000);
   uv_timer_start(&sweep_timer_, &Server::on_sweep, every, every);
   uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_timer_));
   listening_ = true;
@@ -249,6 +251,7 @@ void Server::on_sweep(uv_timer_t* t) {
                  self->config_.first_request_timeout_ms);
     self->close_session(*s);
   }
+  if (!self->hold_failures_.empty() || self->any_parked()) (void)self->sync_held();
 }
 
 void Server::accept_pending() {
@@ -670,9 +673,8 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
       }
       if (!plan) return fail(plan.error(), i);
       if (plan->kind == Plan::kCreate || spec.mode == Mode::kReuseport) {
-        auto sock = plan->kind == Plan::kCreate ? take_held(spec) : Result<UniqueFd>(UniqueFd());
-        if (!sock) return fail(sock.error(), i);
-        if (!sock->valid()) sock = make_bound_socket(spec, spec.port);
+        auto sock =
+            plan->kind == Plan::kCreate ? bind_reserved(spec) : make_bound_socket(spec, spec.port);
         if (!sock) return fail(sock.error(), i);
         fresh = std::move(sock).value();
       }

@@ -44,6 +44,17 @@ Result<Policy> load_policy(const ServerConfig& config);
 
 class Server {
  public:
+  struct HeldSocket {
+    IpAddress address;
+    bool v6only = false;
+    UniqueFd fd;
+    bool parked = false;  // TCP: shut down (bound, not listening) while leased elsewhere
+  };
+  struct Held {
+    std::string reservation;
+    std::vector<HeldSocket> sockets;
+  };
+
   Server(uv_loop_t* loop, ServerConfig config, Policy policy);
   ~Server();
   Server(const Server&) = delete;
@@ -103,10 +114,26 @@ class Server {
   // Held reservations: sockets the daemon binds and keeps so nothing outside the broker can
   // take the port. take_held hands the held socket itself to an entitled lease when it fits
   // the request (an invalid fd when there is none to hand over).
-  void sync_held();
-  Result<UniqueFd> take_held(const SocketSpec& spec);
-  void hold_port(const std::string& reservation, Protocol p, const IpAddress& a, uint16_t port);
+  // Holds every port of every held reservation (or only `only`'s) that is neither held nor
+  // leased; returns what could not be held. Also runs from the sweep timer, so a hold that
+  // failed (the port was taken outside) is retried until it succeeds.
+  std::vector<Error> sync_held(const std::string& only = {});
+  // A socket for a lease of a reserved port: the held socket itself when it fits the request,
+  // else a new one (a held TCP socket then parks: bound, not listening).
+  Result<UniqueFd> bind_reserved(const SocketSpec& spec);
+  // Binds what is missing of a held port's sockets.
+  Result<void> hold_port(const Reservation& r, Protocol p, uint16_t port);
+  bool any_parked() const {
+    for (const auto& [key, entry] : held_) {
+      for (const auto& h : entry.sockets) {
+        if (h.parked) return true;
+      }
+    }
+    return false;
+  }
   void rehold_if_reserved(const Endpoint& ep, UniqueFd old);
+  std::vector<HeldSocket> hold_addresses(const Reservation& r) const;
+  static void unpark(Held& entry);
   void apply_guard();
   void remove_guard();
 
@@ -143,15 +170,11 @@ class Server {
   std::unordered_map<uint64_t, UniqueFd> member_sockets_;
   std::unordered_map<std::string, size_t> pool_cursors_;
   Policy policy_;
-  struct Held {
-    std::string reservation;
-    Protocol protocol;
-    IpAddress address;
-    uint16_t port;
-    UniqueFd fd;
-  };
-  std::unordered_map<uint32_t, Held> held_;  // key: protocol << 16 | port
-  std::vector<PortRange> guard_added_;       // what we put into ip_local_reserved_ports
+
+  std::unordered_map<uint32_t, Held> held_;                  // key: protocol << 16 | port
+  std::unordered_map<uint32_t, std::string> hold_failures_;  // why a held port is not held
+  bool ipv6_available_ = true;
+  std::vector<PortRange> guard_added_;  // what we put into ip_local_reserved_ports
   bool guard_state_loaded_ = false;
 
   ipc::RecvBuffer recv_buf_;

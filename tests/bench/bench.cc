@@ -33,7 +33,7 @@ namespace {
 struct Options {
   size_t iterations = 30000;
   size_t warmup = 2000;
-  double duration = 3.0;
+  double duration = 6.0;
   int clients = 32;
   size_t held = 15000;
   int holders = 3;
@@ -59,7 +59,7 @@ int other_cpu(const Options& o) {
                "                        [--cpu N | --no-pin] [--nice N] [--floor-only]\n"
                "  --quick         fewer iterations and a shorter concurrent run (a smoke test)\n"
                "  --iterations N  timed acquire+release (and floor) iterations (default 30000)\n"
-               "  --duration S    seconds of the concurrent run (default 3)\n"
+               "  --duration S    seconds of each concurrent run (default 6)\n"
                "  --clients N     concurrent client processes (default 32)\n"
                "  --held N        leases held for the p99-under-load figure (default 15000)\n"
                "  --daemon PATH   portbrokerd binary (default: the one built with this tree)\n"
@@ -439,12 +439,16 @@ void measure(const Options& o, const TempDir& dir, FloorResults& f,
     m.add_measured(raw.pid(), [&] {
       auto mr = run_concurrent(o.clients, slice, o.warmup / 10, raw_worker);
       if (!mr.error.empty()) die("minimal broker, concurrent: %s", mr.error.c_str());
+      std::fprintf(stderr, "#   minimal broker: %.0f/s\n",
+                   static_cast<double>(mr.ops) / mr.wall_seconds);
       return mr;
     });
     if (!daemon) continue;
     c.add_measured(daemon->pid(), [&] {
       auto cr = run_concurrent(o.clients, slice, o.warmup / 10, daemon_worker);
       if (!cr.error.empty()) die("portbrokerd, concurrent: %s", cr.error.c_str());
+      std::fprintf(stderr, "#   portbrokerd: %.0f/s\n",
+                   static_cast<double>(cr.ops) / cr.wall_seconds);
       return cr;
     });
   }

@@ -149,7 +149,9 @@ DaemonProcess::DaemonProcess(const std::string& binary, const std::string& dir,
     int status;
     if (::waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
-      die("portbrokerd exited before it was ready (status %d)", status);
+      if (WIFSIGNALED(status))
+        die("portbrokerd died of signal %d before it was ready", WTERMSIG(status));
+      die("portbrokerd exited with status %d before it was ready", WEXITSTATUS(status));
     }
     pollfd p{notify, POLLIN, 0};
     if (::poll(&p, 1, 100) <= 0) continue;
