@@ -215,7 +215,7 @@ std::vector<std::string> Server::leases_refused_by_policy() const {
     if (!d) {
       out.push_back("lease " + std::to_string(l->id) + " (" +
                     format_endpoint(b->endpoint.protocol, b->endpoint.address, b->endpoint.port) +
-                    ", pid " + std::to_string(l->holder.pid) + " " + l->holder.comm +
+                    ", pid " + std::to_string(l->holder.pid) + " " + current_comm(*l) +
                     "): " + d.reason);
     }
   }
