@@ -2,7 +2,16 @@
 // same kernel work measured in the same run. Runs entirely inside a private network namespace.
 //
 //   portbroker_bench [--quick] [--iterations N] [--duration SECONDS] [--clients N] [--held N]
-//                    [--daemon PATH] [--daemon-arg ARG]...
+//                    [--rounds N] [--daemon PATH] [--daemon-arg ARG]... [--cpu N | --no-pin]
+//                    [--nice N] [--floor-only]          (--help says what each does)
+//
+// The floor: A, socket+bind+listen+close in this process; B, a SEQPACKET round trip between two
+// processes; F = 2 x B + A, what an acquire+release cannot beat. M, a minimal single-threaded
+// epoll broker doing the same syscalls as portbrokerd (no policy, registry, serialization), is
+// the floor for throughput with many clients. Sequential phases run client and server on one
+// CPU (a wake-up on another CPU costs tens of microseconds more on a VM and would swamp the
+// comparison); figures compared with each other are measured in interleaved rounds so that
+// they saw the same background load.
 //
 // Prints a table (each figure, its floor, the ratio, the target, PASS/MISS) and, last, one JSON
 // line. Exit status: 0 when the run completed (whatever the figures), 1 when it could not run.
@@ -182,20 +191,22 @@ class Holders {
       pids_.push_back(fork_child([&, first, last]() -> int {
         ::close(ready[0]);
         ::close(stop_[1]);
-        auto c = portbroker::Client::connect(socket_path);
-        if (!c) {
-          std::fprintf(stderr, "holder: %s\n", c.error().message.c_str());
+        // Always answer on `ready`: the other holders keep its write end open, so the parent
+        // would not see an end of file.
+        auto fail = [&](const std::string& why) {
+          std::fprintf(stderr, "portbroker_bench: lease holder: %s\n", why.c_str());
+          char bad = 'x';
+          (void)!::write(ready[1], &bad, 1);
           return 1;
-        }
+        };
+        auto c = portbroker::Client::connect(socket_path);
+        if (!c) return fail(c.error().message);
         std::vector<portbroker::Lease> leases;
         leases.reserve(last - first);
         for (size_t i = first; i < last; ++i) {
           std::string addr = "127.0.0." + std::to_string(1 + i / 15000);
           auto lease = c->acquire(tcp_spec(addr, static_cast<uint16_t>(30000 + i % 15000)));
-          if (!lease) {
-            std::fprintf(stderr, "holder: lease %zu: %s\n", i, lease.error().message.c_str());
-            return 1;
-          }
+          if (!lease) return fail("lease " + std::to_string(i) + ": " + lease.error().message);
           ::close(lease->release_fd());
           leases.push_back(std::move(*lease));
         }
@@ -212,7 +223,7 @@ class Holders {
     ::close(stop_[0]);
     for (int got = 0; got < processes; ++got) {
       char c;
-      if (::read(ready[0], &c, 1) != 1) die("a lease holder failed (see above)");
+      if (::read(ready[0], &c, 1) != 1 || c != 'k') die("a lease holder failed (see above)");
     }
     ::close(ready[0]);
   }
@@ -225,7 +236,7 @@ class Holders {
   }
 
  private:
-  int stop_[2];
+  int stop_[2] = {-1, -1};
   std::vector<pid_t> pids_;
 };
 
