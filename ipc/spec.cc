@@ -91,20 +91,61 @@ bool valid_name(std::string_view name) {
   return true;
 }
 
+struct IntOption {
+  std::string_view key;
+  long lo, hi;
+  std::optional<int> SocketOptions::*field;
+};
+constexpr long kMaxInt = std::numeric_limits<int>::max();
+// One table for the text parser and the wire validator, so the two can never disagree.
+constexpr IntOption kIntOptions[] = {
+    {"backlog", 0, 65535, &SocketOptions::backlog},
+    {"defer_accept", 0, 3600, &SocketOptions::defer_accept},
+    {"fastopen", 0, 65535, &SocketOptions::fastopen},
+    {"rcvbuf", 1, kMaxInt, &SocketOptions::rcvbuf},
+    {"sndbuf", 1, kMaxInt, &SocketOptions::sndbuf},
+};
+
+std::string int_range_error(const IntOption& opt, std::string_view got) {
+  return "option '" + std::string(opt.key) + "' takes a whole number from " +
+         std::to_string(opt.lo) + " to " + std::to_string(opt.hi) + ", not '" + std::string(got) +
+         "'";
+}
+
+std::string device_error(std::string_view device) {
+  if (device.empty() || device.size() >= IFNAMSIZ || device.find('/') != std::string_view::npos ||
+      device.find(',') != std::string_view::npos) {
+    return "option 'device' takes an interface name of 1 to " + std::to_string(IFNAMSIZ - 1) +
+           " characters";
+  }
+  return {};
+}
+
+const char* kNameRule = "' must be 1 to 255 printable characters without ':', '=', ','";
+
+// The rules that involve more than one field, or that the wire form must re-check.
+std::string spec_problem(const SocketSpec& spec) {
+  if (!spec.name.empty() && !valid_name(spec.name)) return "name '" + spec.name + kNameRule;
+  const auto& o = spec.options;
+  for (const IntOption& opt : kIntOptions) {
+    const auto& v = o.*opt.field;
+    if (v && (*v < opt.lo || *v > opt.hi)) return int_range_error(opt, std::to_string(*v));
+  }
+  if (!o.device.empty()) {
+    if (auto why = device_error(o.device); !why.empty()) return why;
+  }
+  if (spec.protocol == Protocol::kUdp &&
+      (o.backlog || o.defer_accept || o.fastopen || o.keepalive)) {
+    return "backlog, defer_accept, fastopen and keepalive are TCP options";
+  }
+  if (o.v6only && spec.address.family != AF_INET6) return "v6only applies to IPv6 addresses only";
+  return {};
+}
+
 // Applies one `key[=value]` option; returns an error text, empty on success.
 std::string apply_option(SocketSpec& spec, std::string_view key,
                          std::optional<std::string_view> value, bool& mode_seen) {
   auto& o = spec.options;
-  auto want_int = [&](std::optional<int>& field, long lo, long hi) -> std::string {
-    if (!value) return "option '" + std::string(key) + "' needs a value";
-    auto v = parse_int(*value, lo, hi);
-    if (!v) {
-      return "option '" + std::string(key) + "' takes a whole number from " + std::to_string(lo) +
-             " to " + std::to_string(hi) + ", not '" + std::string(*value) + "'";
-    }
-    field = static_cast<int>(*v);
-    return {};
-  };
   auto want_bool = [&](std::optional<bool>& field) -> std::string {
     if (!value) {
       field = true;
@@ -124,25 +165,23 @@ std::string apply_option(SocketSpec& spec, std::string_view key,
     spec.mode = m;
     return {};
   };
-  constexpr long kMaxInt = std::numeric_limits<int>::max();
   if (key == "exclusive") return set_mode(Mode::kExclusive);
   if (key == "shared") return set_mode(Mode::kShared);
   if (key == "reuseport") return set_mode(Mode::kReuseport);
-  if (key == "backlog") return want_int(o.backlog, 0, 65535);
   if (key == "v6only") return want_bool(o.v6only);
   if (key == "reuseaddr") return want_bool(o.reuseaddr);
   if (key == "freebind") return want_bool(o.freebind);
   if (key == "keepalive") return want_bool(o.keepalive);
-  if (key == "defer_accept") return want_int(o.defer_accept, 0, 3600);
-  if (key == "fastopen") return want_int(o.fastopen, 0, 65535);
-  if (key == "rcvbuf") return want_int(o.rcvbuf, 1, kMaxInt);
-  if (key == "sndbuf") return want_int(o.sndbuf, 1, kMaxInt);
+  for (const IntOption& opt : kIntOptions) {
+    if (key != opt.key) continue;
+    if (!value) return "option '" + std::string(key) + "' needs a value";
+    auto v = parse_int(*value, opt.lo, opt.hi);
+    if (!v) return int_range_error(opt, *value);
+    o.*opt.field = static_cast<int>(*v);
+    return {};
+  }
   if (key == "device") {
-    if (!value || value->empty() || value->size() >= IFNAMSIZ ||
-        value->find('/') != std::string_view::npos) {
-      return "option 'device' takes an interface name of 1 to " + std::to_string(IFNAMSIZ - 1) +
-             " characters";
-    }
+    if (auto why = device_error(value.value_or("")); !why.empty()) return why;
     o.device = std::string(*value);
     return {};
   }
@@ -164,10 +203,7 @@ Result<SocketSpec> parse_socket_spec(std::string_view text) {
 
   if (size_t eq = head.find('='); eq != std::string_view::npos) {
     std::string_view name = head.substr(0, eq);
-    if (!valid_name(name)) {
-      return spec_error(text, "name '" + std::string(name) +
-                                  "' must be 1 to 255 printable characters without ':', '=', ','");
-    }
+    if (!valid_name(name)) return spec_error(text, "name '" + std::string(name) + kNameRule);
     spec.name = std::string(name);
     head = head.substr(eq + 1);
   }
@@ -216,16 +252,20 @@ Result<SocketSpec> parse_socket_spec(std::string_view text) {
     if (auto why = apply_option(spec, key, value, mode_seen); !why.empty())
       return spec_error(text, why);
   }
-  if (spec.protocol == Protocol::kUdp) {
-    const auto& o = spec.options;
-    if (o.backlog || o.defer_accept || o.fastopen || o.keepalive) {
-      return spec_error(text, "backlog, defer_accept, fastopen and keepalive are TCP options");
-    }
-  }
-  if (spec.options.v6only && spec.address.family != AF_INET6) {
-    return spec_error(text, "v6only applies to IPv6 addresses only");
-  }
+  if (auto why = spec_problem(spec); !why.empty()) return spec_error(text, why);
   return spec;
+}
+
+Result<void> validate_socket_spec(const SocketSpec& spec) {
+  if (spec.address.family != AF_INET && spec.address.family != AF_INET6) {
+    return make_error(ErrorCode::kBadRequest, "the address is neither IPv4 nor IPv6");
+  }
+  if (auto why = spec_problem(spec); !why.empty()) {
+    return make_error(ErrorCode::kInvalidOption,
+                      "invalid socket request for " +
+                          format_endpoint(spec.protocol, spec.address, spec.port) + ": " + why);
+  }
+  return {};
 }
 
 std::string format_socket_spec(const SocketSpec& spec) {

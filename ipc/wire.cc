@@ -75,7 +75,6 @@ void spec_to_wire(const SocketSpec& spec, wire::SocketRequest::Builder out) {
 
 Result<SocketSpec> spec_from_wire(wire::SocketRequest::Reader in) {
   SocketSpec spec;
-  // Re-validate through the text form's rules: one set of rules for CLI and wire.
   auto name = in.getName();
   spec.name = std::string(name.cStr(), name.size());
   switch (in.getProtocol()) {
@@ -149,15 +148,8 @@ Result<SocketSpec> spec_from_wire(wire::SocketRequest::Reader in) {
                               " (client newer than daemon?)");
     }
   }
-  // The wire carries the same request as the text form: re-check it with the text parser's
-  // rules so that the two can never disagree about what is valid.
-  auto checked = parse_socket_spec(format_socket_spec(spec));
-  if (!checked) {
-    Error e = checked.error();
-    if (e.message.rfind("invalid socket spec", 0) == 0) e.code = ErrorCode::kInvalidOption;
-    return e;
-  }
-  return checked;
+  if (auto valid = validate_socket_spec(spec); !valid) return valid.error();
+  return spec;
 }
 
 }  // namespace portbroker::ipc

@@ -58,6 +58,10 @@ struct SocketSpec {
 // defer_accept=SECONDS, fastopen=N, keepalive[=BOOL], rcvbuf=BYTES, sndbuf=BYTES, device=IFNAME.
 Result<SocketSpec> parse_socket_spec(std::string_view text);
 
+// The rules parse_socket_spec enforces, for a SocketSpec built another way (the daemon checks
+// every request from the wire with it): name, option ranges, options that need TCP or IPv6.
+Result<void> validate_socket_spec(const SocketSpec& spec);
+
 // The inverse of parse_socket_spec (options in a fixed order).
 std::string format_socket_spec(const SocketSpec& spec);
 
