@@ -14,14 +14,6 @@
 
 namespace portbroker::broker {
 
-struct Holder {
-  int pid = 0;
-  uint32_t uid = 0;
-  uint32_t gid = 0;
-  std::string comm;
-  std::string cgroup;
-};
-
 struct Endpoint {
   Protocol protocol = Protocol::kTcp;
   IpAddress address;

@@ -62,7 +62,15 @@ Result<void> send_record(int sock, kj::ArrayPtr<const capnp::word> data, std::sp
                                                   " bytes exceeds the record limit of " +
                                                   std::to_string(kMaxRecordBytes));
   }
-  iovec iov{const_cast<capnp::word*>(data.begin()), data.size() * sizeof(capnp::word)};
+  int e = send_bytes(sock, data.begin(), data.size() * sizeof(capnp::word), fds, dont_wait);
+  if (e == 0) return {};
+  if (saved_errno) *saved_errno = e;
+  return make_error(ErrorCode::kConnectionFailed,
+                    std::string("cannot send to peer: ") + std::strerror(e));
+}
+
+int send_bytes(int sock, const void* data, size_t len, std::span<const int> fds, bool dont_wait) {
+  iovec iov{const_cast<void*>(data), len};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -82,13 +90,7 @@ Result<void> send_record(int sock, kj::ArrayPtr<const capnp::word> data, std::sp
   do {
     n = ::sendmsg(sock, &msg, flags);
   } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    int e = errno;
-    if (saved_errno) *saved_errno = e;
-    return make_error(ErrorCode::kConnectionFailed,
-                      std::string("cannot send to peer: ") + std::strerror(e));
-  }
-  return {};
+  return n < 0 ? errno : 0;
 }
 
 RecvStatus recv_record(int sock, RecvBuffer& buf, bool accept_fds, bool dont_wait) {

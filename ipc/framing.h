@@ -32,6 +32,10 @@ Result<UniqueFd> make_seqpacket_socket(bool nonblocking);
 // Connects a fresh blocking socket to `path`.
 Result<UniqueFd> connect_to(const std::string& path);
 
+// Sends `len` bytes as one record with `fds` attached (MSG_NOSIGNAL; MSG_DONTWAIT with
+// `dont_wait`). Returns 0 or the errno. No checks: tests use it to send malformed records.
+int send_bytes(int sock, const void* data, size_t len, std::span<const int> fds, bool dont_wait);
+
 // Sends one already-serialized record (see send_message).
 Result<void> send_record(int sock, kj::ArrayPtr<const capnp::word> words,
                          std::span<const int> fds = {}, bool dont_wait = false,

@@ -27,6 +27,8 @@
 #include <numeric>
 #include <sstream>
 
+#include "common/netns.h"
+
 namespace pbbench {
 
 namespace {
@@ -51,40 +53,9 @@ void die(const char* fmt, ...) {
   std::exit(1);
 }
 
-namespace {
-
-void write_file(const char* path, const std::string& text) {
-  int fd = ::open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) die("open %s: %s", path, std::strerror(errno));
-  if (::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    die("write %s: %s", path, std::strerror(errno));
-  }
-  ::close(fd);
-}
-
-}  // namespace
-
 void enter_private_netns() {
-  uid_t uid = ::geteuid();
-  gid_t gid = ::getegid();
-  if (uid == 0) {
-    if (::unshare(CLONE_NEWNET) != 0) die("unshare(CLONE_NEWNET): %s", std::strerror(errno));
-  } else {
-    if (::unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0) {
-      die("unshare(CLONE_NEWUSER|CLONE_NEWNET): %s", std::strerror(errno));
-    }
-    write_file("/proc/self/setgroups", "deny");
-    write_file("/proc/self/uid_map", "0 " + std::to_string(uid) + " 1");
-    write_file("/proc/self/gid_map", "0 " + std::to_string(gid) + " 1");
-  }
-  int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) die("socket: %s", std::strerror(errno));
-  ifreq ifr{};
-  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  if (::ioctl(s, SIOCGIFFLAGS, &ifr) != 0) die("SIOCGIFFLAGS lo: %s", std::strerror(errno));
-  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
-  if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0) die("SIOCSIFFLAGS lo: %s", std::strerror(errno));
-  ::close(s);
+  std::string why;
+  if (!pbtest::enter_private_netns(why)) die("%s", why.c_str());
 }
 
 uint64_t raise_fd_limit() {

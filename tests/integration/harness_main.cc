@@ -19,6 +19,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/netns.h"
 #include "harness.h"
 
 namespace pbtest {
@@ -26,50 +27,6 @@ namespace pbtest {
 namespace {
 
 bool g_can_switch_uid = false;
-
-bool write_proc(const std::string& path, const std::string& text) {
-  std::ofstream f(path);
-  f << text;
-  f.flush();
-  return static_cast<bool>(f);
-}
-
-// unshare(CLONE_NEWNET) (plus CLONE_NEWUSER when not privileged) and bring `lo` up.
-bool enter_private_netns(std::string& why) {
-  uid_t uid = ::geteuid();
-  gid_t gid = ::getegid();
-  if (::unshare(CLONE_NEWNET) == 0) {
-    g_can_switch_uid = (uid == 0);
-  } else {
-    if (::unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0) {
-      why = std::string("unshare(CLONE_NEWUSER|CLONE_NEWNET): ") + std::strerror(errno);
-      return false;
-    }
-    // Only our own ids are mapped (to root inside): children cannot switch uid.
-    if (!write_proc("/proc/self/setgroups", "deny") ||
-        !write_proc("/proc/self/uid_map", "0 " + std::to_string(uid) + " 1\n") ||
-        !write_proc("/proc/self/gid_map", "0 " + std::to_string(gid) + " 1\n")) {
-      why = "cannot write the user namespace's id maps";
-      return false;
-    }
-    g_can_switch_uid = false;
-  }
-  int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) {
-    why = std::string("socket: ") + std::strerror(errno);
-    return false;
-  }
-  ifreq ifr{};
-  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  bool ok = ::ioctl(s, SIOCGIFFLAGS, &ifr) == 0;
-  if (ok) {
-    ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
-    ok = ::ioctl(s, SIOCSIFFLAGS, &ifr) == 0;
-  }
-  if (!ok) why = std::string("bringing lo up: ") + std::strerror(errno);
-  ::close(s);
-  return ok;
-}
 
 // Helper mode for the exec tests: reports what `portbroker exec` handed over, in one line of
 // key=value tokens, then serves one echo on the first socket.
@@ -165,7 +122,7 @@ int main(int argc, char** argv) {
   }
   pbtest::ensure_stdio_open();
   std::string why;
-  if (!pbtest::enter_private_netns(why)) {
+  if (!pbtest::enter_private_netns(why, &pbtest::g_can_switch_uid)) {
     std::fprintf(stderr,
                  "cannot enter a private network namespace (%s); the integration tests never "
                  "run on the host's ports\n",

@@ -65,8 +65,8 @@ TEST_CASE("plan: conflicts name the holder, joins need the same mode, endpoint a
   const Row rows[] = {
       {"exclusive blocks exclusive", Mode::kExclusive, "tcp:0.0.0.0:8080", Mode::kExclusive, 1000,
        false, "is leased exclusively by pid 42 (web, uid 1000)"},
-      {"exclusive blocks shared", Mode::kExclusive, "tcp:0.0.0.0:8080", Mode::kShared, 1000,
-       false, "leased exclusively"},
+      {"exclusive blocks shared", Mode::kExclusive, "tcp:0.0.0.0:8080", Mode::kShared, 1000, false,
+       "leased exclusively"},
       {"wildcard blocks specific", Mode::kExclusive, "tcp:127.0.0.1:8080", Mode::kExclusive, 0,
        false, "tcp 0.0.0.0:8080"},
       {"shared joins shared", Mode::kShared, "tcp:0.0.0.0:8080", Mode::kShared, 1000, true, ""},

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/netns.h"
 #include "ipc/fd.h"
 
 using namespace portbroker;
@@ -40,19 +41,7 @@ class PrivateNetns {
       return;
     }
     entered_ = true;
-    UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    ifreq ifr{};
-    std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-    if (!s || ::ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0) {
-      why_ = std::string("SIOCGIFFLAGS lo: ") + std::strerror(errno);
-      return;
-    }
-    ifr.ifr_flags |= IFF_UP;
-    if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) {
-      why_ = std::string("SIOCSIFFLAGS lo: ") + std::strerror(errno);
-      return;
-    }
-    ok_ = true;
+    ok_ = pbtest::bring_loopback_up(why_);
   }
   ~PrivateNetns() {
     // Staying in the private namespace would be harmless for later tests but surprising.

@@ -24,14 +24,6 @@
 
 namespace portbroker {
 
-struct Holder {
-  int pid = 0;
-  uint32_t uid = 0;
-  uint32_t gid = 0;
-  std::string comm;
-  std::string cgroup;
-};
-
 struct LeaseInfo {
   uint64_t id = 0;
   std::string name;

@@ -52,6 +52,15 @@ struct SocketSpec {
   SocketOptions options;
 };
 
+// The process holding a lease, as the kernel attested it when it connected.
+struct Holder {
+  int pid = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::string comm;
+  std::string cgroup;
+};
+
 // Parses `[NAME=]PROTO:ADDRESS:PORT[,OPTION...]`, e.g. `http=tcp:0.0.0.0:80`,
 // `tcp:[::]:0,reuseport,backlog=1024`, `udp:127.0.0.1:5353,shared`. Options: exclusive,
 // shared, reuseport, backlog=N, v6only[=BOOL], reuseaddr[=BOOL], freebind[=BOOL],
