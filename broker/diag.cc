@@ -55,6 +55,14 @@ std::string describe_outside(const PortHolder& h) {
 
 }  // namespace
 
+std::string Server::outside_holders_text(Protocol p, uint16_t port) const {
+  std::string who;
+  for (const PortHolder& h : outside_holders(p, port, HolderScope::kBound)) {
+    who += (who.empty() ? ": " : "; ") + describe_outside(h);
+  }
+  return who;
+}
+
 void Server::apply_guard() {
   if (guard_state_loaded_ == false) {
     // Entries a previous run added (and could not remove: it crashed) are still ours.

@@ -646,7 +646,11 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
   std::vector<int> fds;
   auto fail = [&](const Error& e, size_t index) {
     for (auto it = granted.rbegin(); it != granted.rend(); ++it) end_lease(*it);
-    Error out = prefixed(e, index, specs.size(), specs[index]);
+    Error named = e;
+    if (e.code == ErrorCode::kInUseOutside && specs[index].port != 0) {
+      named.message += outside_holders_text(specs[index].protocol, specs[index].port);
+    }
+    Error out = prefixed(named, index, specs.size(), specs[index]);
     spdlog::info("pid={} uid={} acquire {} refused: {}", h.pid, h.uid,
                  format_socket_spec(specs[index]), out.message);
     reply.error(out);
