@@ -87,6 +87,8 @@ TEST_CASE("a port held outside the broker is reported as such") {
   INFO("refusal: " << lease.error().message);
   CHECK(lease.error().code == ErrorCode::kInUseOutside);
   CHECK(contains(lease.error().message, "18100"));
+  // It names who holds it: this very test process.
+  CHECK(contains(lease.error().message, "by pid " + std::to_string(::getpid()) + " ("));
   CHECK(d.leases().empty());
 
   // UDP too.
