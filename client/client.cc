@@ -1,9 +1,12 @@
 #include "portbroker/client.hpp"
 
 #include <kj/exception.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include <charconv>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <optional>
@@ -19,6 +22,18 @@
 namespace portbroker {
 
 namespace {
+
+// How long a request waits for the daemon's reply before giving up on the connection:
+// $PORTBROKER_TIMEOUT seconds (1 to 3600), else 30.
+time_t reply_timeout_seconds() {
+  const char* env = std::getenv("PORTBROKER_TIMEOUT");
+  long v = 0;
+  if (env != nullptr) {
+    auto [end, ec] = std::from_chars(env, env + std::strlen(env), v);
+    if (ec == std::errc() && *end == '\0' && v >= 1 && v <= 3600) return v;
+  }
+  return 30;
+}
 
 Error protocol_error(std::string message) {
   return make_error(ErrorCode::kProtocolError, "bad reply from portbrokerd: " + std::move(message));
@@ -227,6 +242,11 @@ class Connection {
         buf_.fds.clear();
         return protocol_error("record is not a whole number of words");
       case ipc::RecvStatus::kWouldBlock:
+        // SO_RCVTIMEO ran out. A late reply would answer the next request: hang up instead.
+        fd_.reset();
+        return make_error(ErrorCode::kConnectionFailed,
+                          "portbrokerd did not answer in time ($PORTBROKER_TIMEOUT, default 30 "
+                          "s); connection closed");
       case ipc::RecvStatus::kBadFds:
         buf_.fds.clear();
         return protocol_error("unexpected receive status");
@@ -453,6 +473,10 @@ Result<Client> Client::connect(std::string socket_path) {
     if (socket_path.empty()) socket_path = ipc::client_socket_path();
     auto fd = ipc::connect_to(socket_path);
     if (!fd) return fd.error();
+    // A daemon that hangs must not hang every client with it.
+    timeval tv{reply_timeout_seconds(), 0};
+    ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     return Client(std::make_shared<Connection>(std::move(fd).value()));
   });
 }

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "harness.h"
+#include "ipc/framing.h"
 #include "ipc/wire.h"
 
 using portbroker::ErrorCode;
@@ -289,6 +290,34 @@ TEST_CASE("a client that disconnects mid-request leaves nothing behind") {
   CHECK_MESSAGE(lease.ok(), (lease.ok() ? "" : lease.error().message));
   lease = portbroker::Error{};
   finish(d);
+}
+
+TEST_CASE("the client library gives up on a daemon that never answers") {
+  FdLeakCheck fds;
+  TempDir dir;
+  // A stand-in daemon that accepts and then says nothing.
+  auto mute = portbroker::ipc::make_seqpacket_socket(false);
+  REQUIRE(mute.ok());
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::string path = dir.file("mute.sock");
+  std::memcpy(addr.sun_path, path.c_str(), path.size());
+  REQUIRE(::bind(mute->get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(::listen(mute->get(), 4) == 0);
+
+  ::setenv("PORTBROKER_TIMEOUT", "1", 1);
+  auto client = portbroker::Client::connect(path);
+  ::unsetenv("PORTBROKER_TIMEOUT");
+  REQUIRE(client.ok());
+  auto status = client->status();
+  REQUIRE_FALSE(status.ok());
+  CHECK(status.error().code == ErrorCode::kConnectionFailed);
+  CHECK_MESSAGE(status.error().message.find("did not answer in time") != std::string::npos,
+                status.error().message);
+  // The connection was given up: a later request fails at once instead of reading a stale reply.
+  auto again = client->status();
+  REQUIRE_FALSE(again.ok());
+  CHECK(again.error().message.find("not connected") != std::string::npos);
 }
 
 TEST_CASE("a client that never reads its replies does not stall others") {
