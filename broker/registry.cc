@@ -8,6 +8,14 @@
 
 namespace portbroker::broker {
 
+namespace {
+// Searches from the back: sessions are torn down newest-first, which makes that O(1).
+void erase_value(std::vector<uint64_t>& v, uint64_t x) {
+  auto it = std::find(v.rbegin(), v.rend(), x);
+  if (it != v.rend()) v.erase(std::next(it).base());
+}
+}  // namespace
+
 bool options_equal(const SocketOptions& a, const SocketOptions& b) {
   auto tie = [](const SocketOptions& o) {
     return std::tie(o.backlog, o.v6only, o.reuseaddr, o.freebind, o.defer_accept, o.fastopen,
@@ -54,6 +62,10 @@ std::string Registry::describe_holder(const Binding& b) const {
            (l->holder.comm.empty() ? std::string("?") : l->holder.comm) + ", uid " +
            std::to_string(l->holder.uid) + ")";
     if (shown == 0) who += " since " + format_time_of_day(l->created_ms);
+    if (l->lingering()) {
+      who += ", lingering until " + format_time_of_day(l->lingering_until_ms) +
+             " for its holder to come back";
+    }
     ++shown;
   }
   return what + " is " + how + " by " + who;
@@ -122,23 +134,69 @@ uint64_t Registry::add_binding(const Endpoint& ep, Mode mode, const SocketOption
 }
 
 uint64_t Registry::add_lease(uint64_t binding, std::string name, uint64_t session, Holder holder,
-                             int64_t created_ms) {
+                             int64_t created_ms, uint32_t linger_s, std::string token) {
   uint64_t id = next_id_++;
   uint32_t uid = holder.uid;
-  leases_.emplace(id, Lease{id, binding, std::move(name), session, std::move(holder), created_ms});
+  leases_.emplace(id, Lease{id, binding, std::move(name), session, std::move(holder), created_ms,
+                            linger_s, std::move(token), 0});
   bindings_.at(binding).leases.push_back(id);
   by_session_[session].push_back(id);
   by_uid_[uid].push_back(id);
   return id;
 }
 
-namespace {
-// Searches from the back: sessions are torn down newest-first, which makes that O(1).
-void erase_value(std::vector<uint64_t>& v, uint64_t x) {
-  auto it = std::find(v.rbegin(), v.rend(), x);
-  if (it != v.rend()) v.erase(std::next(it).base());
+void Registry::set_lingering(uint64_t lease_id, int64_t until_ms) {
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end() || it->second.lingering()) return;
+  Lease& l = it->second;
+  if (auto s = by_session_.find(l.session); s != by_session_.end()) {
+    erase_value(s->second, lease_id);
+    if (s->second.empty()) by_session_.erase(s);
+  }
+  l.session = 0;
+  l.lingering_until_ms = until_ms;
+  lingering_.push_back(lease_id);
 }
-}  // namespace
+
+std::optional<uint64_t> Registry::find_reclaimable(const Endpoint& ep, Mode mode, uint32_t uid,
+                                                   const std::string& token) const {
+  for (uint64_t id : lingering_) {
+    const Lease& l = leases_.at(id);
+    const Binding& b = bindings_.at(l.binding);
+    if (b.mode != mode || b.endpoint.protocol != ep.protocol || b.endpoint.port != ep.port ||
+        !(b.endpoint.address == ep.address)) {
+      continue;
+    }
+    if (l.holder.uid == uid || (!token.empty() && token == l.token)) return id;
+  }
+  return std::nullopt;
+}
+
+void Registry::reclaim(uint64_t lease_id, uint64_t session, Holder holder) {
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end() || !it->second.lingering()) return;
+  Lease& l = it->second;
+  erase_value(lingering_, lease_id);
+  if (l.holder.uid != holder.uid) {
+    if (auto u = by_uid_.find(l.holder.uid); u != by_uid_.end()) {
+      erase_value(u->second, lease_id);
+      if (u->second.empty()) by_uid_.erase(u);
+    }
+    by_uid_[holder.uid].push_back(lease_id);
+  }
+  l.holder = std::move(holder);
+  l.session = session;
+  l.lingering_until_ms = 0;
+  by_session_[session].push_back(lease_id);
+}
+
+std::vector<uint64_t> Registry::expired(int64_t now_ms) const {
+  std::vector<uint64_t> out;
+  for (uint64_t id : lingering_) {
+    if (leases_.at(id).lingering_until_ms <= now_ms) out.push_back(id);
+  }
+  return out;
+}
 
 std::optional<Registry::Removed> Registry::remove_lease(uint64_t lease_id) {
   auto it = leases_.find(lease_id);
@@ -146,6 +204,7 @@ std::optional<Registry::Removed> Registry::remove_lease(uint64_t lease_id) {
   Removed out;
   out.lease = std::move(it->second);
   leases_.erase(it);
+  if (out.lease.lingering()) erase_value(lingering_, lease_id);
 
   if (auto s = by_session_.find(out.lease.session); s != by_session_.end()) {
     erase_value(s->second, lease_id);

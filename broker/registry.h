@@ -39,6 +39,11 @@ struct Lease {
   uint64_t session = 0;
   Holder holder;
   int64_t created_ms = 0;
+  uint32_t linger_s = 0;           // kept this long after its session ends without a release
+  std::string token;               // lets another uid reclaim it while it lingers
+  int64_t lingering_until_ms = 0;  // non-zero: no session holds it; it ends then
+
+  bool lingering() const { return lingering_until_ms != 0; }
 };
 
 // What an acquire of one endpoint would do.
@@ -63,7 +68,18 @@ class Registry {
   uint64_t add_binding(const Endpoint& ep, Mode mode, const SocketOptions& options,
                        uint32_t owner_uid);
   uint64_t add_lease(uint64_t binding, std::string name, uint64_t session, Holder holder,
-                     int64_t created_ms);
+                     int64_t created_ms, uint32_t linger_s = 0, std::string token = {});
+
+  // Its session ended without a release: the lease outlives it until `until_ms`.
+  void set_lingering(uint64_t lease_id, int64_t until_ms);
+  // A lingering lease on exactly `ep` in `mode` that `uid` (its holder's uid) or `token`
+  // may take back.
+  std::optional<uint64_t> find_reclaimable(const Endpoint& ep, Mode mode, uint32_t uid,
+                                           const std::string& token) const;
+  // Gives a lingering lease to a new session and holder.
+  void reclaim(uint64_t lease_id, uint64_t session, Holder holder);
+  // Lingering leases whose time is up at `now_ms`.
+  std::vector<uint64_t> expired(int64_t now_ms) const;
 
   struct Removed {
     Lease lease;
@@ -103,6 +119,7 @@ class Registry {
   std::unordered_map<uint32_t, std::vector<uint64_t>> by_port_;  // port_key -> bindings
   std::unordered_map<uint64_t, std::vector<uint64_t>> by_session_;
   std::unordered_map<uint32_t, std::vector<uint64_t>> by_uid_;
+  std::vector<uint64_t> lingering_;
 };
 
 // Local wall-clock time of day, "HH:MM:SS", for messages.

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -79,6 +80,21 @@ std::string read_first_line(const std::string& path) {
 
 bool pidfd_alive(int pidfd) {
   return pidfd >= 0 && ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0;
+}
+
+std::string new_token() {
+  uint8_t bytes[16] = {};
+  if (::getrandom(bytes, sizeof(bytes), 0) != static_cast<ssize_t>(sizeof(bytes))) {
+    // Not fatal: the holder's own uid reclaims without a token.
+    return {};
+  }
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (uint8_t b : bytes) {
+    out += kHex[b >> 4];
+    out += kHex[b & 15];
+  }
+  return out;
 }
 
 int64_t unix_now_ms() {
@@ -206,6 +222,8 @@ Result<void> Server::start() {
 }
 
 void Server::stop() {
+  stopping_ = true;
+  for (uint64_t id : registry_.expired(INT64_MAX)) end_lease(id);  // every lingering lease
   std::vector<Session*> all;
   for (auto& [id, s] : sessions_) all.push_back(s.get());
   for (Session* s : all) close_session(*s);
@@ -252,6 +270,10 @@ void Server::on_sweep(uv_timer_t* t) {
     spdlog::info("pid={} uid={} closed: no request within {} ms", s->holder.pid, s->holder.uid,
                  self->config_.first_request_timeout_ms);
     self->close_session(*s);
+  }
+  for (uint64_t id : self->registry_.expired(unix_now_ms())) {
+    spdlog::info("lingering lease {} ended: its holder did not come back", id);
+    self->end_lease(id);
   }
   if (!self->hold_failures_.empty() || self->any_parked()) (void)self->sync_held();
 }
@@ -519,7 +541,9 @@ void fill_lease(const Registry& reg, const Lease& l, const std::string& comm,
   }
   info.setSession(l.session);
   info.setCreatedAt(l.created_ms);
-  info.setState("active");
+  info.setState(l.lingering() ? "lingering" : "active");
+  info.setLinger(l.linger_s);
+  info.setLingerUntil(l.lingering_until_ms);
   auto holder = info.initHolder();
   holder.setPid(l.holder.pid);
   holder.setUid(l.holder.uid);
@@ -644,8 +668,19 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
 
   std::vector<uint64_t> granted;
   std::vector<int> fds;
+  // Lingering leases taken back by this request, with when they would have ended: on failure
+  // they go back to lingering rather than ending.
+  std::vector<std::pair<uint64_t, int64_t>> reclaimed;
   auto fail = [&](const Error& e, size_t index) {
-    for (auto it = granted.rbegin(); it != granted.rend(); ++it) end_lease(*it);
+    for (auto it = granted.rbegin(); it != granted.rend(); ++it) {
+      auto back = std::find_if(reclaimed.begin(), reclaimed.end(),
+                               [&](const auto& r) { return r.first == *it; });
+      if (back != reclaimed.end()) {
+        registry_.set_lingering(back->first, back->second);
+      } else {
+        end_lease(*it);
+      }
+    }
     Error named = e;
     if (e.code == ErrorCode::kInUseOutside && specs[index].port != 0) {
       named.message += outside_holders_text(specs[index].protocol, specs[index].port);
@@ -662,6 +697,22 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
     std::string reservation;
     if (auto ok = authorize(s, spec, false, &reservation); !ok) return fail(ok.error(), i);
     Endpoint ep{spec.protocol, spec.address, spec.port, is_dual_stack(spec, !dual_stack_default_)};
+
+    if (spec.port != 0) {
+      // A restarted holder takes its lingering lease back: the very socket, with whatever
+      // connections queued while it was away.
+      if (auto id = registry_.find_reclaimable(ep, spec.mode, h.uid, spec.token)) {
+        const Lease& l = *registry_.find_lease(*id);
+        reclaimed.emplace_back(*id, l.lingering_until_ms);
+        int fd = spec.mode == Mode::kReuseport ? member_sockets_.at(*id).get()
+                                               : binding_sockets_.at(l.binding).get();
+        registry_.reclaim(*id, s.id, h);
+        granted.push_back(*id);
+        fds.push_back(fd);
+        spdlog::info("pid={} uid={} took back lingering lease {}", h.pid, h.uid, *id);
+        continue;
+      }
+    }
 
     uint64_t binding = 0;
     UniqueFd fresh;
@@ -688,7 +739,8 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
                     ? plan->binding
                     : registry_.add_binding(ep, spec.mode, spec.options, h.uid);
     }
-    uint64_t lease = registry_.add_lease(binding, spec.name, s.id, h, now);
+    uint64_t lease = registry_.add_lease(binding, spec.name, s.id, h, now, spec.linger,
+                                         spec.linger > 0 ? new_token() : std::string());
     granted.push_back(lease);
     if (spec.mode == Mode::kReuseport) {
       fds.push_back(fresh.get());
@@ -706,7 +758,9 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
     const Lease& l = *registry_.find_lease(granted[i]);
     auto g = out[static_cast<unsigned>(i)];
     g.setFdIndex(static_cast<uint32_t>(i));
-    fill_lease(registry_, l, l.holder.comm, g.initLease());
+    auto info = g.initLease();
+    fill_lease(registry_, l, l.holder.comm, info);
+    info.setToken(l.token);  // to the holder only: it lets another uid take the lease back
     if (spdlog::should_log(spdlog::level::info)) {  // spares the formatting at warn level
       const Binding& b = *registry_.find_binding(l.binding);
       spdlog::info("pid={} uid={} acquired lease {}: {} {}", h.pid, h.uid, l.id,
@@ -811,10 +865,20 @@ void Server::close_session(Session& s) {
   if (s.closing) return;
   s.closing = true;
   auto leases = registry_.leases_of_session(s.id);
-  for (auto it = leases.rbegin(); it != leases.rend(); ++it) end_lease(*it);
+  size_t lingering = 0;
+  const int64_t now = unix_now_ms();
+  for (auto it = leases.rbegin(); it != leases.rend(); ++it) {
+    const Lease* l = registry_.find_lease(*it);
+    if (l != nullptr && l->linger_s > 0 && !stopping_) {
+      registry_.set_lingering(*it, now + int64_t{l->linger_s} * 1000);
+      ++lingering;
+    } else {
+      end_lease(*it);
+    }
+  }
   if (!leases.empty()) {
-    spdlog::info("pid={} uid={} session ended; released {} lease(s)", s.holder.pid, s.holder.uid,
-                 leases.size());
+    spdlog::info("pid={} uid={} session ended; released {} lease(s), {} lingering", s.holder.pid,
+                 s.holder.uid, leases.size() - lingering, lingering);
   }
   if (auto it = connections_per_uid_.find(s.holder.uid);
       it != connections_per_uid_.end() && --it->second == 0) {

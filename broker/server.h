@@ -159,6 +159,7 @@ class Server {
   uv_timer_t sweep_timer_{};
   static void on_sweep(uv_timer_t* t);
   bool listening_ = false;
+  bool stopping_ = false;  // sessions closed by stop() end their leases, lingering or not
   bool socket_created_ = false;
   bool dual_stack_default_ = true;
   int64_t started_at_ms_ = 0;
@@ -191,5 +192,7 @@ class Server {
 Result<void> prepare_socket_path(const std::string& path);
 
 int64_t unix_now_ms();
+// 32 random hex digits.
+std::string new_token();
 
 }  // namespace portbroker::broker

@@ -102,6 +102,9 @@ Result<void> lease_from_wire(wire::LeaseInfo::Reader in, LeaseInfo& out) {
   out.session = in.getSession();
   out.created_at_ms = in.getCreatedAt();
   out.state = text(in.getState());
+  out.linger_s = in.getLinger();
+  out.linger_until_ms = in.getLingerUntil();
+  out.token = text(in.getToken());
   return {};
 }
 

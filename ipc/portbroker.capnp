@@ -39,6 +39,8 @@ struct SocketRequest {
   port @3 :UInt16;    # 0: any free port from a pool
   mode @4 :Mode;
   options @5 :List(SocketOption);
+  linger @6 :UInt32;  # seconds kept after the session ends without a release
+  token @7 :Text;     # reclaims a lingering lease of another uid
 }
 
 struct Holder {
@@ -59,7 +61,10 @@ struct LeaseInfo {
   holder @6 :Holder;
   session @7 :UInt64;
   createdAt @8 :Int64;   # unix time, milliseconds
-  state @9 :Text;        # "active"
+  state @9 :Text;        # "active" or "lingering"
+  linger @10 :UInt32;    # seconds
+  lingerUntil @11 :Int64;  # unix ms while lingering, else 0
+  token @12 :Text;       # only in the acquire reply, to the holder
 }
 
 # A port reservation for a named service (`portbroker reserve`).

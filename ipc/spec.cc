@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <net/if.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -121,6 +122,15 @@ std::string device_error(std::string_view device) {
   return {};
 }
 
+constexpr long kMaxLingerSeconds = 3600;
+
+std::string token_error(std::string_view token) {
+  bool hex = std::all_of(token.begin(), token.end(),
+                         [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  if (token.size() != 32 || !hex) return "option 'token' takes the 32 hex digits a lease was given";
+  return {};
+}
+
 const char* kNameRule = "' must be 1 to 255 printable characters without ':', '=', ','";
 
 // The rules that involve more than one field, or that the wire form must re-check.
@@ -139,6 +149,13 @@ std::string spec_problem(const SocketSpec& spec) {
     return "backlog, defer_accept, fastopen and keepalive are TCP options";
   }
   if (o.v6only && spec.address.family != AF_INET6) return "v6only applies to IPv6 addresses only";
+  if (spec.linger > kMaxLingerSeconds) {
+    return "option 'linger' takes a whole number of seconds from 0 to " +
+           std::to_string(kMaxLingerSeconds);
+  }
+  if (!spec.token.empty()) {
+    if (auto why = token_error(spec.token); !why.empty()) return why;
+  }
   return {};
 }
 
@@ -185,9 +202,23 @@ std::string apply_option(SocketSpec& spec, std::string_view key,
     o.device = std::string(*value);
     return {};
   }
+  if (key == "linger") {
+    auto v = value ? parse_int(*value, 0, kMaxLingerSeconds) : std::nullopt;
+    if (!v) {
+      return "option 'linger' takes a whole number of seconds from 0 to " +
+             std::to_string(kMaxLingerSeconds);
+    }
+    spec.linger = static_cast<uint32_t>(*v);
+    return {};
+  }
+  if (key == "token") {
+    if (auto why = token_error(value.value_or("")); !why.empty()) return why;
+    spec.token = std::string(*value);
+    return {};
+  }
   return "unknown option '" + std::string(key) +
          "' (known: exclusive, shared, reuseport, backlog, v6only, reuseaddr, freebind, "
-         "defer_accept, fastopen, keepalive, rcvbuf, sndbuf, device)";
+         "defer_accept, fastopen, keepalive, rcvbuf, sndbuf, device, linger, token)";
 }
 
 }  // namespace
@@ -287,6 +318,8 @@ std::string format_socket_spec(const SocketSpec& spec) {
   if (o.rcvbuf) out += ",rcvbuf=" + std::to_string(*o.rcvbuf);
   if (o.sndbuf) out += ",sndbuf=" + std::to_string(*o.sndbuf);
   if (!o.device.empty()) out += ",device=" + o.device;
+  if (spec.linger != 0) out += ",linger=" + std::to_string(spec.linger);
+  if (!spec.token.empty()) out += ",token=" + spec.token;
   return out;
 }
 

@@ -71,6 +71,8 @@ void spec_to_wire(const SocketSpec& spec, wire::SocketRequest::Builder out) {
   if (o.rcvbuf) list[i++].setRcvbuf(*o.rcvbuf);
   if (o.sndbuf) list[i++].setSndbuf(*o.sndbuf);
   if (!o.device.empty()) list[i++].setDevice(o.device);
+  out.setLinger(spec.linger);
+  if (!spec.token.empty()) out.setToken(spec.token);
 }
 
 Result<SocketSpec> spec_from_wire(wire::SocketRequest::Reader in) {
@@ -148,6 +150,9 @@ Result<SocketSpec> spec_from_wire(wire::SocketRequest::Reader in) {
                               " (client newer than daemon?)");
     }
   }
+  spec.linger = in.getLinger();
+  auto token = in.getToken();
+  spec.token = std::string(token.cStr(), token.size());
   if (auto valid = validate_socket_spec(spec); !valid) return valid.error();
   return spec;
 }

@@ -86,12 +86,15 @@ nlohmann::json reservation_to_json(const ReservationInfo& r) {
 std::string format_lease_table(const std::vector<LeaseInfo>& leases) {
   std::vector<std::vector<std::string>> rows;
   rows.reserve(leases.size() + 1);
-  rows.push_back({"ID", "NAME", "PROTO", "ADDRESS", "PORT", "MODE", "PID", "UID", "COMM", "SINCE"});
+  rows.push_back(
+      {"ID", "NAME", "PROTO", "ADDRESS", "PORT", "MODE", "PID", "UID", "COMM", "SINCE", "STATE"});
   for (const auto& l : leases) {
+    std::string state = l.state == "lingering" ? "lingering until " + format_time(l.linger_until_ms)
+                                               : or_dash(l.state);
     rows.push_back({std::to_string(l.id), or_dash(l.name), protocol_name(l.protocol),
                     l.address.to_string(), std::to_string(l.port), mode_name(l.mode),
                     std::to_string(l.holder.pid), std::to_string(l.holder.uid),
-                    or_dash(l.holder.comm), format_time(l.created_at_ms)});
+                    or_dash(l.holder.comm), format_time(l.created_at_ms), state});
   }
   return format_table(rows);
 }
@@ -115,6 +118,8 @@ nlohmann::json leases_to_json(const std::vector<LeaseInfo>& leases) {
         {"session", l.session},
         {"created_at_ms", l.created_at_ms},
         {"state", l.state},
+        {"linger_s", l.linger_s},
+        {"linger_until_ms", l.linger_until_ms},
     });
   }
   return out;

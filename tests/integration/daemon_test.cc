@@ -12,10 +12,6 @@ using namespace pbtest;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 std::vector<std::string> base_args(const TempDir& dir) {
   return {"--socket", dir.file("portbroker.sock"), "--state-dir", dir.file("state"),
           "--config", dir.file("portbroker.toml"), "--log-level", "debug"};

@@ -12,10 +12,6 @@ using namespace pbtest;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 std::map<std::string, std::string> parse_tokens(const std::string& line) {
   std::map<std::string, std::string> out;
   std::istringstream in(line);

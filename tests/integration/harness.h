@@ -287,6 +287,10 @@ Holder spawn_holder(const Daemon& d, const std::string& spec, SpawnOptions opts 
 // Acquires `spec` in a short-lived child process and returns what happened.
 AcquireOutcome acquire_in_child(const Daemon& d, const std::string& spec, SpawnOptions opts = {});
 
+inline bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
 // ---- network ------------------------------------------------------------------------------------
 
 // A blocking TCP connection to 127.0.0.1:port (or `addr`), with send/receive deadlines.

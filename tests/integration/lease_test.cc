@@ -14,10 +14,6 @@ using namespace pbtest;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 bool has_lease_on(const std::vector<portbroker::LeaseInfo>& leases, uint16_t port) {
   for (const auto& l : leases) {
     if (l.port == port) return true;

@@ -16,10 +16,6 @@ using namespace pbtest;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 // A JSON document, judged loosely: one object or array, brackets balanced outside strings.
 bool looks_like_json(const std::string& text) {
   size_t begin = text.find_first_not_of(" \n");

@@ -24,10 +24,6 @@ using namespace pbtest;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 const std::string kRangeSysctl = "/proc/sys/net/ipv4/ip_local_port_range";
 const std::string kReservedSysctl = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 

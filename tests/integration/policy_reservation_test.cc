@@ -22,10 +22,6 @@ using namespace pbtest;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 // What a program outside the broker gets from a plain bind() (and listen(), for TCP) of
 // addr:port: 0 when it worked (the socket is closed again at once), else the errno.
 int outside_bind_errno(uint16_t port, const std::string& addr, bool reuseaddr,

@@ -9,10 +9,6 @@ using namespace pbtest;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 // Runs `fn(client)` as uid 65534 in a child; returns the line it reports.
 std::string as_nobody(const Daemon& d, std::function<std::string(portbroker::Client&)> fn) {
   Child c = Child::run(

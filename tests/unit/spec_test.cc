@@ -23,7 +23,8 @@ bool same_options(const SocketOptions& a, const SocketOptions& b) {
 
 bool same_spec(const SocketSpec& a, const SocketSpec& b) {
   return a.name == b.name && a.protocol == b.protocol && a.address == b.address &&
-         a.port == b.port && a.mode == b.mode && same_options(a.options, b.options);
+         a.port == b.port && a.mode == b.mode && same_options(a.options, b.options) &&
+         a.linger == b.linger && a.token == b.token;
 }
 
 IpAddress ip(const char* text) {
@@ -213,6 +214,10 @@ TEST_CASE("parse_socket_spec rejects malformed specs with a reason") {
       {std::string(256, 'n') + "=tcp:127.0.0.1:80", "name"},
       {"x=y=tcp:127.0.0.1:80", "protocol"},
       {"tcp:127.0.0.1:80,device=" + std::string(1100, 'd'), "longer than 1024"},
+      {"tcp:127.0.0.1:80,linger=3601", "seconds from 0 to 3600"},
+      {"tcp:127.0.0.1:80,linger", "seconds from 0 to 3600"},
+      {"tcp:127.0.0.1:80,token=abc", "32 hex digits"},
+      {"tcp:127.0.0.1:80,token=0123456789ABCDEF0123456789ABCDEF", "32 hex digits"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.text);
@@ -236,6 +241,7 @@ const char* const kRoundTrip[] = {
     "dns=udp:[::1]:53,reuseaddr=false,rcvbuf=65536",
     "tcp:[::1]:1,backlog=0,v6only=false,reuseaddr=true,freebind=true,defer_accept=5,"
     "fastopen=16,keepalive=true,rcvbuf=4096,sndbuf=8192,device=lo",
+    "web=tcp:0.0.0.0:8080,linger=30,token=0123456789abcdef0123456789abcdef",
 };
 
 TEST_CASE("format_socket_spec is the inverse of parse_socket_spec") {

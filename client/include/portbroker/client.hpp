@@ -33,8 +33,13 @@ struct LeaseInfo {
   Mode mode = Mode::kExclusive;
   Holder holder;
   uint64_t session = 0;
-  int64_t created_at_ms = 0;  // unix time
-  std::string state;
+  int64_t created_at_ms = 0;    // unix time
+  std::string state;            // "active", or "lingering": its session ended, it waits
+  uint32_t linger_s = 0;        // asked with linger=SECONDS
+  int64_t linger_until_ms = 0;  // while lingering: when it ends unless taken back
+  // Only on a lease this client acquired with linger: lets another uid take it back
+  // (`token=` in a spec); the holder's own uid needs none.
+  std::string token;
 };
 
 struct DaemonStatus {

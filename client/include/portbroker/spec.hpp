@@ -50,6 +50,11 @@ struct SocketSpec {
   uint16_t port = 0;  // 0: any free port from a dynamic pool
   Mode mode = Mode::kExclusive;
   SocketOptions options;
+  // Seconds the daemon keeps the socket (its backlog still queueing) after the holder's
+  // session ends without a release, so that a restarted holder can take it back. 0: none.
+  uint32_t linger = 0;
+  // Reclaims a lingering lease of another uid (the holder's own uid needs no token).
+  std::string token;
 };
 
 // The process holding a lease, as the kernel attested it when it connected.
@@ -64,7 +69,8 @@ struct Holder {
 // Parses `[NAME=]PROTO:ADDRESS:PORT[,OPTION...]`, e.g. `http=tcp:0.0.0.0:80`,
 // `tcp:[::]:0,reuseport,backlog=1024`, `udp:127.0.0.1:5353,shared`. Options: exclusive,
 // shared, reuseport, backlog=N, v6only[=BOOL], reuseaddr[=BOOL], freebind[=BOOL],
-// defer_accept=SECONDS, fastopen=N, keepalive[=BOOL], rcvbuf=BYTES, sndbuf=BYTES, device=IFNAME.
+// defer_accept=SECONDS, fastopen=N, keepalive[=BOOL], rcvbuf=BYTES, sndbuf=BYTES, device=IFNAME,
+// linger=SECONDS, token=HEX.
 Result<SocketSpec> parse_socket_spec(std::string_view text);
 
 // The rules parse_socket_spec enforces, for a SocketSpec built another way (the daemon checks
