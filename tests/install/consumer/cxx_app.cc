@@ -1,6 +1,5 @@
-#include <portbroker/client.hpp>
-
 #include <cstdio>
+#include <portbroker/client.hpp>
 
 int main(int argc, char** argv) {
   auto spec = portbroker::parse_socket_spec("web=tcp:[::1]:8080,reuseport");
