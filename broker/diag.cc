@@ -26,7 +26,10 @@ bool contains(const std::vector<PortRange>& ranges, uint16_t port) {
 }
 
 // Sockets on the port that are not the broker's own (its copies of leased or held sockets).
-std::vector<PortHolder> outside_holders(Protocol p, uint16_t port, HolderScope scope) {
+// Like ss(8) for a user, a caller other than root sees which processes hold a socket only when
+// they are its own; of other users' sockets it sees the owning uid (what /proc/net shows).
+std::vector<PortHolder> outside_holders(Protocol p, uint16_t port, HolderScope scope,
+                                        uint32_t viewer_uid) {
   auto found = find_port_holders(p, port, scope);
   if (!found) {
     spdlog::warn("socket diagnostics failed: {}", found.error().message);
@@ -37,7 +40,11 @@ std::vector<PortHolder> outside_holders(Protocol p, uint16_t port, HolderScope s
   for (PortHolder& h : *found) {
     bool ours = std::any_of(h.processes.begin(), h.processes.end(),
                             [&](const SocketOwner& o) { return o.pid == self; });
-    if (!ours) out.push_back(std::move(h));
+    if (ours) continue;
+    if (viewer_uid != 0) {
+      std::erase_if(h.processes, [&](const SocketOwner& o) { return o.uid != viewer_uid; });
+    }
+    out.push_back(std::move(h));
   }
   return out;
 }
@@ -49,15 +56,15 @@ std::string describe_outside(const PortHolder& h) {
     who += (who.empty() ? "" : ", ") + std::string("pid ") + std::to_string(o.pid) + " (" + o.comm +
            ", uid " + std::to_string(o.uid) + ")";
   }
-  if (who.empty()) who = "no visible process (uid " + std::to_string(h.uid) + ")";
+  if (who.empty()) who = "a process of uid " + std::to_string(h.uid) + " (not shown to you)";
   return h.state + " " + where + " by " + who;
 }
 
 }  // namespace
 
-std::string Server::outside_holders_text(Protocol p, uint16_t port) const {
+std::string Server::outside_holders_text(Protocol p, uint16_t port, uint32_t viewer_uid) const {
   std::string who;
-  for (const PortHolder& h : outside_holders(p, port, HolderScope::kBound)) {
+  for (const PortHolder& h : outside_holders(p, port, HolderScope::kBound, viewer_uid)) {
     who += (who.empty() ? ": " : "; ") + describe_outside(h);
   }
   return who;
@@ -147,7 +154,7 @@ void Server::do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply) {
   // too), but not the lease holders' own accepted connections nor TIME-WAIT leftovers.
   std::vector<int> lease_pids;
   for (const Lease* l : leases) lease_pids.push_back(l->holder.pid);
-  auto outside = outside_holders(p, port, HolderScope::kAll);
+  auto outside = outside_holders(p, port, HolderScope::kAll, s.holder.uid);
   std::erase_if(outside, [&](const PortHolder& h) {
     if (h.state == "LISTEN" || h.state == "UNCONN") return false;
     if (h.processes.empty()) return true;
@@ -190,7 +197,8 @@ void Server::do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply) {
   }
 }
 
-void Server::do_check(Reply& reply) {
+void Server::do_check(const Session& s, Reply& reply) {
+  const uint32_t viewer = s.holder.uid;
   std::vector<std::pair<std::string, std::string>> problems;
   for (const auto& line : policy_.lint()) problems.emplace_back("policy", line);
 
@@ -204,7 +212,7 @@ void Server::do_check(Reply& reply) {
         for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
           if (!r.protocols.has(p)) continue;
           for (const PortHolder& h :
-               outside_holders(p, static_cast<uint16_t>(port), HolderScope::kBound)) {
+               outside_holders(p, static_cast<uint16_t>(port), HolderScope::kBound, viewer)) {
             problems.emplace_back("held-outside",
                                   "port " + std::to_string(port) + " of reservation " + r.name +
                                       " is held outside the broker: " + describe_outside(h));

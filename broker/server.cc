@@ -509,7 +509,7 @@ void Server::handle_record(Session& s, Reply& reply) {
         do_who(s, req.getWho(), reply);
         return;
       case wire::Request::CHECK:
-        do_check(reply);
+        do_check(s, reply);
         return;
     }
     reply.error(make_error(ErrorCode::kUnknownRequest,
@@ -683,7 +683,7 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
     }
     Error named = e;
     if (e.code == ErrorCode::kInUseOutside && specs[index].port != 0) {
-      named.message += outside_holders_text(specs[index].protocol, specs[index].port);
+      named.message += outside_holders_text(specs[index].protocol, specs[index].port, h.uid);
     }
     Error out = prefixed(named, index, specs.size(), specs[index]);
     spdlog::info("pid={} uid={} acquire {} refused: {}", h.pid, h.uid,

@@ -97,12 +97,12 @@ class Server {
   void do_reservations(Reply& reply);
   void do_reload(Session& s, Reply& reply);
   void do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply);
-  void do_check(Reply& reply);
+  void do_check(const Session& s, Reply& reply);
   bool require_root(const Session& s, const char* what, Reply& reply);
 
   std::vector<HeldLease> held_by(uint32_t uid) const;
   // ": held by pid 77 (nginx, uid 0)": who outside the broker has the port bound, if visible.
-  std::string outside_holders_text(Protocol p, uint16_t port) const;
+  std::string outside_holders_text(Protocol p, uint16_t port, uint32_t viewer_uid) const;
   std::string current_comm(const Lease& l) const;
   void refresh_comms(const Endpoint& ep);
   // Asks the policy; on success names the reservation that granted, if any.

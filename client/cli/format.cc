@@ -196,12 +196,11 @@ std::string format_who(const WhoReport& w) {
            format_time(l.created_at_ms) + "\n";
   }
   for (const auto& o : w.outside) {
-    out +=
-        "  outside the broker: " + or_dash(o.state) + " " + host_port(o.address, o.port) +
-        (o.pid > 0 ? " by pid " + std::to_string(o.pid) + " (" + or_dash(o.comm) + ", uid " +
-                         std::to_string(o.uid) + ")"
-                   : " by a process not found (another namespace?), uid " + std::to_string(o.uid)) +
-        "\n";
+    out += "  outside the broker: " + or_dash(o.state) + " " + host_port(o.address, o.port) +
+           (o.pid > 0 ? " by pid " + std::to_string(o.pid) + " (" + or_dash(o.comm) + ", uid " +
+                            std::to_string(o.uid) + ")"
+                      : " by a process of uid " + std::to_string(o.uid)) +
+           "\n";
   }
   if (w.held) out += "  held: by portbrokerd for its reservation, until a lease takes it\n";
   for (const auto& r : w.reservations) {
