@@ -203,6 +203,16 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // CLI11 reports an unknown command as a missing one; name what was typed instead.
+    if (app.get_subcommands().empty()) {
+      for (const std::string& word : app.remaining()) {
+        if (!word.empty() && word[0] != '-') {
+          std::fprintf(stderr, "portbroker: unknown command '%s' (see portbroker --help)\n",
+                       word.c_str());
+          return kExitUsage;
+        }
+      }
+    }
     int code = app.exit(e);  // prints help (exit 0) or the error
     return code == 0 ? kExitOk : kExitUsage;
   }

@@ -144,6 +144,9 @@ TEST_CASE("exec: the command's exit code is passed through; failures exit 1, usa
   CHECK_MESSAGE(bad_spec.status.code == 2, bad_spec.describe());
   CommandResult no_cmd = run_cli(d, {"exec", "--listen", "tcp:127.0.0.1:18084"});
   CHECK_MESSAGE(no_cmd.status.code == 2, no_cmd.describe());
+  CommandResult unknown = run_cli(d, {"bogus"});
+  CHECK_MESSAGE(unknown.status.code == 2, unknown.describe());
+  CHECK(contains(unknown.out, "unknown command 'bogus'"));
   CHECK(d.leases().empty());
   d.check_no_fd_leak();
 }
