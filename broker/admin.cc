@@ -328,7 +328,7 @@ void Server::unpark(Held& entry) {
   }
 }
 
-std::vector<Error> Server::sync_held(const std::string& only) {
+std::vector<Error> Server::sync_held(const std::string& only, bool from_sweep) {
   // Drop holds whose reservation is gone or no longer held.
   for (auto it = held_.begin(); it != held_.end();) {
     auto p = static_cast<Protocol>(it->first >> 16);
@@ -356,7 +356,7 @@ std::vector<Error> Server::sync_held(const std::string& only) {
         }
       }
     }
-    if (count >= kMaxHeldPortsPerReservation) {
+    if (count >= kMaxHeldPortsPerReservation && !from_sweep) {
       spdlog::warn("reservation {}: holding only its first {} ports", r.name,
                    kMaxHeldPortsPerReservation);
     }

@@ -275,7 +275,7 @@ void Server::on_sweep(uv_timer_t* t) {
     spdlog::info("lingering lease {} ended: its holder did not come back", id);
     self->end_lease(id);
   }
-  if (!self->hold_failures_.empty() || self->any_parked()) (void)self->sync_held();
+  if (!self->hold_failures_.empty() || self->any_parked()) (void)self->sync_held({}, true);
 }
 
 void Server::accept_pending() {

@@ -114,12 +114,11 @@ class Server {
   Result<void> save_runtime_reservations() const;
 
   // Held reservations: sockets the daemon binds and keeps so nothing outside the broker can
-  // take the port. take_held hands the held socket itself to an entitled lease when it fits
-  // the request (an invalid fd when there is none to hand over).
+  // take the port (admin.cc).
   // Holds every port of every held reservation (or only `only`'s) that is neither held nor
   // leased; returns what could not be held. Also runs from the sweep timer, so a hold that
   // failed (the port was taken outside) is retried until it succeeds.
-  std::vector<Error> sync_held(const std::string& only = {});
+  std::vector<Error> sync_held(const std::string& only = {}, bool from_sweep = false);
   // A socket for a lease of a reserved port: the held socket itself when it fits the request,
   // else a new one (a held TCP socket then parks: bound, not listening).
   Result<UniqueFd> bind_reserved(const SocketSpec& spec);
