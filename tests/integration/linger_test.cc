@@ -81,7 +81,8 @@ TEST_CASE("a lingering lease keeps its port and queued connections for the resta
   second.child.send_line("accept back");
   CHECK(recv_line(early.get()) == "back");
   CHECK(second.child.read_line() == "accepted");
-  const auto* taken = lease_on(d.leases(), 18300);
+  const auto after = d.leases();
+  const auto* taken = lease_on(after, 18300);
   REQUIRE(taken != nullptr);
   CHECK(taken->state == "active");
   CHECK(taken->holder.pid == second.child.pid());
