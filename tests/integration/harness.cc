@@ -929,6 +929,21 @@ UniqueFd bind_outside(int type, uint16_t port, const std::string& addr) {
   return fd;
 }
 
+int outside_bind_errno(uint16_t port, const std::string& addr, bool reuseaddr, int type) {
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  if (!fill_sockaddr(addr, port, ss, len)) return EINVAL;
+  UniqueFd fd(::socket(ss.ss_family, type | SOCK_CLOEXEC, 0));
+  if (!fd) return errno;
+  int one = 1;
+  if (reuseaddr && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
+    return errno;
+  }
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) return errno;
+  if (type == SOCK_STREAM && ::listen(fd.get(), 4) != 0) return errno;
+  return 0;
+}
+
 bool port_free(uint16_t port, const std::string& addr) {
   sockaddr_storage ss;
   socklen_t len = 0;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -303,6 +304,10 @@ bool is_listening(int fd);    // SO_ACCEPTCONN
 int socket_type(int fd);      // SO_TYPE
 // Binds (and for TCP listens) a socket outside the broker, as another program would.
 UniqueFd bind_outside(int type, uint16_t port, const std::string& addr = "127.0.0.1");
+// What a program outside the broker gets from a plain bind() (and listen(), for TCP) of
+// addr:port: 0 when it worked (the socket is closed again at once), else the errno.
+int outside_bind_errno(uint16_t port, const std::string& addr, bool reuseaddr,
+                       int type = SOCK_STREAM);
 // Can this process bind `port` right now (nothing holds it)?
 bool port_free(uint16_t port, const std::string& addr = "127.0.0.1");
 

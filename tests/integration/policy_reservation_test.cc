@@ -22,36 +22,6 @@ using namespace pbtest;
 
 namespace {
 
-// What a program outside the broker gets from a plain bind() (and listen(), for TCP) of
-// addr:port: 0 when it worked (the socket is closed again at once), else the errno.
-int outside_bind_errno(uint16_t port, const std::string& addr, bool reuseaddr,
-                       int type = SOCK_STREAM) {
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  if (addr.find(':') != std::string::npos) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(port);
-    if (::inet_pton(AF_INET6, addr.c_str(), &a->sin6_addr) != 1) return EINVAL;
-    len = sizeof(*a);
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(port);
-    if (::inet_pton(AF_INET, addr.c_str(), &a->sin_addr) != 1) return EINVAL;
-    len = sizeof(*a);
-  }
-  UniqueFd fd(::socket(ss.ss_family, type | SOCK_CLOEXEC, 0));
-  if (!fd) return errno;
-  int one = 1;
-  if (reuseaddr && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
-    return errno;
-  }
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) return errno;
-  if (type == SOCK_STREAM && ::listen(fd.get(), 4) != 0) return errno;
-  return 0;
-}
-
 std::string errno_name(int e) { return e == 0 ? "success" : std::strerror(e); }
 
 // Every way a program outside the broker might try to take TCP `port` fails with EADDRINUSE.
