@@ -13,11 +13,11 @@
 #include <span>
 #include <utility>
 
-#include "ipc/fd.h"
 #include "ipc/framing.h"
 #include "ipc/paths.h"
 #include "ipc/portbroker.capnp.h"
 #include "ipc/wire.h"
+#include "portbroker/fd.hpp"
 
 namespace portbroker {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "ipc/fd.h"
+#include "portbroker/fd.hpp"
 #include "portbroker/result.hpp"
 
 namespace portbroker::ipc {

@@ -20,10 +20,10 @@
 #include <string>
 #include <vector>
 
-#include "ipc/fd.h"
 #include "ipc/framing.h"
 #include "ipc/portbroker.capnp.h"
 #include "portbroker/client.hpp"
+#include "portbroker/fd.hpp"
 
 namespace pbtest {
 

@@ -1,4 +1,4 @@
-#include "broker/policy.h"
+#include "broker/core/policy.h"
 
 #include <doctest/doctest.h>
 #include <sys/socket.h>

@@ -1,4 +1,4 @@
-#include "broker/registry.h"
+#include "broker/core/registry.h"
 
 #include <doctest/doctest.h>
 #include <sys/socket.h>

@@ -1,4 +1,4 @@
-#include "broker/sockdiag.h"
+#include "broker/os/sockdiag.h"
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
@@ -19,7 +19,7 @@
 #include <string>
 
 #include "common/netns.h"
-#include "ipc/fd.h"
+#include "portbroker/fd.hpp"
 
 using namespace portbroker;
 using namespace portbroker::broker;

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "broker/policy.h"
+#include "broker/core/policy.h"
 
 namespace portbroker::broker {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "broker/server.h"
+#include "broker/daemon/server.h"
 #include "ipc/portbroker.capnp.h"
 #include "ipc/wire.h"
 

@@ -1,4 +1,4 @@
-#include "broker/reserved_ports.h"
+#include "broker/core/port_set.h"
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
@@ -16,7 +16,8 @@
 #include <sstream>
 #include <string>
 
-#include "ipc/fd.h"
+#include "broker/os/sysctl.h"
+#include "portbroker/fd.hpp"
 
 using namespace portbroker;
 using namespace portbroker::broker;

@@ -11,11 +11,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "broker/policy.h"
-#include "broker/registry.h"
-#include "ipc/fd.h"
+#include "broker/core/policy.h"
+#include "broker/core/registry.h"
 #include "ipc/framing.h"
 #include "ipc/portbroker.capnp.h"
+#include "portbroker/fd.hpp"
 #include "portbroker/result.hpp"
 
 namespace portbroker::broker {

@@ -8,8 +8,7 @@
 // there before it. Caveat: a port someone else adds while it is already ours cannot be told
 // apart and leaves with ours.
 //
-// Everything but the last three functions is pure. The sysctls are per network namespace:
-// tests exercise the real ones only inside a private one.
+// Pure: the sysctl files themselves are read and written by broker/os/sysctl.h.
 #pragma once
 
 #include <span>
@@ -17,13 +16,10 @@
 #include <string_view>
 #include <vector>
 
-#include "broker/policy.h"  // PortRange, normalize_ports
+#include "broker/core/policy.h"  // PortRange, normalize_ports
 #include "portbroker/result.hpp"
 
 namespace portbroker::broker {
-
-inline constexpr const char* kReservedPortsSysctl = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-inline constexpr const char* kLocalPortRangeSysctl = "/proc/sys/net/ipv4/ip_local_port_range";
 
 // A port set throughout this file is a normalized list (normalize_ports): sorted, disjoint,
 // non-adjacent. Every function here returns one, and accepts any list.
@@ -65,20 +61,5 @@ Result<PortRange> parse_local_port_range(std::string_view text);
 std::vector<PortRange> unprotected_ports(std::span<const PortRange> wanted,
                                          std::span<const PortRange> reserved_now,
                                          PortRange ephemeral);
-
-// --- impure: the sysctl files (paths injectable for tests) ---------------------------------
-
-Result<std::vector<PortRange>> read_reserved_ports(const std::string& path = kReservedPortsSysctl);
-// One write(2) of the whole list: the kernel replaces the set on a write at offset 0. Refuses
-// lists longer than a page (the kernel's limit for one write) with kInvalidOption.
-Result<void> write_reserved_ports(std::span<const PortRange> ports,
-                                  const std::string& path = kReservedPortsSysctl);
-Result<PortRange> read_local_port_range(const std::string& path = kLocalPortRangeSysctl);
-
-// Read, plan, and write when changed. Not atomic against another writer between the read and
-// the write; the window is microseconds and the sysctl has no better interface.
-Result<GuardPlan> apply_reserved_ports(std::span<const PortRange> ours_before,
-                                       std::span<const PortRange> wanted,
-                                       const std::string& path = kReservedPortsSysctl);
 
 }  // namespace portbroker::broker

@@ -1,4 +1,4 @@
-#include "broker/socket_factory.h"
+#include "broker/os/socket_factory.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -15,8 +15,7 @@ namespace {
 
 Error sys_error(ErrorCode code, const SocketSpec& spec, uint16_t port, const std::string& what,
                 int err) {
-  return make_error(code, format_endpoint(spec.protocol, spec.address, port) + ": " + what + ": " +
-                              std::strerror(err));
+  return errno_error(code, format_endpoint(spec.protocol, spec.address, port) + ": " + what, err);
 }
 
 bool set_int(int fd, int level, int name, int value) {
@@ -28,12 +27,6 @@ bool set_int(int fd, int level, int name, int value) {
 bool is_dual_stack(const SocketSpec& spec, bool bindv6only_default) {
   if (spec.address.family != AF_INET6 || !spec.address.is_any()) return false;
   return !spec.options.v6only.value_or(bindv6only_default);
-}
-
-bool read_bindv6only() {
-  std::ifstream in("/proc/sys/net/ipv6/bindv6only");
-  int v = 0;
-  return (in >> v) && v != 0;
 }
 
 namespace {

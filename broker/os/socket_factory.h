@@ -2,7 +2,7 @@
 // SOCK_CLOEXEC; every failure is a Result naming the endpoint and the reason.
 #pragma once
 
-#include "ipc/fd.h"
+#include "portbroker/fd.hpp"
 #include "portbroker/result.hpp"
 #include "portbroker/spec.hpp"
 
@@ -26,8 +26,5 @@ Result<UniqueFd> make_bound_socket(const SocketSpec& spec, uint16_t port);
 // Whether an IPv6 wildcard socket on this host also accepts IPv4 (v6only off, explicitly or
 // through net.ipv6.bindv6only).
 bool is_dual_stack(const SocketSpec& spec, bool bindv6only_default);
-
-// Reads net.ipv6.bindv6only of the daemon's network namespace.
-bool read_bindv6only();
 
 }  // namespace portbroker::broker

@@ -1,4 +1,4 @@
-#include "broker/server.h"
+#include "broker/daemon/server.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -19,8 +19,9 @@
 #include <fstream>
 #include <vector>
 
-#include "broker/server_internal.h"
-#include "broker/socket_factory.h"
+#include "broker/daemon/server_internal.h"
+#include "broker/os/socket_factory.h"
+#include "broker/os/sysctl.h"
 #include "ipc/portbroker.capnp.h"
 #include "ipc/wire.h"
 

@@ -78,4 +78,7 @@ inline Error make_error(ErrorCode code, std::string message) {
   return Error{code, std::move(message)};
 }
 
+// "WHAT: <strerror(err)>", the one spelling of a failed system call in every message.
+Error errno_error(ErrorCode code, const std::string& what, int err);
+
 }  // namespace portbroker

@@ -13,8 +13,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "broker/server_internal.h"
-#include "broker/socket_factory.h"
+#include "broker/daemon/server_internal.h"
+#include "broker/os/files.h"
+#include "broker/os/socket_factory.h"
 #include "ipc/wire.h"
 
 namespace portbroker::broker {
@@ -25,42 +26,6 @@ constexpr size_t kMaxHeldPortsPerReservation = 1024;
 constexpr const char* kStateFile = "reservations.toml";
 
 uint32_t held_key(Protocol p, uint16_t port) { return (static_cast<uint32_t>(p) << 16) | port; }
-
-Result<std::string> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return make_error(ErrorCode::kNotFound, "cannot read " + path + ": " + std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// temp file, fsync, rename, fsync the directory: a crash leaves the old or the new file.
-Result<void> write_file_atomically(const std::string& dir, const std::string& name,
-                                   const std::string& text) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return make_error(ErrorCode::kInternal, "cannot create " + dir + ": " + ec.message());
-  std::string path = dir + "/" + name;
-  std::string tmp = path + ".tmp";
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
-  if (!fd)
-    return make_error(ErrorCode::kInternal, "cannot write " + tmp + ": " + std::strerror(errno));
-  size_t off = 0;
-  while (off < text.size()) {
-    ssize_t n = ::write(fd.get(), text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0)
-      return make_error(ErrorCode::kInternal, "cannot write " + tmp + ": " + std::strerror(errno));
-    off += static_cast<size_t>(n);
-  }
-  if (::fsync(fd.get()) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    return make_error(ErrorCode::kInternal, "cannot save " + path + ": " + std::strerror(errno));
-  }
-  UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (d) ::fsync(d.get());
-  return {};
-}
 
 }  // namespace
 
@@ -94,7 +59,7 @@ Result<Policy> load_policy(const ServerConfig& config) {
   Policy policy;
   std::error_code ec;
   if (!config.config_path.empty() && std::filesystem::exists(config.config_path, ec)) {
-    auto text = read_file(config.config_path);
+    auto text = read_whole_file(config.config_path);
     if (!text) return text.error();
     auto parsed = parse_policy(*text, config.config_path, system_name_resolver());
     if (!parsed) return parsed.error();
@@ -109,7 +74,7 @@ Result<Policy> load_policy(const ServerConfig& config) {
   }
   std::string state = config.state_dir + "/" + kStateFile;
   if (!config.state_dir.empty() && std::filesystem::exists(state, ec)) {
-    auto text = read_file(state);
+    auto text = read_whole_file(state);
     if (!text) return text.error();
     auto runtime = parse_state(*text, state);
     if (!runtime) return runtime.error();

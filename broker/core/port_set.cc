@@ -1,14 +1,8 @@
-#include "broker/reserved_ports.h"
-
-#include <fcntl.h>
-#include <unistd.h>
+#include "broker/core/port_set.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
-#include <cstring>
-
-#include "ipc/fd.h"
 
 namespace portbroker::broker {
 
@@ -31,30 +25,6 @@ std::optional<uint16_t> parse_port(std::string_view s) {
   if (s.empty() || ec != std::errc() || p != s.data() + s.size() || v > 65535) return std::nullopt;
   return static_cast<uint16_t>(v);
 }
-
-Error sys_error(const std::string& what, const std::string& path, int err) {
-  return make_error(ErrorCode::kInternal, what + " " + path + ": " + std::strerror(err));
-}
-
-Result<std::string> read_file(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return sys_error("cannot open", path, errno);
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return sys_error("cannot read", path, errno);
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > (1u << 20)) return make_error(ErrorCode::kInternal, path + " is too large");
-  }
-  return out;
-}
-
-// What fits in one write to a proc_do_large_bitmap sysctl: the kernel reads at most a page
-// less one byte per write, and a list split across writes could be misparsed at the seam.
-constexpr size_t kMaxWrite = 4095;
 
 }  // namespace
 
@@ -170,56 +140,6 @@ std::vector<PortRange> unprotected_ports(std::span<const PortRange> wanted,
                                          PortRange ephemeral) {
   const PortRange eph[] = {ephemeral};
   return port_set_difference(port_set_intersection(wanted, eph), reserved_now);
-}
-
-Result<std::vector<PortRange>> read_reserved_ports(const std::string& path) {
-  auto text = read_file(path);
-  if (!text) return text.error();
-  auto ports = parse_port_list(text.value());
-  if (!ports) return make_error(ErrorCode::kInternal, path + ": " + ports.error().message);
-  return ports;
-}
-
-Result<void> write_reserved_ports(std::span<const PortRange> ports, const std::string& path) {
-  std::string text = format_port_list(std::vector<PortRange>(ports.begin(), ports.end())) + "\n";
-  if (text.size() > kMaxWrite) {
-    return make_error(ErrorCode::kInvalidOption,
-                      "reserved port list is " + std::to_string(text.size()) +
-                          " bytes, more than the kernel takes in one write (" +
-                          std::to_string(kMaxWrite) + "); merge ranges");
-  }
-  // O_TRUNC means nothing to a sysctl (as with `echo > file`) but keeps a plain file standing
-  // in for one (tests, a chroot) from keeping a longer old tail.
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
-  if (!fd) return sys_error("cannot open", path, errno);
-  ssize_t n;
-  do {
-    n = ::write(fd.get(), text.data(), text.size());
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return sys_error("cannot write", path, errno);
-  if (static_cast<size_t>(n) != text.size()) {
-    return make_error(ErrorCode::kInternal, "short write to " + path);
-  }
-  return {};
-}
-
-Result<PortRange> read_local_port_range(const std::string& path) {
-  auto text = read_file(path);
-  if (!text) return text.error();
-  auto range = parse_local_port_range(text.value());
-  if (!range) return make_error(ErrorCode::kInternal, path + ": " + range.error().message);
-  return range;
-}
-
-Result<GuardPlan> apply_reserved_ports(std::span<const PortRange> ours_before,
-                                       std::span<const PortRange> wanted, const std::string& path) {
-  auto current = read_reserved_ports(path);
-  if (!current) return current.error();
-  GuardPlan plan = plan_reserved_ports(current.value(), ours_before, wanted);
-  if (plan.changed) {
-    if (auto w = write_reserved_ports(plan.value, path); !w) return w.error();
-  }
-  return plan;
 }
 
 }  // namespace portbroker::broker

@@ -1,4 +1,4 @@
-#include "broker/sockdiag.h"
+#include "broker/os/sockdiag.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -20,7 +20,7 @@
 #include <string_view>
 #include <unordered_map>
 
-#include "ipc/fd.h"
+#include "portbroker/fd.hpp"
 
 namespace portbroker::broker {
 
@@ -75,10 +75,6 @@ const char* state_name(uint8_t state) {
 }
 
 bool holds_for_bind(const PortHolder& h) { return h.state == "LISTEN" || h.state == "UNCONN"; }
-
-Error sys_error(const std::string& what, int err) {
-  return make_error(ErrorCode::kInternal, what + ": " + std::strerror(err));
-}
 
 // The kernel runs this filter on every socket of the dump, so only the port's sockets cross
 // into userspace. S_GE + S_LE rather than S_EQ: S_EQ needs Linux 4.16. A failed test jumps
@@ -140,7 +136,7 @@ Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, H
     sent = ::sendto(nl, req.data(), req.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
                     sizeof(kernel));
   } while (sent < 0 && errno == EINTR);
-  if (sent < 0) return sys_error("sock_diag request", errno);
+  if (sent < 0) return errno_error(ErrorCode::kInternal, "sock_diag request", errno);
 
   // Dumps arrive in parts of up to a page or two each; 64 KiB never truncates one.
   std::vector<char> buf(64 * 1024);
@@ -154,7 +150,7 @@ Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, H
     mh.msg_iovlen = 1;
     ssize_t n = ::recvmsg(nl, &mh, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return sys_error("sock_diag reply", errno);
+    if (n < 0) return errno_error(ErrorCode::kInternal, "sock_diag reply", errno);
     if (mh.msg_flags & MSG_TRUNC)
       return make_error(ErrorCode::kInternal, "sock_diag reply truncated");
     if (from.nl_pid != 0) continue;  // only the kernel speaks for the kernel
@@ -168,7 +164,7 @@ Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, H
         if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(int))) {
           int err = 0;
           std::memcpy(&err, NLMSG_DATA(h), sizeof(err));
-          if (err < 0) return sys_error("sock_diag dump", -err);
+          if (err < 0) return errno_error(ErrorCode::kInternal, "sock_diag dump", -err);
         }
         return {};
       }
@@ -186,7 +182,7 @@ Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, H
                                 " are unavailable (is the " + protocol_name(protocol) +
                                 "_diag kernel module loaded?)");
         }
-        return sys_error("sock_diag dump", err);
+        return errno_error(ErrorCode::kInternal, "sock_diag dump", err);
       }
       if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
       if (h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
@@ -286,7 +282,7 @@ Result<void> attach_processes(std::vector<PortHolder>& holders) {
   if (wanted.empty()) return {};
 
   Dir proc = open_dir_at(AT_FDCWD, "/proc");
-  if (!proc) return sys_error("opening /proc", errno);
+  if (!proc) return errno_error(ErrorCode::kInternal, "opening /proc", errno);
   char link[64];
   while (dirent* pe = ::readdir(proc.get())) {
     auto pid = parse_decimal(pe->d_name);
@@ -320,7 +316,7 @@ Result<void> attach_processes(std::vector<PortHolder>& holders) {
 Result<std::vector<PortHolder>> find_port_holders(Protocol protocol, uint16_t port,
                                                   HolderScope scope) {
   UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-  if (!nl) return sys_error("socket(NETLINK_SOCK_DIAG)", errno);
+  if (!nl) return errno_error(ErrorCode::kInternal, "socket(NETLINK_SOCK_DIAG)", errno);
   std::vector<PortHolder> holders;
   uint32_t seq = 1;
   for (int family : {AF_INET, AF_INET6}) {

@@ -12,7 +12,7 @@
 #include <string>
 #include <utility>
 
-#include "broker/server.h"
+#include "broker/daemon/server.h"
 #include "ipc/paths.h"
 
 namespace {

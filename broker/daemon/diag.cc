@@ -8,9 +8,11 @@
 #include <filesystem>
 #include <fstream>
 
-#include "broker/reserved_ports.h"
-#include "broker/server_internal.h"
-#include "broker/sockdiag.h"
+#include "broker/core/port_set.h"
+#include "broker/daemon/server_internal.h"
+#include "broker/os/files.h"
+#include "broker/os/sockdiag.h"
+#include "broker/os/sysctl.h"
 
 namespace portbroker::broker {
 
@@ -74,10 +76,8 @@ void Server::apply_guard() {
   if (guard_state_loaded_ == false) {
     // Entries a previous run added (and could not remove: it crashed) are still ours.
     guard_state_loaded_ = true;
-    std::ifstream in(config_.state_dir + "/" + kGuardStateFile);
-    std::string line;
-    if (in && std::getline(in, line)) {
-      if (auto ours = parse_port_list(line)) guard_added_ = std::move(ours).value();
+    if (auto text = read_whole_file(config_.state_dir + "/" + kGuardStateFile)) {
+      if (auto ours = parse_port_list(*text)) guard_added_ = std::move(ours).value();
     }
   }
   auto wanted = policy_.guarded_ports();
@@ -92,10 +92,9 @@ void Server::apply_guard() {
     }
     guard_added_ = plan->ours;
     if (!config_.state_dir.empty()) {
-      std::error_code ec;
-      std::filesystem::create_directories(config_.state_dir, ec);
-      std::ofstream(config_.state_dir + "/" + kGuardStateFile)
-          << format_port_list(guard_added_) << "\n";
+      auto saved = write_file_atomically(config_.state_dir, kGuardStateFile,
+                                         format_port_list(guard_added_) + "\n");
+      if (!saved) spdlog::warn("ephemeral-port guard state not saved: {}", saved.error().message);
     }
   }
   // Say which reserved ports the kernel may still hand out as a source port.

@@ -1,0 +1,23 @@
+// Whole-file reads and crash-safe writes of the daemon's own small files (policy, state, guard
+// and journal snapshots).
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "portbroker/result.hpp"
+
+namespace portbroker::broker {
+
+// The whole file, refused (kInternal) past `max_bytes`. A missing file is kNotFound.
+Result<std::string> read_whole_file(const std::string& path, size_t max_bytes = size_t{16} << 20);
+
+// Temp file, fsync, rename, fsync of the directory: after a crash the file is either the old
+// one or the new one, never a torn mix. Creates `dir` when missing.
+Result<void> write_file_atomically(const std::string& dir, const std::string& name,
+                                   const std::string& text);
+
+// write(2) until all of `data` is written (EINTR retried).
+Result<void> write_all(int fd, const void* data, size_t size, const std::string& what);
+
+}  // namespace portbroker::broker
