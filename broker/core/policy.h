@@ -3,7 +3,7 @@
 //
 // Pure by design (DESIGN.md): no syscalls, no logging, no libuv, so it is table-tested and
 // fuzzable. User and group names reach it only through a NameResolver; the daemon passes
-// system_name_resolver() (policy_names.cc), tests pass a fixed table.
+// system_name_resolver() (broker/os/names.h), tests pass a fixed table.
 //
 // Semantics, in the order Policy::check() applies them:
 //  1. [limits] max_leases_per_uid caps the leases one uid holds, whatever granted them.
@@ -71,9 +71,6 @@ class NameResolver {
   virtual std::optional<uint32_t> uid_of(std::string_view user) const = 0;
   virtual std::optional<uint32_t> gid_of(std::string_view group) const = 0;
 };
-
-// getpwnam_r/getgrnam_r (NSS). Defined in policy_names.cc, the only impure part.
-const NameResolver& system_name_resolver();
 
 // Where a rule, reservation or pool was defined: "FILE:LINE", or just a label when line is 0
 // ("<embedded default>", "portbroker reserve").

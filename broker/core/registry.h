@@ -52,6 +52,13 @@ struct Plan {
   uint64_t binding = 0;  // for kJoin
 };
 
+// The key of a protocol's port in the broker's tables.
+constexpr uint32_t port_key(Protocol p, uint16_t port) {
+  return (static_cast<uint32_t>(p) << 16) | port;
+}
+constexpr Protocol port_key_protocol(uint32_t key) { return static_cast<Protocol>(key >> 16); }
+constexpr uint16_t port_key_port(uint32_t key) { return static_cast<uint16_t>(key & 0xffff); }
+
 bool options_equal(const SocketOptions& a, const SocketOptions& b);
 // Whether two endpoints of the same protocol and port would collide in the kernel.
 bool endpoints_overlap(const Endpoint& a, const Endpoint& b);
@@ -109,10 +116,6 @@ class Registry {
   std::string describe_holder(const Binding& b) const;
 
  private:
-  static uint32_t port_key(Protocol p, uint16_t port) {
-    return (static_cast<uint32_t>(p) << 16) | port;
-  }
-
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Binding> bindings_;
   std::unordered_map<uint64_t, Lease> leases_;

@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "portbrokerd: %s: no such file\n", check_config.c_str());
       return 1;
     }
-    auto policy = portbroker::broker::load_policy(only_file);
+    auto policy = portbroker::broker::load_policy(only_file.policy_source());
     if (!policy) {
       std::fprintf(stderr, "%s\n", policy.error().message.c_str());
       return 1;
@@ -137,7 +137,7 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   raise_fd_limit();
 
-  auto policy = portbroker::broker::load_policy(cfg);
+  auto policy = portbroker::broker::load_policy(cfg.policy_source());
   if (!policy) {
     spdlog::critical("cannot start: {}", policy.error().message);
     return 1;

@@ -1,8 +1,9 @@
-// Server internals shared by server.cc and admin.cc (not part of any interface).
+// Server internals shared by server.cc, dispatch.cc and diag.cc (not part of any interface).
 #pragma once
 
 #include <capnp/message.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -17,10 +18,11 @@ namespace portbroker::broker {
 struct Server::Reply {
   capnp::MallocMessageBuilder message;
   wire::Reply::Builder root;
-  std::vector<int> fds;  // borrowed: owned by the broker's socket tables
+  std::vector<int> fds;  // borrowed: owned by the LeaseService
 
   explicit Reply(kj::ArrayPtr<capnp::word> scratch)
       : message(scratch), root(message.initRoot<wire::Reply>()) {}
+  Reply() : root(message.initRoot<wire::Reply>()) {}
 
   void error(const Error& e) {
     auto err = root.initError();
@@ -40,15 +42,23 @@ struct Server::Session {
   uv_poll_t poll{};
   bool closing = false;
   bool spoke = false;         // has sent at least one record
+  bool deferred = false;      // a reply is being prepared off the loop; read nothing meanwhile
   uint64_t connected_at = 0;  // uv_now() at accept
   // A reply the socket had no room for; while it waits, the session is not read.
   kj::Array<capnp::word> pending;
   std::vector<UniqueFd> pending_fds;
 };
 
-bool pidfd_alive(int pidfd);
-std::string read_first_line(const std::string& path);
-void fill_lease(const Registry& reg, const Lease& l, const std::string& comm,
+// A request whose reply needs work off the loop.
+struct Server::Deferred {
+  uv_work_t req{};
+  Server* server = nullptr;
+  uint64_t session = 0;
+  std::function<void()> work;
+  std::function<void(Reply&)> done;
+};
+
+void fill_lease(const Lease& l, const Binding* b, const std::string& comm,
                 wire::LeaseInfo::Builder info);
 void fill_reservation(const Reservation& r, wire::Reservation::Builder out);
 

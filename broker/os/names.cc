@@ -1,4 +1,6 @@
 // The one impure corner of the policy module: names through NSS, as every other tool sees them.
+#include "broker/os/names.h"
+
 #include <grp.h>
 #include <pwd.h>
 #include <unistd.h>
@@ -6,8 +8,6 @@
 #include <cerrno>
 #include <string>
 #include <vector>
-
-#include "broker/core/policy.h"
 
 namespace portbroker::broker {
 

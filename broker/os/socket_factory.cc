@@ -7,7 +7,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 
 namespace portbroker::broker {
 
@@ -18,8 +17,8 @@ Error sys_error(ErrorCode code, const SocketSpec& spec, uint16_t port, const std
   return errno_error(code, format_endpoint(spec.protocol, spec.address, port) + ": " + what, err);
 }
 
-bool set_int(int fd, int level, int name, int value) {
-  return ::setsockopt(fd, level, name, &value, sizeof(value)) == 0;
+bool set_int(SysCalls& sys, int fd, int level, int name, int value) {
+  return sys.setsockopt(fd, level, name, &value, sizeof(value)) == 0;
 }
 
 }  // namespace
@@ -32,7 +31,7 @@ bool is_dual_stack(const SocketSpec& spec, bool bindv6only_default) {
 namespace {
 
 // `late`: only the options that still work on a bound (or listening) socket.
-Result<void> apply_options(int fd, const SocketSpec& spec, bool late) {
+Result<void> apply_options(SysCalls& sys, int fd, const SocketSpec& spec, bool late) {
   const bool tcp = spec.protocol == Protocol::kTcp;
   const auto& o = spec.options;
   struct Opt {
@@ -61,7 +60,7 @@ Result<void> apply_options(int fd, const SocketSpec& spec, bool late) {
   };
   for (const Opt& opt : opts) {
     if (!opt.wanted || (late && opt.before_bind)) continue;
-    if (!set_int(fd, opt.level, opt.name, opt.value)) {
+    if (!set_int(sys, fd, opt.level, opt.name, opt.value)) {
       return sys_error(ErrorCode::kInvalidOption, spec, spec.port,
                        std::string("cannot set ") + opt.label, errno);
     }
@@ -71,19 +70,19 @@ Result<void> apply_options(int fd, const SocketSpec& spec, bool late) {
 
 }  // namespace
 
-Result<void> apply_late_options(int fd, const SocketSpec& spec) {
-  if (auto r = apply_options(fd, spec, true); !r) return r;
+Result<void> apply_late_options(SysCalls& sys, int fd, const SocketSpec& spec) {
+  if (auto r = apply_options(sys, fd, spec, true); !r) return r;
   // listen() on a listening socket only changes its backlog.
   if (spec.protocol == Protocol::kTcp &&
-      ::listen(fd, spec.options.backlog.value_or(SOMAXCONN)) != 0) {
+      sys.listen(fd, spec.options.backlog.value_or(SOMAXCONN)) != 0) {
     return sys_error(ErrorCode::kInternal, spec, spec.port, "listen failed", errno);
   }
   return {};
 }
 
-Result<UniqueFd> make_unbound_socket(const SocketSpec& spec) {
+Result<UniqueFd> make_unbound_socket(SysCalls& sys, const SocketSpec& spec) {
   const bool tcp = spec.protocol == Protocol::kTcp;
-  UniqueFd fd(::socket(spec.address.family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0));
+  UniqueFd fd(sys.socket(spec.address.family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0));
   if (!fd) {
     int e = errno;
     ErrorCode code = (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
@@ -91,10 +90,10 @@ Result<UniqueFd> make_unbound_socket(const SocketSpec& spec) {
                          : ErrorCode::kAddressUnavailable;
     return sys_error(code, spec, spec.port, "cannot create socket", e);
   }
-  if (auto r = apply_options(fd.get(), spec, false); !r) return r.error();
+  if (auto r = apply_options(sys, fd.get(), spec, false); !r) return r.error();
   const auto& o = spec.options;
-  if (!o.device.empty() && ::setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, o.device.data(),
-                                        static_cast<socklen_t>(o.device.size())) != 0) {
+  if (!o.device.empty() && sys.setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, o.device.data(),
+                                          static_cast<socklen_t>(o.device.size())) != 0) {
     int e = errno;
     return sys_error(e == ENODEV ? ErrorCode::kAddressUnavailable : ErrorCode::kInvalidOption, spec,
                      spec.port, "cannot bind to device '" + o.device + "'", e);
@@ -102,7 +101,7 @@ Result<UniqueFd> make_unbound_socket(const SocketSpec& spec) {
   return fd;
 }
 
-Result<void> bind_and_listen(int fd, const SocketSpec& spec, uint16_t port) {
+Result<void> bind_and_listen(SysCalls& sys, int fd, const SocketSpec& spec, uint16_t port) {
   sockaddr_storage ss{};
   socklen_t len;
   if (spec.address.family == AF_INET) {
@@ -118,7 +117,7 @@ Result<void> bind_and_listen(int fd, const SocketSpec& spec, uint16_t port) {
     std::memcpy(&sin6->sin6_addr, spec.address.bytes.data(), 16);
     len = sizeof(sockaddr_in6);
   }
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+  if (sys.bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     int e = errno;
     switch (e) {
       case EADDRINUSE:
@@ -140,7 +139,7 @@ Result<void> bind_and_listen(int fd, const SocketSpec& spec, uint16_t port) {
     }
   }
   if (spec.protocol == Protocol::kTcp) {
-    if (::listen(fd, spec.options.backlog.value_or(SOMAXCONN)) != 0) {
+    if (sys.listen(fd, spec.options.backlog.value_or(SOMAXCONN)) != 0) {
       int e = errno;
       return sys_error(e == EADDRINUSE ? ErrorCode::kInUseOutside : ErrorCode::kInternal, spec,
                        port, "listen failed", e);
@@ -149,10 +148,10 @@ Result<void> bind_and_listen(int fd, const SocketSpec& spec, uint16_t port) {
   return {};
 }
 
-Result<UniqueFd> make_bound_socket(const SocketSpec& spec, uint16_t port) {
-  auto fd = make_unbound_socket(spec);
+Result<UniqueFd> make_bound_socket(SysCalls& sys, const SocketSpec& spec, uint16_t port) {
+  auto fd = make_unbound_socket(sys, spec);
   if (!fd) return fd;
-  if (auto r = bind_and_listen(fd->get(), spec, port); !r) return r.error();
+  if (auto r = bind_and_listen(sys, fd->get(), spec, port); !r) return r.error();
   return fd;
 }
 

@@ -1,0 +1,293 @@
+// Dispatch: each request from the wire to the LeaseService and back, one log line per request
+// that changes something, naming the peer's pid= and uid=.
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <unordered_map>
+
+#include "broker/daemon/server_internal.h"
+#include "broker/os/names.h"
+#include "broker/os/peer.h"
+#include "ipc/portbroker.capnp.h"
+#include "ipc/wire.h"
+
+namespace portbroker::broker {
+
+void Server::handle_record(Session& s, Reply& reply) {
+  try {
+    capnp::FlatArrayMessageReader reader(recv_buf_.record(), ipc::reader_options());
+    auto req = reader.getRoot<wire::Request>();
+    if (req.getVersion() != wire::PROTOCOL_VERSION) {
+      reply.error(make_error(ErrorCode::kUnsupportedVersion,
+                             "protocol version " + std::to_string(req.getVersion()) +
+                                 " is not supported; this daemon speaks version " +
+                                 std::to_string(wire::PROTOCOL_VERSION)));
+      return;
+    }
+    switch (req.which()) {
+      case wire::Request::ACQUIRE:
+        do_acquire(s, req.getAcquire(), reply);
+        return;
+      case wire::Request::RELEASE:
+        do_release(s, req.getRelease(), reply);
+        return;
+      case wire::Request::LIST:
+        do_list(reply);
+        return;
+      case wire::Request::STATUS:
+        do_status(reply);
+        return;
+      case wire::Request::RESERVE:
+        do_reserve(s, req.getReserve(), reply);
+        return;
+      case wire::Request::UNRESERVE: {
+        auto name = req.getUnreserve();
+        do_unreserve(s, std::string_view(name.cStr(), name.size()), reply);
+        return;
+      }
+      case wire::Request::RESERVATIONS:
+        do_reservations(reply);
+        return;
+      case wire::Request::RELOAD:
+        do_reload(s, reply);
+        return;
+      case wire::Request::WHO:
+        do_who(s, req.getWho(), reply);
+        return;
+      case wire::Request::CHECK:
+        do_check(s, reply);
+        return;
+    }
+    reply.error(make_error(ErrorCode::kUnknownRequest,
+                           "unknown request kind " + std::to_string(static_cast<int>(req.which())) +
+                               " (client newer than daemon?)"));
+  } catch (const kj::Exception& e) {
+    spdlog::info("pid={} uid={} sent a malformed request: {}", s.holder.pid, s.holder.uid,
+                 e.getDescription().cStr());
+    reply.root = reply.message.initRoot<wire::Reply>();
+    reply.error(make_error(ErrorCode::kBadRequest,
+                           std::string("malformed request: ") + e.getDescription().cStr()));
+  } catch (const std::exception& e) {
+    spdlog::error("pid={} uid={} request failed: {}", s.holder.pid, s.holder.uid, e.what());
+    reply.root = reply.message.initRoot<wire::Reply>();
+    reply.error(make_error(ErrorCode::kInternal, std::string("internal error: ") + e.what()));
+  }
+}
+
+void fill_lease(const Lease& l, const Binding* b, const std::string& comm,
+                wire::LeaseInfo::Builder info) {
+  info.setId(l.id);
+  info.setName(l.name);
+  if (b != nullptr) {
+    info.setProtocol(ipc::protocol_to_wire(b->endpoint.protocol));
+    info.setAddress(ipc::address_bytes(b->endpoint.address));
+    info.setPort(b->endpoint.port);
+    info.setMode(ipc::mode_to_wire(b->mode));
+  }
+  info.setSession(l.session);
+  info.setCreatedAt(l.created_ms);
+  info.setState(l.lingering() ? "lingering" : "active");
+  info.setLinger(l.linger_s);
+  info.setLingerUntil(l.lingering_until_ms);
+  auto holder = info.initHolder();
+  holder.setPid(l.holder.pid);
+  holder.setUid(l.holder.uid);
+  holder.setGid(l.holder.gid);
+  holder.setComm(comm);
+  holder.setCgroup(l.holder.cgroup);
+}
+
+
+
+void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader list, Reply& reply) {
+  const Holder& h = s.holder;
+  if (list.size() == 0 || list.size() > ipc::kMaxSocketsPerRequest) {
+    reply.error(make_error(ErrorCode::kBadRequest, "an acquire asks for 1 to " +
+                                                       std::to_string(ipc::kMaxSocketsPerRequest) +
+                                                       " sockets, not " +
+                                                       std::to_string(list.size())));
+    return;
+  }
+  std::vector<SocketSpec> specs;
+  specs.reserve(list.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    auto spec = ipc::spec_from_wire(list[i]);
+    if (!spec) {
+      reply.error(list.size() == 1
+                      ? spec.error()
+                      : make_error(spec.error().code, "socket " + std::to_string(i + 1) + ": " +
+                                                          spec.error().message));
+      return;
+    }
+    specs.push_back(std::move(spec).value());
+  }
+
+  AcquireOutcome outcome = service_.acquire(s.id, specs);
+  log_notices();
+  if (outcome.error) {
+    if (outcome.whole_request) {
+      spdlog::info("pid={} uid={} acquire refused: {}", h.pid, h.uid, outcome.error->message);
+      reply.error(*outcome.error);
+      return;
+    }
+    refuse_acquire(s, specs[outcome.failed_index], outcome.failed_index, specs.size(),
+                   *outcome.error, reply);
+    return;
+  }
+
+  auto out = reply.root.initAcquired(static_cast<unsigned>(outcome.granted.size()));
+  const Registry& reg = service_.registry();
+  for (size_t i = 0; i < outcome.granted.size(); ++i) {
+    const Grant& g = outcome.granted[i];
+    const Lease& l = *reg.find_lease(g.lease);
+    auto w = out[static_cast<unsigned>(i)];
+    w.setFdIndex(static_cast<uint32_t>(i));
+    auto info = w.initLease();
+    fill_lease(l, reg.find_binding(l.binding), l.holder.comm, info);
+    info.setToken(l.token);  // to the holder only: it lets another uid take the lease back
+    reply.fds.push_back(g.fd);
+    if (g.reclaimed) {
+      spdlog::info("pid={} uid={} took back lingering lease {}", h.pid, h.uid, l.id);
+    } else if (spdlog::should_log(spdlog::level::info)) {  // spares the formatting at warn level
+      const Binding& b = *reg.find_binding(l.binding);
+      spdlog::info("pid={} uid={} acquired lease {}: {} {}", h.pid, h.uid, l.id,
+                   format_endpoint(b.endpoint.protocol, b.endpoint.address, b.endpoint.port),
+                   mode_name(b.mode));
+    }
+  }
+}
+
+void Server::do_release(Session& s, uint64_t lease_id, Reply& reply) {
+  auto released = service_.release(s.id, lease_id);
+  log_notices();
+  if (!released) return reply.error(released.error());
+  spdlog::info("pid={} uid={} {} lease {}", s.holder.pid, s.holder.uid,
+               *released ? "revoked" : "released", lease_id);
+  reply.root.setReleased();
+}
+
+void Server::do_list(Reply& reply) {
+  const Registry& reg = service_.registry();
+  auto leases = reg.all_leases();
+  auto out = reply.root.initLeases(static_cast<unsigned>(leases.size()));
+  // A holder may have exec'd since it connected (`portbroker exec` does): show what runs now.
+  std::unordered_map<uint64_t, std::string> comm_now;
+  for (size_t i = 0; i < leases.size(); ++i) {
+    const Lease& l = *leases[i];
+    auto [it, fresh] = comm_now.try_emplace(l.session);
+    if (fresh) it->second = service_.current_comm(l);
+    fill_lease(l, reg.find_binding(l.binding), it->second, out[static_cast<unsigned>(i)]);
+  }
+}
+
+void Server::do_status(Reply& reply) {
+  const Policy& policy = service_.policy();
+  auto st = reply.root.initStatus();
+  st.setVersion(PORTBROKER_VERSION);
+  st.setPid(::getpid());
+  st.setStartedAt(started_at_ms_);
+  st.setSessions(static_cast<uint32_t>(sessions_.size()));
+  st.setLeases(static_cast<uint32_t>(service_.registry().lease_count()));
+  if (!policy.pools.empty() && !policy.pools.front().ports.empty()) {
+    st.setPoolLow(policy.pools.front().ports.front().first);
+    st.setPoolHigh(policy.pools.front().ports.back().last);
+  }
+  st.setOpenFds(static_cast<uint32_t>(count_open_fds()));
+  st.setSocketPath(config_.socket_path);
+}
+
+void fill_reservation(const Reservation& r, wire::Reservation::Builder out) {
+  out.setName(r.name);
+  out.setTcp(r.protocols.tcp);
+  out.setUdp(r.protocols.udp);
+  if (!r.addresses.empty()) out.setAddress(ipc::address_bytes(r.addresses.front()));
+  // [::1] is written in brackets in a target, as in a socket spec.
+  if (!r.ports.empty()) {
+    out.setPortFirst(r.ports.front().first);
+    out.setPortLast(r.ports.back().last);
+  }
+  out.setHold(r.hold);
+  out.setOrigin(r.runtime ? "runtime (portbroker reserve)" : r.origin.to_string());
+  out.setPrincipals(r.principals.to_string());
+  std::string target = r.protocols.tcp && r.protocols.udp ? "both:" : r.protocols.to_string() + ":";
+  if (r.addresses.empty()) {
+    target += "any";
+  } else if (r.addresses.front().family == AF_INET6) {
+    target += "[" + r.addresses.front().to_string() + "]";
+  } else {
+    target += r.addresses.front().to_string();
+  }
+  std::string ports;
+  for (const PortRange& p : r.ports) ports += (ports.empty() ? "" : ",") + p.to_string();
+  out.setTarget(target + ":" + ports);
+}
+
+bool Server::require_root(const Session& s, const char* what, Reply& reply) {
+  if (s.holder.uid == 0) return true;
+  reply.error(make_error(
+      ErrorCode::kPermissionDenied,
+      std::string(what) + " is for root; uid " + std::to_string(s.holder.uid) + " may not"));
+  return false;
+}
+
+void Server::do_reserve(Session& s, wire::Reservation::Reader r, Reply& reply) {
+  if (!require_root(s, "reserve", reply)) return;
+  std::vector<std::string> users, groups;
+  for (auto u : r.getUsers()) users.emplace_back(u.cStr(), u.size());
+  for (auto g : r.getGroups()) groups.emplace_back(g.cStr(), g.size());
+  auto res = make_runtime_reservation(std::string_view(r.getName().cStr()),
+                                      std::string_view(r.getTarget().cStr()), users, groups,
+                                      r.getHold(), system_name_resolver());
+  if (!res) return reply.error(res.error());
+  auto reserved = service_.reserve(std::move(res).value());
+  log_notices();
+  if (!reserved) return reply.error(reserved.error());
+  spdlog::info("pid={} uid={} reserved {}", s.holder.pid, s.holder.uid, *reserved);
+  reply.root.setDone();
+}
+
+void Server::do_unreserve(Session& s, std::string_view name, Reply& reply) {
+  if (!require_root(s, "unreserve", reply)) return;
+  auto removed = service_.unreserve(name);
+  log_notices();
+  if (!removed) return reply.error(removed.error());
+  spdlog::info("pid={} uid={} unreserved {}", s.holder.pid, s.holder.uid, name);
+  reply.root.setDone();
+}
+
+void Server::do_reservations(Reply& reply) {
+  const auto& reservations = service_.policy().reservations;
+  auto out = reply.root.initReservations(static_cast<unsigned>(reservations.size()));
+  for (size_t i = 0; i < reservations.size(); ++i) {
+    fill_reservation(reservations[i], out[static_cast<unsigned>(i)]);
+  }
+}
+
+Result<std::vector<std::string>> Server::reload() {
+  auto next = load_policy(config_.policy_source());
+  if (!next) {
+    spdlog::error("reload failed; the old policy stays in force: {}", next.error().message);
+    return next.error();
+  }
+  auto refused = service_.replace_policy(std::move(next).value());
+  const Policy& policy = service_.policy();
+  spdlog::info("policy reloaded from {}; {} lease(s) kept that it would now refuse", policy.source,
+               refused.size());
+  for (const auto& line : refused) spdlog::warn("policy would refuse {}", line);
+  for (const auto& line : policy.lint()) spdlog::warn("policy: {}", line);
+  log_notices();
+  return refused;
+}
+
+void Server::do_reload(Session& s, Reply& reply) {
+  if (!require_root(s, "reload", reply)) return;
+  spdlog::info("pid={} uid={} asked for a reload", s.holder.pid, s.holder.uid);
+  auto refused = reload();
+  if (!refused) return reply.error(refused.error());
+  auto out = reply.root.initReloaded();
+  out.setSource(service_.policy().source);
+  auto list = out.initRefusedLeases(static_cast<unsigned>(refused->size()));
+  for (size_t i = 0; i < refused->size(); ++i) list.set(static_cast<unsigned>(i), (*refused)[i]);
+}
+
+}  // namespace portbroker::broker

@@ -1,0 +1,112 @@
+#include "broker/os/peer.h"
+
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <filesystem>
+#include <sstream>
+
+#include "broker/os/files.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+namespace portbroker::broker {
+
+namespace {
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+std::string proc_file(pid_t pid, const char* name) {
+  auto text = read_whole_file("/proc/" + std::to_string(pid) + "/" + name, 64 << 10);
+  return text ? std::move(text).value() : std::string();
+}
+
+}  // namespace
+
+Result<PeerIdentity> read_peer_identity(int conn) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return errno_error(ErrorCode::kInternal, "no peer credentials", errno);
+  }
+  PeerIdentity id;
+  id.pid = cred.pid;
+  id.uid = cred.uid;
+  id.gid = cred.gid;
+  int pidfd = -1;
+  len = sizeof(pidfd);
+  if (::getsockopt(conn, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) != 0) {
+    // Older kernels: open the pid, then make sure it is still the peer (not a recycled pid).
+    pidfd = static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0));
+    ucred again{};
+    len = sizeof(again);
+    if (pidfd >= 0 && (::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &again, &len) != 0 ||
+                       again.pid != cred.pid)) {
+      ::close(pidfd);
+      pidfd = -1;
+    }
+  }
+  id.pidfd.reset(pidfd);
+  if (pidfd >= 0) ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+  gid_t groups[256];
+  socklen_t glen = sizeof(groups);
+  if (::getsockopt(conn, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0) {
+    id.groups.assign(groups, groups + glen / sizeof(gid_t));
+  }
+  return id;
+}
+
+std::string read_comm(pid_t pid) { return first_line(proc_file(pid, "comm")); }
+
+std::string read_cgroup(pid_t pid) {
+  std::istringstream in(proc_file(pid, "cgroup"));
+  std::string line, first;
+  while (std::getline(in, line)) {
+    if (line.rfind("0::", 0) == 0) return line.substr(3);
+    if (first.empty()) {
+      auto pos = line.find(':', line.find(':') + 1);
+      if (pos != std::string::npos) first = line.substr(pos + 1);
+    }
+  }
+  return first;
+}
+
+bool pidfd_alive(int pidfd) {
+  return pidfd >= 0 && ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0;
+}
+
+int count_open_fds() {
+  int n = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return n > 0 ? n - 1 : 0;  // the iterator's own directory fd
+}
+
+int64_t unix_now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+std::string new_token() {
+  uint8_t bytes[16] = {};
+  if (::getrandom(bytes, sizeof(bytes), 0) != static_cast<ssize_t>(sizeof(bytes))) return {};
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (uint8_t b : bytes) {
+    out += kHex[b >> 4];
+    out += kHex[b & 15];
+  }
+  return out;
+}
+
+}  // namespace portbroker::broker

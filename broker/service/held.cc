@@ -1,0 +1,223 @@
+// Held reservations: sockets the daemon binds and keeps so nothing outside the broker can take
+// a reserved port. Part of LeaseService: a held socket becomes a lease's socket and back.
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+
+#include "broker/os/socket_factory.h"
+#include "broker/service/lease_service.h"
+
+namespace portbroker::broker {
+
+namespace {
+
+constexpr size_t kMaxHeldPortsPerReservation = 1024;
+
+}  // namespace
+
+// --- held reservations --------------------------------------------------------------------
+//
+// A held port is a set of sockets the daemon bound itself: for a reservation of any address,
+// 0.0.0.0 and [::] (v6only), which together keep out every IPv4 and IPv6 bind and let an IPv4
+// or IPv6 lease receive the very socket that was held. TCP ones listen, so that even a
+// SO_REUSEADDR bind elsewhere fails (and early connections queue for the service); UDP ones
+// have no SO_REUSEADDR, which would let others bind the port too.
+
+namespace {
+
+Endpoint held_endpoint(Protocol p, const HeldSocket& h, uint16_t port) {
+  return Endpoint{p, h.address, port,
+                  h.address.family == AF_INET6 && h.address.is_any() && !h.v6only};
+}
+
+}  // namespace
+
+std::vector<HeldSocket> LeaseService::hold_addresses(const Reservation& r) const {
+  std::vector<HeldSocket> out;
+  if (!r.addresses.empty()) {
+    const IpAddress& a = r.addresses.front();
+    out.push_back(
+        HeldSocket{a, a.family == AF_INET6 && a.is_any() && !dual_stack_default_, {}, false});
+    return out;
+  }
+  out.push_back(HeldSocket{IpAddress::parse("0.0.0.0").value(), false, {}, false});
+  if (ipv6_available_) out.push_back(HeldSocket{IpAddress::parse("::").value(), true, {}, false});
+  return out;
+}
+
+Result<void> LeaseService::hold_port(const Reservation& r, Protocol p, uint16_t port) {
+  const uint32_t key = port_key(p, port);
+  Held& entry = held_[key];
+  entry.reservation = r.name;
+  std::optional<Error> failed;
+  for (HeldSocket& want : hold_addresses(r)) {
+    bool have = std::any_of(entry.sockets.begin(), entry.sockets.end(),
+                            [&](const HeldSocket& h) { return h.address == want.address; });
+    if (have) continue;
+    SocketSpec spec;
+    spec.protocol = p;
+    spec.address = want.address;
+    spec.port = port;
+    if (want.address.family == AF_INET6 && want.address.is_any()) spec.options.v6only = want.v6only;
+    auto fd = make_bound_socket(sys_, spec, port);
+    if (!fd) {
+      failed = fd.error();
+      continue;
+    }
+    want.fd = std::move(fd).value();
+    entry.sockets.push_back(std::move(want));
+  }
+  if (!failed) {
+    if (hold_failures_.erase(key) > 0) {
+      notice(Notice::kInfo, "now holding " + std::string(protocol_name(p)) + " port " +
+                                std::to_string(port) + " for reservation " + r.name);
+    }
+    return {};
+  }
+  // Said once per distinct failure: the sweep retries every few seconds.
+  auto [it, fresh] = hold_failures_.try_emplace(key, failed->message);
+  if (fresh || it->second != failed->message) {
+    it->second = failed->message;
+    notice(Notice::kWarn, "cannot hold " + std::string(protocol_name(p)) + " port " +
+                              std::to_string(port) + " for reservation " + r.name +
+                              " (retrying): " + failed->message);
+  }
+  return *failed;
+}
+
+void LeaseService::unpark(Held& entry) {
+  const int on = 1;
+  for (HeldSocket& h : entry.sockets) {
+    if (!h.parked) continue;
+    // SO_REUSEADDR back on first, so that parking it again later works as it did.
+    sys_.setsockopt(h.fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (sys_.listen(h.fd.get(), SOMAXCONN) == 0) h.parked = false;
+  }
+}
+
+std::vector<Error> LeaseService::sync_held(const std::string& only, bool from_sweep) {
+  // Drop holds whose reservation is gone or no longer held.
+  for (auto it = held_.begin(); it != held_.end();) {
+    auto p = port_key_protocol(it->first);
+    bool keep = false;
+    for (const Reservation* r : policy_.reservations_at(p, port_key_port(it->first))) {
+      if (r->hold && r->name == it->second.reservation) keep = true;
+    }
+    if (!keep) hold_failures_.erase(it->first);
+    it = keep ? std::next(it) : held_.erase(it);
+  }
+  std::vector<Error> failures;
+  for (const Reservation& r : policy_.reservations) {
+    if (!r.hold || (!only.empty() && r.name != only)) continue;
+    size_t count = 0;
+    for (const PortRange& range : r.ports) {
+      for (uint32_t p32 = range.first; p32 <= range.last && count < kMaxHeldPortsPerReservation;
+           ++p32, ++count) {
+        const auto port = static_cast<uint16_t>(p32);
+        for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
+          if (!r.protocols.has(p)) continue;
+          Endpoint any{p, IpAddress::parse("::").value(), port, true};
+          if (registry_.in_use(any)) continue;  // leased: held through the lease
+          if (auto it = held_.find(port_key(p, port)); it != held_.end()) unpark(it->second);
+          if (auto held = hold_port(r, p, port); !held) failures.push_back(held.error());
+        }
+      }
+    }
+    if (count >= kMaxHeldPortsPerReservation && !from_sweep) {
+      notice(Notice::kWarn, "reservation " + r.name + ": holding only its first " +
+                                std::to_string(kMaxHeldPortsPerReservation) + " ports");
+    }
+  }
+  return failures;
+}
+
+Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
+  auto it = held_.find(port_key(spec.protocol, spec.port));
+  if (it == held_.end()) return make_bound_socket(sys_, spec, spec.port);
+  auto& socks = it->second.sockets;
+  const auto& o = spec.options;
+  const bool tcp = spec.protocol == Protocol::kTcp;
+  const bool want_v6only = o.v6only.value_or(!dual_stack_default_);
+  for (auto h = socks.begin(); h != socks.end(); ++h) {
+    // Options that only work before bind() mean a socket of its own.
+    bool fits =
+        !h->parked && h->address == spec.address && spec.mode != Mode::kReuseport &&
+        (spec.address.family != AF_INET6 || !spec.address.is_any() || h->v6only == want_v6only) &&
+        !o.freebind.value_or(false) && o.device.empty() && o.reuseaddr.value_or(tcp) == tcp;
+    if (!fits) continue;
+    // The held socket itself: nothing is released and rebound, so there is no window.
+    if (auto applied = apply_late_options(sys_, h->fd.get(), spec); !applied) return applied.error();
+    UniqueFd fd = std::move(h->fd);
+    socks.erase(h);
+    return fd;
+  }
+  // A socket of its own. Held sockets in its way stand aside: TCP ones stop listening but stay
+  // bound (binds without SO_REUSEADDR stay refused), UDP ones must go.
+  Endpoint ep{spec.protocol, spec.address, spec.port, is_dual_stack(spec, !dual_stack_default_)};
+  auto in_the_way = [&](const HeldSocket& h) {
+    return endpoints_overlap(held_endpoint(spec.protocol, h, spec.port), ep);
+  };
+  for (HeldSocket& h : socks) {
+    if (tcp && in_the_way(h) && !h.parked && sys_.shutdown(h.fd.get(), SHUT_RD) == 0) h.parked = true;
+  }
+  if (!tcp) std::erase_if(socks, in_the_way);
+  auto fd = make_bound_socket(sys_, spec, spec.port);
+  if (!fd && fd.error().code == ErrorCode::kInUseOutside) {
+    std::erase_if(socks, in_the_way);  // e.g. the request has no SO_REUSEADDR
+    fd = make_bound_socket(sys_, spec, spec.port);
+  }
+  // With SO_REUSEADDR off, a parked socket refuses every other bind of its address, even
+  // one with SO_REUSEADDR (the kernel checks the flag of the socket already bound).
+  const int off = 0;
+  for (HeldSocket& h : socks) {
+    if (h.parked) sys_.setsockopt(h.fd.get(), SOL_SOCKET, SO_REUSEADDR, &off, sizeof(off));
+  }
+  return fd;
+}
+
+void LeaseService::rehold_if_reserved(const Endpoint& ep, UniqueFd old) {
+  for (const Reservation* r : policy_.reservations_at(ep.protocol, ep.port)) {
+    if (!r->hold) continue;
+    // `old` is shut down (TCP: no longer listening), so with SO_REUSEADDR a new socket binds
+    // while the old one still holds the port: no moment where the port is free. A UDP socket
+    // has no such state; it must go first (a window of one bind call).
+    if (ep.protocol == Protocol::kUdp) old.reset();
+    auto it = held_.find(port_key(ep.protocol, ep.port));
+    if (it != held_.end()) unpark(it->second);
+    (void)hold_port(*r, ep.protocol, ep.port);
+    if (it != held_.end()) unpark(it->second);  // those that waited for `old` to go
+    break;
+  }
+}
+
+bool LeaseService::any_parked() const {
+  for (const auto& [key, entry] : held_) {
+    for (const auto& h : entry.sockets) {
+      if (h.parked) return true;
+    }
+  }
+  return false;
+}
+
+void LeaseService::retry_holds() {
+  if (!hold_failures_.empty() || any_parked()) (void)sync_held({}, true);
+}
+
+bool LeaseService::port_held(Protocol p, uint16_t port) const {
+  auto it = held_.find(port_key(p, port));
+  return it != held_.end() && std::any_of(it->second.sockets.begin(), it->second.sockets.end(),
+                                          [](const HeldSocket& h) { return !h.parked; });
+}
+
+std::vector<LeaseService::HoldFailure> LeaseService::hold_failures() const {
+  std::vector<HoldFailure> out;
+  for (const auto& [key, why] : hold_failures_) {
+    auto entry = held_.find(key);
+    out.push_back(HoldFailure{port_key_protocol(key), port_key_port(key),
+                              entry == held_.end() ? "?" : entry->second.reservation, why});
+  }
+  return out;
+}
+
+}  // namespace portbroker::broker

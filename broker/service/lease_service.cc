@@ -1,0 +1,399 @@
+#include "broker/service/lease_service.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+
+#include "broker/os/files.h"
+#include "broker/os/peer.h"
+#include "broker/os/socket_factory.h"
+#include "broker/os/sysctl.h"
+#include "broker/service/policy_source.h"
+
+namespace portbroker::broker {
+
+namespace {
+
+bool is_bound(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+  return ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port != 0
+                                 : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port != 0;
+}
+
+// The pool port at position `k` of the pool's ranges taken end to end.
+uint16_t nth_pool_port(const Pool& pool, size_t k) {
+  for (const PortRange& r : pool.ports) {
+    if (k < r.size()) return static_cast<uint16_t>(r.first + k);
+    k -= r.size();
+  }
+  return pool.ports.front().first;
+}
+
+size_t pool_size(const Pool& pool) {
+  size_t size = 0;
+  for (const PortRange& r : pool.ports) size += r.size();
+  return size;
+}
+
+}  // namespace
+
+LeaseService::LeaseService(ServiceConfig config, Policy policy, SysCalls& sys)
+    : config_(std::move(config)), policy_(std::move(policy)), sys_(sys), guard_(config_.state_dir) {}
+
+LeaseService::~LeaseService() = default;
+
+void LeaseService::start() {
+  dual_stack_default_ = !read_bindv6only();
+  ipv6_available_ = UniqueFd(sys_.socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0)).valid();
+  sync_held();
+  apply_guard();
+}
+
+void LeaseService::stop() {
+  stopping_ = true;
+  for (uint64_t id : registry_.expired(INT64_MAX)) end_lease(id);  // every lingering lease
+  std::vector<uint64_t> all;
+  for (const auto& [id, s] : sessions_) all.push_back(id);
+  for (uint64_t id : all) end_session(id);
+  held_.clear();
+  for (Notice& n : guard_.remove()) notices_.push_back(std::move(n));
+}
+
+UidLimits LeaseService::limits_for(uint32_t uid) const {
+  if (uid == 0) return config_.root_limits;
+  return UidLimits{
+      config_.max_connections_per_uid.value_or(policy_.limits.max_connections_per_uid),
+      config_.max_leases_per_uid.value_or(policy_.limits.max_leases_per_uid)};
+}
+
+void LeaseService::open_session(uint64_t session, const Holder& holder, const Principal& principal,
+                                int pidfd) {
+  sessions_[session] = Session{holder, principal, pidfd};
+}
+
+LeaseService::SessionEnd LeaseService::end_session(uint64_t session) {
+  SessionEnd out;
+  auto leases = registry_.leases_of_session(session);
+  const int64_t now = unix_now_ms();
+  for (auto it = leases.rbegin(); it != leases.rend(); ++it) {
+    const Lease* l = registry_.find_lease(*it);
+    if (l != nullptr && l->linger_s > 0 && !stopping_) {
+      registry_.set_lingering(*it, now + int64_t{l->linger_s} * 1000);
+      ++out.lingering;
+    } else {
+      end_lease(*it);
+      ++out.released;
+    }
+  }
+  sessions_.erase(session);
+  return out;
+}
+
+std::vector<HeldLease> LeaseService::held_by(uint32_t uid) const {
+  std::vector<HeldLease> out;
+  for (uint64_t id : registry_.lease_ids_of_uid(uid)) {
+    const Lease* l = registry_.find_lease(id);
+    const Binding* b = l ? registry_.find_binding(l->binding) : nullptr;
+    if (b) out.push_back(HeldLease{b->endpoint.protocol, b->endpoint.address, b->endpoint.port});
+  }
+  return out;
+}
+
+Result<void> LeaseService::authorize(const Session& s, const SocketSpec& spec,
+                                     bool from_pool) const {
+  const Principal& who = s.principal;
+  // Unrestricted root is never limited, so its (possibly many) leases need not be listed.
+  std::vector<HeldLease> held;
+  if (!(who.uid == 0 && policy_.daemon.root_unrestricted)) held = held_by(who.uid);
+  Request req{spec.protocol, spec.address, spec.port, spec.mode, from_pool};
+  Decision d = policy_.check(who, req, held);
+  if (!d) return make_error(d.code, d.reason);
+  return {};
+}
+
+Result<UniqueFd> LeaseService::allocate_from_pools(const Session& s, SocketSpec& spec,
+                                                   Endpoint& ep) {
+  auto pools = policy_.pools_for(s.principal, spec.protocol);
+  if (pools.empty()) {
+    return make_error(ErrorCode::kPermissionDenied,
+                      s.principal.describe() + " may not lease " + protocol_name(spec.protocol) +
+                          " ports from any pool (policy " + policy_.source + ")");
+  }
+  auto sock = make_unbound_socket(sys_, spec);
+  if (!sock) return sock.error();
+  std::string names;
+  for (const Pool* pool : pools) {
+    names += (names.empty() ? "" : ", ") + pool->name;
+    const size_t size = pool_size(*pool);
+    // Next-fit from where this pool left off: ports just released are reused last.
+    size_t& cursor = pool_cursors_[pool->name];
+    for (size_t tries = 0; tries < size; ++tries) {
+      ep.port = nth_pool_port(*pool, cursor++ % size);
+      if (registry_.in_use(ep) || !policy_.reservations_at(spec.protocol, ep.port).empty()) {
+        continue;
+      }
+      auto bound = bind_and_listen(sys_, sock->get(), spec, ep.port);
+      if (bound) {
+        spec.port = ep.port;
+        return std::move(sock).value();
+      }
+      if (bound.error().code != ErrorCode::kInUseOutside) return bound.error();
+      if (is_bound(sock->get())) {
+        sock = make_unbound_socket(sys_, spec);  // bind worked but listen did not: start over
+        if (!sock) return sock.error();
+      }
+    }
+  }
+  return make_error(ErrorCode::kNoFreePort, std::string("no free ") + protocol_name(spec.protocol) +
+                                                " port in pool(s) " + names);
+}
+
+AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& specs) {
+  AcquireOutcome out;
+  auto sit = sessions_.find(session);
+  if (sit == sessions_.end()) {
+    out.error = make_error(ErrorCode::kInternal, "no session " + std::to_string(session));
+    out.whole_request = true;
+    return out;
+  }
+  const Session& s = sit->second;
+  const UidLimits lim = limits_for(s.holder.uid);
+  const size_t held = registry_.leases_of_uid(s.holder.uid);
+  if (held + specs.size() > lim.leases) {
+    out.error = make_error(ErrorCode::kLimitExceeded,
+                           "uid " + std::to_string(s.holder.uid) + " holds " +
+                               std::to_string(held) + " leases; " + std::to_string(specs.size()) +
+                               " more would pass the limit of " + std::to_string(lim.leases));
+    out.whole_request = true;
+    return out;
+  }
+  const int64_t now = unix_now_ms();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto grant = acquire_one(s, session, specs[i], now);
+    if (!grant) {
+      // All or nothing: undo what this request already did, newest first.
+      for (auto it = out.granted.rbegin(); it != out.granted.rend(); ++it) {
+        // A lingering lease taken back goes back to lingering rather than ending.
+        if (it->reclaimed) {
+          registry_.set_lingering(it->lease, it->lingered_until_ms);
+        } else {
+          end_lease(it->lease);
+        }
+      }
+      out.granted.clear();
+      out.error = grant.error();
+      out.failed_index = i;
+      return out;
+    }
+    out.granted.push_back(*grant);
+  }
+  return out;
+}
+
+Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, SocketSpec& spec,
+                                        int64_t now_ms) {
+  const Holder& h = s.holder;
+  if (auto ok = authorize(s, spec, false); !ok) return ok.error();
+  Endpoint ep{spec.protocol, spec.address, spec.port, is_dual_stack(spec, !dual_stack_default_)};
+
+  if (spec.port != 0) {
+    // A restarted holder takes its lingering lease back: the very socket, with whatever
+    // connections queued while it was away.
+    if (auto id = registry_.find_reclaimable(ep, spec.mode, h.uid, spec.token)) {
+      const Lease& l = *registry_.find_lease(*id);
+      int fd = spec.mode == Mode::kReuseport ? member_sockets_.at(*id).get()
+                                             : binding_sockets_.at(l.binding).get();
+      const int64_t until = l.lingering_until_ms;
+      registry_.reclaim(*id, session, h);
+      return Grant{*id, fd, true, until};
+    }
+  }
+
+  uint64_t binding = 0;
+  UniqueFd fresh;
+  if (spec.port == 0) {
+    // Pick and bind in one step: nobody can take the port between choice and bind.
+    auto sock = allocate_from_pools(s, spec, ep);
+    if (!sock) return sock.error();
+    fresh = std::move(sock).value();
+    binding = registry_.add_binding(ep, spec.mode, spec.options, h.uid);
+  } else {
+    auto plan = registry_.plan(ep, spec.mode, spec.options, h.uid);
+    if (!plan && plan.error().code == ErrorCode::kConflict) {
+      refresh_comms(ep);  // name the holder as it runs now
+      plan = registry_.plan(ep, spec.mode, spec.options, h.uid);
+    }
+    if (!plan) return plan.error();
+    if (plan->kind == Plan::kCreate || spec.mode == Mode::kReuseport) {
+      auto sock = plan->kind == Plan::kCreate ? bind_reserved(spec)
+                                              : make_bound_socket(sys_, spec, spec.port);
+      if (!sock) return sock.error();
+      fresh = std::move(sock).value();
+    }
+    binding = plan->kind == Plan::kJoin ? plan->binding
+                                        : registry_.add_binding(ep, spec.mode, spec.options, h.uid);
+  }
+  uint64_t lease = registry_.add_lease(binding, spec.name, session, h, now_ms, spec.linger,
+                                       spec.linger > 0 ? new_token() : std::string());
+  int fd = fresh.get();
+  if (spec.mode == Mode::kReuseport) {
+    member_sockets_.emplace(lease, std::move(fresh));
+  } else if (fresh) {
+    binding_sockets_.emplace(binding, std::move(fresh));
+  } else {
+    fd = binding_sockets_.at(binding).get();
+  }
+  return Grant{lease, fd, false};
+}
+
+Result<bool> LeaseService::release(uint64_t session, uint64_t lease_id) {
+  const Lease* l = registry_.find_lease(lease_id);
+  if (l == nullptr) return make_error(ErrorCode::kNotFound, "no lease " + std::to_string(lease_id));
+  auto s = sessions_.find(session);
+  const uint32_t uid = s == sessions_.end() ? UINT32_MAX : s->second.holder.uid;
+  // Your own session, your own uid, or root (revoke).
+  if (l->session != session && uid != 0 && uid != l->holder.uid) {
+    return make_error(ErrorCode::kPermissionDenied,
+                      "lease " + std::to_string(lease_id) + " is held by uid " +
+                          std::to_string(l->holder.uid) + "; only that uid or root may release it");
+  }
+  const bool revoke = l->session != session;
+  end_lease(lease_id);
+  return revoke;
+}
+
+std::vector<uint64_t> LeaseService::expire(int64_t now_ms) {
+  auto ids = registry_.expired(now_ms);
+  for (uint64_t id : ids) end_lease(id);
+  return ids;
+}
+
+void LeaseService::end_lease(uint64_t lease_id) {
+  auto removed = registry_.remove_lease(lease_id);
+  if (!removed) return;
+  UniqueFd sock;
+  if (removed->mode == Mode::kReuseport) {
+    if (auto it = member_sockets_.find(lease_id); it != member_sockets_.end()) {
+      sock = std::move(it->second);
+      member_sockets_.erase(it);
+    }
+  } else if (removed->binding_empty) {
+    if (auto it = binding_sockets_.find(removed->lease.binding); it != binding_sockets_.end()) {
+      sock = std::move(it->second);
+      binding_sockets_.erase(it);
+    }
+  }
+  // A copy may live on in a child of the holder: shut the listener down so the port is
+  // really free (SO_REUSEADDR binds succeed) once the lease has ended.
+  if (sock) {
+    sys_.shutdown(sock.get(), SHUT_RDWR);
+    rehold_if_reserved(removed->endpoint, std::move(sock));
+  }
+}
+
+std::string LeaseService::current_comm(const Lease& l) const {
+  auto s = sessions_.find(l.session);
+  if (s == sessions_.end() || !pidfd_alive(s->second.pidfd)) return l.holder.comm;
+  std::string comm = read_comm(l.holder.pid);
+  // Re-checked after reading: a pid recycled in between must not lend us its name.
+  return !comm.empty() && pidfd_alive(s->second.pidfd) ? comm : l.holder.comm;
+}
+
+void LeaseService::refresh_comms(const Endpoint& ep) {
+  for (uint64_t bid : registry_.overlapping(ep)) {
+    const Binding* b = registry_.find_binding(bid);
+    if (b == nullptr) continue;
+    for (uint64_t id : b->leases) {
+      if (const Lease* l = registry_.find_lease(id)) registry_.set_comm(id, current_comm(*l));
+    }
+  }
+}
+
+Result<void> LeaseService::save_runtime_reservations() const {
+  if (config_.state_dir.empty()) return {};
+  return write_file_atomically(config_.state_dir, kReservationsFile,
+                               to_state_toml(policy_.runtime_reservations()));
+}
+
+Result<std::string> LeaseService::reserve(Reservation r) {
+  Policy next = policy_;
+  std::string name = r.name;
+  if (auto added = next.add_reservation(std::move(r)); !added) return added.error();
+  std::swap(policy_, next);
+  if (auto saved = save_runtime_reservations(); !saved) {
+    std::swap(policy_, next);  // not persisted: not made
+    return saved.error();
+  }
+  if (auto failures = sync_held(name); !failures.empty()) {
+    // Could not hold it: take the reservation back so that nothing changed.
+    std::swap(policy_, next);
+    sync_held();
+    (void)save_runtime_reservations();
+    return make_error(failures.front().code, "cannot hold reservation " + name + ": " +
+                                                 failures.front().message +
+                                                 "; nothing was reserved");
+  }
+  apply_guard();
+  return name;
+}
+
+Result<void> LeaseService::unreserve(std::string_view name) {
+  Policy next = policy_;
+  if (auto removed = next.remove_reservation(name); !removed) return removed.error();
+  std::swap(policy_, next);
+  if (auto saved = save_runtime_reservations(); !saved) {
+    std::swap(policy_, next);
+    return saved.error();
+  }
+  sync_held();
+  apply_guard();
+  return {};
+}
+
+std::vector<std::string> LeaseService::replace_policy(Policy next) {
+  policy_ = std::move(next);
+  auto refused = leases_refused_by_policy();
+  sync_held();
+  apply_guard();
+  return refused;
+}
+
+std::vector<std::string> LeaseService::leases_refused_by_policy() const {
+  std::vector<std::string> out;
+  for (const Lease* l : registry_.all_leases()) {
+    const Binding* b = registry_.find_binding(l->binding);
+    if (b == nullptr) continue;
+    Principal who;
+    who.uid = l->holder.uid;
+    who.gid = l->holder.gid;
+    who.cgroup = l->holder.cgroup;
+    if (auto s = sessions_.find(l->session); s != sessions_.end()) who = s->second.principal;
+    // The lease itself is not counted against the limits it already satisfied.
+    std::vector<HeldLease> held;
+    Request req{b->endpoint.protocol, b->endpoint.address, b->endpoint.port, b->mode, false};
+    Decision d = policy_.check(who, req, held);
+    // Pool ports were granted by a pool, not a rule: judge them as the pool would.
+    if (!d && !policy_.pools_at(b->endpoint.protocol, b->endpoint.port).empty()) {
+      req.from_pool = true;
+      d = policy_.check(who, req, held);
+    }
+    if (!d) {
+      out.push_back("lease " + std::to_string(l->id) + " (" +
+                    format_endpoint(b->endpoint.protocol, b->endpoint.address, b->endpoint.port) +
+                    ", pid " + std::to_string(l->holder.pid) + " " + current_comm(*l) +
+                    "): " + d.reason);
+    }
+  }
+  return out;
+}
+
+void LeaseService::apply_guard() {
+  for (Notice& n : guard_.apply(policy_.guarded_ports(), policy_.reservations)) {
+    notices_.push_back(std::move(n));
+  }
+}
+
+}  // namespace portbroker::broker
