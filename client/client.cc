@@ -581,6 +581,11 @@ Result<std::vector<ReservationInfo>> Client::reservations() {
       });
 }
 
+Result<void> Client::shutdown(bool revoke_all) {
+  return round_trip_done(
+      conn_.get(), [&](wire::Request::Builder r) { r.initShutdown().setRevokeAll(revoke_all); });
+}
+
 Result<ReloadReport> Client::reload() {
   return round_trip<ReloadReport>(
       conn_.get(), [](wire::Request::Builder r) { r.setReload(); },

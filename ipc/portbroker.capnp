@@ -96,7 +96,14 @@ struct Request {
     who @8 :WhoRequest;
     check @9 :Void;
     reservations @10 :Void;
+    shutdown @11 :ShutdownRequest;     # root only
   }
+}
+
+struct ShutdownRequest {
+  # false: stop serving and exit, leaving every holder's socket alone (as SIGTERM does).
+  # true: revoke every lease first (each listener is shut down) and remove the guard's entries.
+  revokeAll @0 :Bool;
 }
 
 struct WhoRequest {

@@ -57,6 +57,9 @@ void Server::handle_record(Session& s, Reply& reply) {
       case wire::Request::CHECK:
         do_check(s, reply);
         return;
+      case wire::Request::SHUTDOWN:
+        do_shutdown(s, req.getShutdown(), reply);
+        return;
     }
     reply.error(make_error(ErrorCode::kUnknownRequest,
                            "unknown request kind " + std::to_string(static_cast<int>(req.which())) +
@@ -96,8 +99,6 @@ void fill_lease(const Lease& l, const Binding* b, const std::string& comm,
   holder.setComm(comm);
   holder.setCgroup(l.holder.cgroup);
 }
-
-
 
 void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader list, Reply& reply) {
   const Holder& h = s.holder;
@@ -277,6 +278,22 @@ Result<std::vector<std::string>> Server::reload() {
   for (const auto& line : policy.lint()) spdlog::warn("policy: {}", line);
   log_notices();
   return refused;
+}
+
+void Server::do_shutdown(Session& s, wire::ShutdownRequest::Reader r, Reply& reply) {
+  if (!require_root(s, "shutdown", reply)) return;
+  shutdown_revoke_all_ = r.getRevokeAll();
+  spdlog::info("pid={} uid={} asked the daemon to stop{}", s.holder.pid, s.holder.uid,
+               shutdown_revoke_all_ ? ", revoking every lease" : "");
+  reply.root.setDone();
+  // After this reply has gone out: the next loop iteration.
+  uv_timer_start(
+      &shutdown_timer_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Server*>(t->data);
+        if (self->on_shutdown_request) self->on_shutdown_request(self->shutdown_revoke_all_);
+      },
+      0, 0);
 }
 
 void Server::do_reload(Session& s, Reply& reply) {

@@ -32,6 +32,7 @@ void raise_fd_limit() {
 struct Signals {
   uv_signal_t term{}, intr{}, hup{};
   Server* server = nullptr;
+  bool stopped = false;
 
   static void on_hup(uv_signal_t* h, int) {
     auto* self = static_cast<Signals*>(h->data);
@@ -45,12 +46,19 @@ struct Signals {
 
   static void on_stop(uv_signal_t* h, int signum) {
     auto* self = static_cast<Signals*>(h->data);
-    spdlog::info("received {}; shutting down", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    spdlog::info("received {}; stopping (every holder keeps its sockets)",
+                 signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    self->stop(false);
+  }
+
+  void stop(bool revoke_all) {
+    if (stopped) return;
+    stopped = true;
     sd_notify(0, "STOPPING=1");
-    self->server->stop();
-    uv_close(reinterpret_cast<uv_handle_t*>(&self->term), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&self->intr), nullptr);
-    uv_close(reinterpret_cast<uv_handle_t*>(&self->hup), nullptr);
+    server->stop(revoke_all);
+    uv_close(reinterpret_cast<uv_handle_t*>(&term), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&intr), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&hup), nullptr);
   }
 };
 
@@ -161,6 +169,7 @@ int main(int argc, char** argv) {
     handle->data = &sig;
     uv_signal_start(handle, &Signals::on_stop, signum);
   }
+  server.on_shutdown_request = [&sig](bool revoke_all) { sig.stop(revoke_all); };
   uv_signal_init(loop, &sig.hup);
   sig.hup.data = &sig;
   uv_signal_start(&sig.hup, &Signals::on_hup, SIGHUP);

@@ -64,16 +64,22 @@ Result<void> Server::start() {
   uint64_t every = std::clamp<uint64_t>(config_.first_request_timeout_ms / 4, 50, 2000);
   uv_timer_start(&sweep_timer_, &Server::on_sweep, every, every);
   uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_timer_));
+  uv_timer_init(loop_, &shutdown_timer_);
+  shutdown_timer_.data = this;
   listening_ = true;
   service_.start();
   log_notices();
   return {};
 }
 
-void Server::stop() {
+void Server::stop(bool revoke_all) {
   std::vector<Session*> all;
   for (auto& [id, s] : sessions_) all.push_back(s.get());
-  service_.stop();
+  if (revoke_all) {
+    service_.stop();
+  } else {
+    service_.detach();
+  }
   for (Session* s : all) close_session(*s);
   log_notices();
   if (listening_) {
@@ -81,6 +87,8 @@ void Server::stop() {
     uv_close(reinterpret_cast<uv_handle_t*>(&listen_poll_), nullptr);
     uv_timer_stop(&sweep_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
+    uv_timer_stop(&shutdown_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
     listening_ = false;
   }
   listen_fd_.reset();

@@ -50,9 +50,12 @@ class Server {
 
   // Creates the control socket (see prepare_socket_path) and starts accepting.
   Result<void> start();
-  // Ends every session (releasing its leases), closes the control socket and removes its
-  // file. The loop then runs out of handles and returns.
-  void stop();
+  // Closes every session and the control socket and removes its file; the loop then runs out
+  // of handles and returns. Holders keep their sockets unless `revoke_all` (then every lease
+  // is revoked first).
+  void stop(bool revoke_all = false);
+  // Called (on the loop, after the reply went out) when an admin asks the daemon to stop.
+  std::function<void(bool revoke_all)> on_shutdown_request;
 
   // Re-reads the policy (SIGHUP, `portbroker reload`). Keeps every lease; returns the ones
   // the new policy would refuse. On an invalid file the old policy stays in force.
@@ -89,6 +92,7 @@ class Server {
   void do_reload(Session& s, Reply& reply);
   void do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply);
   void do_check(Session& s, Reply& reply);
+  void do_shutdown(Session& s, wire::ShutdownRequest::Reader r, Reply& reply);
   bool require_root(const Session& s, const char* what, Reply& reply);
   // Replies to a refused acquire, naming who holds the port outside the broker (a scan: off
   // the loop) when that is why.
@@ -111,6 +115,8 @@ class Server {
   // Closes connections that never send a request (first_request_timeout_ms), ends lingering
   // leases whose time is up and retries holds that failed.
   uv_timer_t sweep_timer_{};
+  uv_timer_t shutdown_timer_{};  // runs on_shutdown_request once the reply is sent
+  bool shutdown_revoke_all_ = false;
   bool listening_ = false;
   bool socket_created_ = false;
   int64_t started_at_ms_ = 0;

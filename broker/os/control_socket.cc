@@ -45,16 +45,14 @@ Result<bool> prepare_socket_path(const std::string& path) {
   struct stat st {};
   if (::lstat(dir.c_str(), &st) != 0) {
     if (errno != ENOENT) {
-      return errno_error(ErrorCode::kInternal,
-                        "cannot inspect " + dir, errno);
+      return errno_error(ErrorCode::kInternal, "cannot inspect " + dir, errno);
     }
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) return make_error(ErrorCode::kInternal, "cannot create " + dir + ": " + ec.message());
     ::chmod(dir.c_str(), 0755);
     if (::lstat(dir.c_str(), &st) != 0) {
-      return errno_error(ErrorCode::kInternal,
-                        "cannot inspect " + dir, errno);
+      return errno_error(ErrorCode::kInternal, "cannot inspect " + dir, errno);
     }
   }
   if (S_ISLNK(st.st_mode)) {

@@ -47,8 +47,8 @@ Result<PeerIdentity> read_peer_identity(int conn) {
     pidfd = static_cast<int>(::syscall(SYS_pidfd_open, cred.pid, 0));
     ucred again{};
     len = sizeof(again);
-    if (pidfd >= 0 && (::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &again, &len) != 0 ||
-                       again.pid != cred.pid)) {
+    if (pidfd >= 0 &&
+        (::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &again, &len) != 0 || again.pid != cred.pid)) {
       ::close(pidfd);
       pidfd = -1;
     }

@@ -27,15 +27,20 @@ Notices Guard::apply(const std::vector<PortRange>& wanted,
   auto plan = apply_reserved_ports(added_, wanted);
   if (!plan) {
     if (!wanted.empty()) {
-      out.push_back(Notice{Notice::kWarn, "ephemeral-port guard not applied: " + plan.error().message});
+      out.push_back(
+          Notice{Notice::kWarn, "ephemeral-port guard not applied: " + plan.error().message});
     }
   } else {
-    if (plan->changed) out.push_back(Notice{Notice::kInfo, "ip_local_reserved_ports now " + format_port_list(plan->value)});
+    if (plan->changed)
+      out.push_back(
+          Notice{Notice::kInfo, "ip_local_reserved_ports now " + format_port_list(plan->value)});
     added_ = plan->ours;
     if (!state_dir_.empty()) {
       auto saved =
           write_file_atomically(state_dir_, kGuardStateFile, format_port_list(added_) + "\n");
-      if (!saved) out.push_back(Notice{Notice::kWarn, "ephemeral-port guard state not saved: " + saved.error().message});
+      if (!saved)
+        out.push_back(Notice{Notice::kWarn,
+                             "ephemeral-port guard state not saved: " + saved.error().message});
     }
   }
   // Say which reserved ports the kernel may still hand out as a source port.
@@ -45,9 +50,10 @@ Notices Guard::apply(const std::vector<PortRange>& wanted,
   for (const Reservation& r : reservations) {
     auto open = unprotected_ports(r.ports, *reserved, *range);
     if (!open.empty()) {
-      out.push_back(Notice{Notice::kWarn, "reservation " + r.name + ": ports " + format_port_list(open) +
-                          " are inside the ephemeral range " + range->to_string() +
-                          " and not protected; the kernel may hand them out as source ports"});
+      out.push_back(Notice{Notice::kWarn,
+                           "reservation " + r.name + ": ports " + format_port_list(open) +
+                               " are inside the ephemeral range " + range->to_string() +
+                               " and not protected; the kernel may hand them out as source ports"});
     }
   }
   return out;
@@ -59,7 +65,7 @@ Notices Guard::remove() {
   auto plan = apply_reserved_ports(added_, {});
   if (!plan) {
     out.push_back(Notice{Notice::kWarn, "could not remove our ip_local_reserved_ports entries: " +
-                        plan.error().message});
+                                            plan.error().message});
     return out;
   }
   added_.clear();

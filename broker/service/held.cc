@@ -96,32 +96,40 @@ void LeaseService::unpark(Held& entry) {
   }
 }
 
-std::vector<Error> LeaseService::sync_held(const std::string& only, bool from_sweep) {
-  // Drop holds whose reservation is gone or no longer held.
+void LeaseService::drop_stale_holds() {
+  // Holds whose reservation is gone or no longer held.
   for (auto it = held_.begin(); it != held_.end();) {
-    auto p = port_key_protocol(it->first);
     bool keep = false;
-    for (const Reservation* r : policy_.reservations_at(p, port_key_port(it->first))) {
+    for (const Reservation* r :
+         policy_.reservations_at(port_key_protocol(it->first), port_key_port(it->first))) {
       if (r->hold && r->name == it->second.reservation) keep = true;
     }
     if (!keep) hold_failures_.erase(it->first);
     it = keep ? std::next(it) : held_.erase(it);
   }
+}
+
+void LeaseService::hold_one_port(const Reservation& r, uint16_t port,
+                                 std::vector<Error>& failures) {
+  for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
+    if (!r.protocols.has(p)) continue;
+    Endpoint any{p, IpAddress::parse("::").value(), port, true};
+    if (registry_.in_use(any)) continue;  // leased: held through the lease
+    if (auto it = held_.find(port_key(p, port)); it != held_.end()) unpark(it->second);
+    if (auto held = hold_port(r, p, port); !held) failures.push_back(held.error());
+  }
+}
+
+std::vector<Error> LeaseService::sync_held(const std::string& only, bool from_sweep) {
+  drop_stale_holds();
   std::vector<Error> failures;
   for (const Reservation& r : policy_.reservations) {
     if (!r.hold || (!only.empty() && r.name != only)) continue;
     size_t count = 0;
     for (const PortRange& range : r.ports) {
-      for (uint32_t p32 = range.first; p32 <= range.last && count < kMaxHeldPortsPerReservation;
-           ++p32, ++count) {
-        const auto port = static_cast<uint16_t>(p32);
-        for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
-          if (!r.protocols.has(p)) continue;
-          Endpoint any{p, IpAddress::parse("::").value(), port, true};
-          if (registry_.in_use(any)) continue;  // leased: held through the lease
-          if (auto it = held_.find(port_key(p, port)); it != held_.end()) unpark(it->second);
-          if (auto held = hold_port(r, p, port); !held) failures.push_back(held.error());
-        }
+      for (uint32_t port = range.first; port <= range.last && count < kMaxHeldPortsPerReservation;
+           ++port, ++count) {
+        hold_one_port(r, static_cast<uint16_t>(port), failures);
       }
     }
     if (count >= kMaxHeldPortsPerReservation && !from_sweep) {
@@ -147,7 +155,8 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
         !o.freebind.value_or(false) && o.device.empty() && o.reuseaddr.value_or(tcp) == tcp;
     if (!fits) continue;
     // The held socket itself: nothing is released and rebound, so there is no window.
-    if (auto applied = apply_late_options(sys_, h->fd.get(), spec); !applied) return applied.error();
+    if (auto applied = apply_late_options(sys_, h->fd.get(), spec); !applied)
+      return applied.error();
     UniqueFd fd = std::move(h->fd);
     socks.erase(h);
     return fd;
@@ -159,7 +168,8 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
     return endpoints_overlap(held_endpoint(spec.protocol, h, spec.port), ep);
   };
   for (HeldSocket& h : socks) {
-    if (tcp && in_the_way(h) && !h.parked && sys_.shutdown(h.fd.get(), SHUT_RD) == 0) h.parked = true;
+    if (tcp && in_the_way(h) && !h.parked && sys_.shutdown(h.fd.get(), SHUT_RD) == 0)
+      h.parked = true;
   }
   if (!tcp) std::erase_if(socks, in_the_way);
   auto fd = make_bound_socket(sys_, spec, spec.port);

@@ -69,8 +69,12 @@ class LeaseService {
 
   // Reads the host's IPv6 defaults, holds every held reservation and applies the guard.
   void start();
-  // Ends every lease (lingering or not) and drops every held socket and guard entry.
+  // Revokes every lease (lingering or not: each socket is shut down) and drops every held
+  // socket and guard entry: `portbroker shutdown --revoke-all`.
   void stop();
+  // Stopping is not revoking: closes the service's own copies and nothing else, so every
+  // holder's socket keeps serving; the guard's entries stay for the next daemon.
+  void detach();
 
   // Sessions: a control connection's identity. `pidfd` (borrowed; may be -1) pins the process.
   void open_session(uint64_t session, const Holder& holder, const Principal& principal, int pidfd);
@@ -148,7 +152,12 @@ class LeaseService {
   void end_lease(uint64_t lease_id);
 
   // Held reservations (held.cc).
+  // Holds every port of every held reservation (or only `only`'s) that is neither held nor
+  // leased; returns what could not be held. Also runs from the sweep, so a hold that failed
+  // (the port was taken outside) is retried until it succeeds.
   std::vector<Error> sync_held(const std::string& only = {}, bool from_sweep = false);
+  void drop_stale_holds();
+  void hold_one_port(const Reservation& r, uint16_t port, std::vector<Error>& failures);
   Result<UniqueFd> bind_reserved(const SocketSpec& spec);
   Result<void> hold_port(const Reservation& r, Protocol p, uint16_t port);
   bool any_parked() const;

@@ -90,6 +90,14 @@ int run_reload(const std::string& socket_path) {
   return print(format_reload(*report));
 }
 
+int run_shutdown(const std::string& socket_path, bool revoke_all) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  if (auto done = client->shutdown(revoke_all); !done) return fail(done.error());
+  return print(revoke_all ? "portbrokerd revoked every lease and is stopping\n"
+                          : "portbrokerd is stopping; every holder keeps its sockets\n");
+}
+
 int run_who(const std::string& socket_path, const std::string& port_text, bool udp, bool json) {
   uint32_t port = 0;
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
@@ -183,6 +191,13 @@ int run(int argc, char** argv) {
 
   auto* reload = app.add_subcommand("reload", "Reload the policy, keeping every lease (root).");
 
+  bool revoke_all = false;
+  auto* shutdown = app.add_subcommand("shutdown", "Stop the daemon (root).");
+  shutdown->footer(
+      "Holders keep their sockets (stopping is not revoking), as with SIGTERM. With "
+      "--revoke-all every lease is revoked first: each listener is shut down.");
+  shutdown->add_flag("--revoke-all", revoke_all, "Revoke every lease before stopping.");
+
   std::string port;
   bool udp = false;
   auto* who = app.add_subcommand("who", "Show who holds a port, and why one may not bind it.");
@@ -227,6 +242,7 @@ int run(int argc, char** argv) {
   if (*reload) return run_reload(socket_path);
   if (*who) return run_who(socket_path, port, udp, json);
   if (*check) return run_check(socket_path, json);
+  if (*shutdown) return run_shutdown(socket_path, revoke_all);
   return kExitUsage;
 }
 

@@ -162,3 +162,33 @@ TEST_CASE("a non-socket file at the socket path is left alone") {
   CHECK(read_file(dir.file("portbroker.sock")) == "not a socket\n");
   CHECK(contains(r.result.out, "not a socket"));
 }
+
+TEST_CASE("stopping is not revoking: after SIGTERM a holder's listener still accepts") {
+  FdLeakCheck fds;
+  Daemon d;
+  portbroker::Client c = d.connect();
+  auto lease = c.acquire("tcp:127.0.0.1:18702");
+  REQUIRE_MESSAGE(lease.ok(), (lease.ok() ? "" : lease.error().message));
+  d.stop(SIGTERM);
+  UniqueFd conn = connect_tcp(18702);
+  CHECK_MESSAGE(conn.valid(), "the holder's listener no longer accepts after the daemon stopped");
+}
+
+TEST_CASE("shutdown: root only; --revoke-all shuts every listener down") {
+  FdLeakCheck fds;
+  Daemon d;
+  portbroker::Client c = d.connect();
+  auto lease = c.acquire("tcp:127.0.0.1:18703");
+  REQUIRE_MESSAGE(lease.ok(), (lease.ok() ? "" : lease.error().message));
+  if (can_switch_uid()) {
+    CommandResult refused = run_cli(d, {"shutdown"}, {.uid = 65534});
+    CHECK(refused.status.code == 1);
+    CHECK(contains(refused.out, "shutdown is for root"));
+    CHECK(c.status().ok());  // still serving
+  }
+  CommandResult down = run_cli(d, {"shutdown", "--revoke-all"});
+  CHECK_MESSAGE(down.status.ok(), down.describe());
+  d.wait_stopped();
+  UniqueFd conn = connect_tcp(18703);
+  CHECK_FALSE(conn.valid());
+}

@@ -659,6 +659,15 @@ void Daemon::stop(int sig) {
                 "portbrokerd left its socket file " << socket_path_ << " behind on signal " << sig);
 }
 
+void Daemon::wait_stopped() {
+  if (stopped_ || !proc_) return;
+  stopped_ = true;
+  probe_.reset();
+  ExitStatus st = proc_->wait(std::chrono::seconds(20));
+  CHECK_MESSAGE(st.ok(), "portbrokerd did not exit cleanly: " << st.describe());
+  CHECK_MESSAGE(!path_exists(socket_path_), "portbrokerd left its socket file " << socket_path_);
+}
+
 void Daemon::kill_hard() {
   if (stopped_ || !proc_) return;
   stopped_ = true;

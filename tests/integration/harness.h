@@ -225,6 +225,8 @@ class Daemon {
   void stop(int sig = SIGTERM);
   // SIGKILL and reap (the socket file stays behind, as after a crash).
   void kill_hard();
+  // For a daemon told to stop some other way (`portbroker shutdown`): waits for its clean exit.
+  void wait_stopped();
 
  private:
   void register_for_failure_log();

@@ -180,8 +180,9 @@ TEST_CASE("the guard keeps reserved ports out of the source ports of thousands o
 
   UniqueFd listener = bind_outside(SOCK_STREAM, 18700);
   REQUIRE(listener.valid());
+  TempDir dir;  // one state dir: the second daemon below knows which entries are its own
   {
-    Daemon d({.config_text = kReservedRange});
+    Daemon d({.dir = &dir, .config_text = kReservedRange});
     std::string reserved = read_sysctl(kReservedSysctl);
     INFO("ip_local_reserved_ports with the daemon running: " << reserved);
     auto ranges = parse_port_list(reserved);
@@ -211,8 +212,17 @@ TEST_CASE("the guard keeps reserved ports out of the source ports of thousands o
     CommandResult check = run_cli(d, {"check"});
     CHECK_MESSAGE(check.status.ok(), check.describe());
     d.check_no_fd_leak();
-  }  // SIGTERM: a clean shutdown
-
+    // Stopping is not revoking: after SIGTERM the entries stay, for the next daemon.
+    d.stop();
+    CHECK(covers(parse_port_list(read_sysctl(kReservedSysctl)), 40000, 40499));
+  }
+  {
+    // The next daemon takes them over; an admin's `shutdown --revoke-all` takes them back.
+    Daemon d({.dir = &dir, .config_text = kReservedRange});
+    CommandResult down = run_cli(d, {"shutdown", "--revoke-all"});
+    CHECK_MESSAGE(down.status.ok(), down.describe());
+    d.wait_stopped();
+  }
   CHECK(read_sysctl(kReservedSysctl) == "50123");
 
   // Without the guard the very same connections do get reserved ports: the check above has
@@ -252,6 +262,9 @@ protocol = "tcp"
     CHECK(covers(ranges, 40600, 40609));
     CHECK(covers(ranges, 50123, 50123));
     CHECK(covers(ranges, 50200, 50210));
+    CommandResult down = run_cli(d, {"shutdown", "--revoke-all"});
+    CHECK_MESSAGE(down.status.ok(), down.describe());
+    d.wait_stopped();
   }
   CHECK(read_sysctl(kReservedSysctl) == "50123,50200-50210");
 }

@@ -171,6 +171,9 @@ class Client {
   Result<std::vector<ReservationInfo>> reservations();
   // Root only. Reloads the policy; leases it would now refuse are kept and listed.
   Result<ReloadReport> reload();
+  // Stops the daemon (root). Without `revoke_all` every holder keeps its socket, as with
+  // SIGTERM; with it every lease is revoked first.
+  Result<void> shutdown(bool revoke_all);
   Result<WhoReport> who(Protocol protocol, uint16_t port);
   // Empty when all is well.
   Result<std::vector<Problem>> check();
