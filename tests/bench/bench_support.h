@@ -1,6 +1,7 @@
 // Plumbing for the benchmark: a private network namespace, the fd limit, the daemon as a child
-// process, latency samples and their percentiles, and a fan-out of worker processes. Kept
-// apart from the integration harness so that the benchmark needs no test framework.
+// process, latency samples and their percentiles, and a fan-out of worker processes. What it
+// shares with the integration tests (scratch directory, forking, readiness, netns) is in
+// tests/common/, which needs no test framework; these wrappers die() where the tests REQUIRE.
 #pragma once
 
 #include <sys/types.h>

@@ -68,6 +68,15 @@ std::vector<char*> c_strings(std::vector<std::string>& v) {
   return out;
 }
 
+// Takes the first whole line (without its '\n') off the front of `buf`.
+std::optional<std::string> take_line(std::string& buf) {
+  auto nl = buf.find('\n');
+  if (nl == std::string::npos) return std::nullopt;
+  std::string line = buf.substr(0, nl);
+  buf.erase(0, nl + 1);
+  return line;
+}
+
 std::string read_whole_fd(int fd) {
   std::string out;
   char buf[8192];
@@ -97,12 +106,7 @@ void ChildIo::send_line(const std::string& line) {
 
 std::optional<std::string> ChildIo::read_line() {
   for (;;) {
-    auto nl = buf_.find('\n');
-    if (nl != std::string::npos) {
-      std::string line = buf_.substr(0, nl);
-      buf_.erase(0, nl + 1);
-      return line;
-    }
+    if (auto line = take_line(buf_)) return line;
     char tmp[512];
     ssize_t n = ::read(from_parent_, tmp, sizeof(tmp));
     if (n < 0 && errno == EINTR) continue;
@@ -228,12 +232,7 @@ Child::~Child() {
 std::optional<std::string> Child::read_line(std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   for (;;) {
-    auto nl = line_buf_.find('\n');
-    if (nl != std::string::npos) {
-      std::string line = line_buf_.substr(0, nl);
-      line_buf_.erase(0, nl + 1);
-      return line;
-    }
+    if (auto line = take_line(line_buf_)) return line;
     if (!events_ || !wait_fd(events_.get(), POLLIN, deadline)) return std::nullopt;
     char buf[4096];
     ssize_t n = ::read(events_.get(), buf, sizeof(buf));

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 namespace pbtest {
 
@@ -35,6 +36,25 @@ void set_timeouts(int fd, std::chrono::milliseconds t) {
              static_cast<suseconds_t>(t.count() % 1000) * 1000};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+// What a plain program does: socket(), SO_REUSEADDR if asked, bind() and, for TCP, listen().
+// Returns 0 with the socket in `out`, else the errno of the step that failed.
+int bind_plain(int type, uint16_t port, const std::string& addr, bool reuseaddr, int backlog,
+               UniqueFd& out) {
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  if (!fill_sockaddr(addr, port, ss, len)) return EINVAL;
+  UniqueFd fd(::socket(ss.ss_family, type | SOCK_CLOEXEC, 0));
+  if (!fd) return errno;
+  int one = 1;
+  if (reuseaddr && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
+    return errno;
+  }
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) return errno;
+  if (type == SOCK_STREAM && ::listen(fd.get(), backlog) != 0) return errno;
+  out = std::move(fd);
+  return 0;
 }
 
 }  // namespace
@@ -101,41 +121,20 @@ int socket_type(int fd) {
 }
 
 UniqueFd bind_outside(int type, uint16_t port, const std::string& addr) {
-  sockaddr_storage ss;
-  socklen_t len = 0;
-  if (!fill_sockaddr(addr, port, ss, len)) return UniqueFd();
-  UniqueFd fd(::socket(ss.ss_family, type | SOCK_CLOEXEC, 0));
-  if (!fd) return fd;
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) return UniqueFd();
-  if (type == SOCK_STREAM && ::listen(fd.get(), 16) != 0) return UniqueFd();
+  UniqueFd fd;
+  bind_plain(type, port, addr, /*reuseaddr=*/false, /*backlog=*/16, fd);
   return fd;
 }
 
 int outside_bind_errno(uint16_t port, const std::string& addr, bool reuseaddr, int type) {
-  sockaddr_storage ss;
-  socklen_t len = 0;
-  if (!fill_sockaddr(addr, port, ss, len)) return EINVAL;
-  UniqueFd fd(::socket(ss.ss_family, type | SOCK_CLOEXEC, 0));
-  if (!fd) return errno;
-  int one = 1;
-  if (reuseaddr && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
-    return errno;
-  }
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) return errno;
-  if (type == SOCK_STREAM && ::listen(fd.get(), 4) != 0) return errno;
-  return 0;
+  UniqueFd fd;
+  return bind_plain(type, port, addr, reuseaddr, /*backlog=*/4, fd);
 }
 
 bool port_free(uint16_t port, const std::string& addr) {
-  sockaddr_storage ss;
-  socklen_t len = 0;
-  if (!fill_sockaddr(addr, port, ss, len)) return false;
-  UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return false;
   // As servers do (and the daemon by default): TIME_WAIT leftovers must not count as held.
-  int one = 1;
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  return ::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0 && ::listen(fd.get(), 1) == 0;
+  UniqueFd fd;
+  return bind_plain(SOCK_STREAM, port, addr, /*reuseaddr=*/true, /*backlog=*/1, fd) == 0;
 }
 
 }  // namespace pbtest
