@@ -1,18 +1,11 @@
 #include "bench/bench_support.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,6 +21,7 @@
 #include <sstream>
 
 #include "common/netns.h"
+#include "common/process.h"
 
 namespace pbbench {
 
@@ -66,42 +60,32 @@ uint64_t raise_fd_limit() {
   return rl.rlim_cur;
 }
 
-TempDir::TempDir() {
-  char tmpl[] = "/tmp/pb-bench-XXXXXX";
-  if (::mkdtemp(tmpl) == nullptr) die("mkdtemp: %s", std::strerror(errno));
-  path_ = tmpl;
-  g_temp_dir = path_;
+namespace {
+
+pbtest::common::TempDir make_temp_dir() {
+  auto dir = pbtest::common::TempDir::create("pb-bench-");
+  if (!dir) die("%s", dir.error().message.c_str());
+  return std::move(dir).value();
 }
 
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
-  g_temp_dir.clear();
-}
+}  // namespace
+
+TempDir::TempDir() : pbtest::common::TempDir(make_temp_dir()) { g_temp_dir = path(); }
+
+TempDir::~TempDir() { g_temp_dir.clear(); }
 
 DaemonProcess::DaemonProcess(const std::string& binary, const std::string& dir,
                              std::vector<std::string> args) {
   socket_path_ = dir + "/portbroker.sock";
   std::string notify_path = dir + "/notify.sock";
-  int notify = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (notify < 0) die("socket: %s", std::strerror(errno));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, notify_path.c_str(), sizeof(addr.sun_path) - 1);
-  if (::bind(notify, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    die("bind %s: %s", notify_path.c_str(), std::strerror(errno));
-  }
+  auto notify = pbtest::bind_notify_socket(notify_path);
+  if (!notify) die("%s", notify.error().message.c_str());
 
   std::vector<std::string> argv_s{binary, "--socket", socket_path_};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::fflush(stdout);
-  std::fflush(stderr);
-  pid_ = ::fork();
-  if (pid_ < 0) die("fork: %s", std::strerror(errno));
-  if (pid_ == 0) {
+  auto forked = pbtest::fork_child([&]() -> int {
     // SIGTERM, not SIGKILL: the daemon then removes its socket file on its way out.
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (::getppid() != g_main_pid) ::_exit(1);
+    if (!pbtest::die_with_parent(g_main_pid, SIGTERM)) return 1;
     ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
     int devnull = ::open("/dev/null", O_RDONLY);
     if (devnull >= 0) ::dup2(devnull, 0);
@@ -110,63 +94,40 @@ DaemonProcess::DaemonProcess(const std::string& binary, const std::string& dir,
     argv.push_back(nullptr);
     ::execv(binary.c_str(), argv.data());
     std::fprintf(stderr, "portbroker_bench: exec %s: %s\n", binary.c_str(), std::strerror(errno));
-    ::_exit(127);
-  }
+    return 127;
+  });
+  if (!forked) die("%s", forked.error().message.c_str());
+  pid_ = forked.value();
+  auto pidfd = pbtest::open_pidfd(pid_);
+  if (!pidfd) die("%s", pidfd.error().message.c_str());
+  pidfd_ = std::move(pidfd).value();
 
-  uint64_t deadline = now_ns() + 15'000'000'000ull;
-  bool ready = false;
-  while (!ready) {
-    if (now_ns() > deadline) die("portbrokerd did not report READY=1 within 15 s");
-    int status;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      if (WIFSIGNALED(status))
-        die("portbrokerd died of signal %d before it was ready", WTERMSIG(status));
-      die("portbrokerd exited with status %d before it was ready", WEXITSTATUS(status));
-    }
-    pollfd p{notify, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    char buf[4096];
-    ssize_t n = ::recv(notify, buf, sizeof(buf) - 1, 0);
-    if (n <= 0) continue;
-    buf[n] = '\0';
-    // sd_notify sends newline-separated assignments; READY=1 may be among others.
-    for (char* line = std::strtok(buf, "\n"); line; line = std::strtok(nullptr, "\n")) {
-      if (std::strcmp(line, "READY=1") == 0) ready = true;
-    }
-  }
-  ::close(notify);
+  auto ready = pbtest::wait_ready(notify->get(), pidfd_.get(), std::chrono::seconds(15));
   ::unlink(notify_path.c_str());
+  if (ready == pbtest::ReadyOutcome::kTimeout)
+    die("portbrokerd did not report READY=1 within 15 s");
+  if (ready == pbtest::ReadyOutcome::kExited) {
+    pbtest::ExitStatus st = pbtest::reap(pid_);
+    pid_ = -1;
+    die("portbrokerd %s before it was ready", st.describe().c_str());
+  }
 }
 
 int DaemonProcess::open_fds() const {
-  std::string p = "/proc/" + std::to_string(pid_) + "/fd";
-  DIR* d = ::opendir(p.c_str());
-  if (!d) return -1;
-  int n = 0;
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(d);
-  return n;
+  auto fds = pbtest::list_fds(pid_);
+  return fds.empty() ? -1 : static_cast<int>(fds.size());
 }
 
 int DaemonProcess::stop() {
   if (pid_ < 0) return 0;
   ::kill(pid_, SIGTERM);
-  int status = 0;
-  uint64_t deadline = now_ns() + 5'000'000'000ull;
-  while (::waitpid(pid_, &status, WNOHANG) == 0) {
-    if (now_ns() > deadline) {
-      std::fprintf(stderr, "portbroker_bench: portbrokerd ignored SIGTERM for 5 s; killing\n");
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, &status, 0);
-      break;
-    }
-    ::usleep(2000);
+  if (!pbtest::wait_fd(pidfd_.get(), POLLIN, pbtest::Clock::now() + std::chrono::seconds(5))) {
+    std::fprintf(stderr, "portbroker_bench: portbrokerd ignored SIGTERM for 5 s; killing\n");
+    ::kill(pid_, SIGKILL);
   }
-  pid_ = -1;
-  return status;
+  pbtest::ExitStatus st = pbtest::reap(std::exchange(pid_, -1));
+  pidfd_.reset();
+  return st.shell_code();
 }
 
 DaemonProcess::~DaemonProcess() { stop(); }
@@ -214,36 +175,16 @@ TimedRun time_loop(size_t warmup, size_t iterations, const std::function<bool(st
 }
 
 pid_t fork_child(const std::function<int()>& body) {
-  std::fflush(stdout);
-  std::fflush(stderr);
   const pid_t parent = ::getpid();
-  pid_t pid = ::fork();
-  if (pid < 0) die("fork: %s", std::strerror(errno));
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the benchmark
-    if (::getppid() != parent) ::_exit(1);
-    int rc = 1;
-    try {
-      rc = body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "portbroker_bench: child: %s\n", e.what());
-    }
-    std::fflush(stdout);
-    std::fflush(stderr);
-    ::_exit(rc);
-  }
-  return pid;
+  auto pid = pbtest::fork_child([&]() -> int {
+    if (!pbtest::die_with_parent(parent, SIGKILL)) return 1;  // never outlive the benchmark
+    return body();
+  });
+  if (!pid) die("%s", pid.error().message.c_str());
+  return pid.value();
 }
 
-int wait_child(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return -1;
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
+int wait_child(pid_t pid) { return pbtest::reap(pid).shell_code(); }
 
 namespace {
 

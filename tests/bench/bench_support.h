@@ -1,6 +1,7 @@
 // Plumbing for the benchmark: a private network namespace, the fd limit, the daemon as a child
-// process, latency samples and their percentiles, and a fan-out of worker processes. Kept
-// apart from the integration harness so that the benchmark needs no test framework.
+// process, latency samples and their percentiles, and a fan-out of worker processes. What it
+// shares with the integration tests (scratch directory, forking, readiness, netns) is in
+// tests/common/, which needs no test framework; these wrappers die() where the tests REQUIRE.
 #pragma once
 
 #include <sys/types.h>
@@ -10,6 +11,9 @@
 #include <functional>
 #include <string>
 #include <vector>
+
+#include "common/temp_dir.h"
+#include "portbroker/fd.hpp"
 
 namespace pbbench {
 
@@ -30,17 +34,12 @@ void enter_private_netns();
 // (the daemon included) inherit it.
 uint64_t raise_fd_limit();
 
-// A scratch directory removed (with its files, one level) on destruction.
-class TempDir {
+// A scratch directory (the shared one, tests/common/temp_dir.h), removed on destruction and by
+// die().
+class TempDir : public pbtest::common::TempDir {
  public:
   TempDir();
   ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
 };
 
 // portbrokerd as a child process, started with NOTIFY_SOCKET and waited for until READY=1.
@@ -55,11 +54,12 @@ class DaemonProcess {
   const std::string& socket_path() const { return socket_path_; }
   // Number of fds open in the daemon (from /proc), -1 if unreadable.
   int open_fds() const;
-  // SIGTERM, then waits; returns the exit status as waitpid reports it.
+  // SIGTERM, then waits (SIGKILL after 5 s); returns the exit code, or 128 + the signal.
   int stop();
 
  private:
   pid_t pid_ = -1;
+  portbroker::UniqueFd pidfd_;
   std::string socket_path_;
 };
 
@@ -99,8 +99,7 @@ struct ConcurrentRun {
 ConcurrentRun run_concurrent(int workers, double seconds, size_t warmup_per_worker,
                              const WorkerSetup& setup);
 
-// Forks a child that runs `body` and then _exits with its return value. The child never runs
-// the parent's destructors (a Lease destroyed in a child would release the parent's lease).
+// pbtest::fork_child (tests/common/process.h) for a child that dies with the benchmark.
 pid_t fork_child(const std::function<int()>& body);
 // Waits for `pid`; returns its exit code, or 128+signal.
 int wait_child(pid_t pid);
