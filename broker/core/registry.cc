@@ -145,6 +145,28 @@ uint64_t Registry::add_lease(uint64_t binding, std::string name, uint64_t sessio
   return id;
 }
 
+void Registry::restore_binding(Binding b) {
+  const uint64_t id = b.id;
+  b.leases.clear();
+  by_port_[port_key(b.endpoint.protocol, b.endpoint.port)].push_back(id);
+  bindings_.emplace(id, std::move(b));
+  set_next_id(id + 1);
+}
+
+void Registry::restore_lease(Lease l) {
+  const uint64_t id = l.id;
+  bindings_.at(l.binding).leases.push_back(id);
+  by_uid_[l.holder.uid].push_back(id);
+  if (l.lingering()) {
+    l.session = 0;
+    lingering_.push_back(id);
+  } else {
+    by_session_[l.session].push_back(id);
+  }
+  leases_.emplace(id, std::move(l));
+  set_next_id(id + 1);
+}
+
 void Registry::set_lingering(uint64_t lease_id, int64_t until_ms) {
   auto it = leases_.find(lease_id);
   if (it == leases_.end() || it->second.lingering()) return;

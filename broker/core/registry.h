@@ -3,6 +3,7 @@
 // the server keeps the sockets themselves, keyed by the ids handed out here.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -76,6 +77,13 @@ class Registry {
                        uint32_t owner_uid);
   uint64_t add_lease(uint64_t binding, std::string name, uint64_t session, Holder holder,
                      int64_t created_ms, uint32_t linger_s = 0, std::string token = {});
+
+  // Rebuilding the registry of a previous daemon (from its journal) with the same ids: a
+  // binding first (its `leases` empty), then its leases in the order they were granted.
+  void restore_binding(Binding b);
+  void restore_lease(Lease l);
+  uint64_t next_id() const { return next_id_; }
+  void set_next_id(uint64_t next) { next_id_ = std::max(next_id_, next); }
 
   // Its session ended without a release: the lease outlives it until `until_ms`.
   void set_lingering(uint64_t lease_id, int64_t until_ms);
