@@ -1,7 +1,7 @@
 #include "broker/core/journal.h"
 
+#include <libdeflate.h>
 #include <netinet/in.h>  // AF_INET, AF_INET6: constants only
-#include <zlib.h>
 
 #include <algorithm>
 #include <iterator>
@@ -48,13 +48,17 @@ constexpr Kind kind_of() {
 }
 
 uint32_t crc_of(std::string_view payload) {
-  return static_cast<uint32_t>(::crc32(::crc32(0L, Z_NULL, 0),
-                                       reinterpret_cast<const Bytef*>(payload.data()),
-                                       static_cast<uInt>(payload.size())));
+  return libdeflate_crc32(0, payload.data(), payload.size());
+}
+
+void store_le(char* p, uint64_t v, size_t bytes) {
+  for (size_t i = 0; i < bytes; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
 }
 
 void put_le(std::string& out, uint64_t v, size_t bytes) {
-  for (size_t i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  char buf[8];
+  store_le(buf, v, bytes);
+  out.append(buf, bytes);
 }
 
 uint64_t get_le(const char* p, size_t bytes) {
@@ -392,6 +396,8 @@ const char* record_kind_name(const Record& r) {
 
 void encode_record(const Record& r, std::string& out) {
   size_t start = out.size();
+  // Most records fit in 256 bytes: one allocation rather than a few, growth still geometric.
+  if (out.capacity() - start < 256) out.reserve(2 * out.capacity() + 256);
   out.append(kFrameHeaderBytes, '\0');
   Writer w(out);
   std::visit(
@@ -402,10 +408,8 @@ void encode_record(const Record& r, std::string& out) {
       r);
   std::string_view payload(out.data() + start + kFrameHeaderBytes,
                            out.size() - start - kFrameHeaderBytes);
-  std::string header;
-  put_le(header, payload.size(), 4);
-  put_le(header, crc_of(payload), 4);
-  out.replace(start, kFrameHeaderBytes, header);
+  store_le(out.data() + start, payload.size(), 4);
+  store_le(out.data() + start + 4, crc_of(payload), 4);
 }
 
 std::string encode_record(const Record& r) {

@@ -101,7 +101,7 @@ using Record = std::variant<Checkpoint, LeaseGranted, LeaseEnded, LeaseLingering
 // "lease granted", "hold removed"...: how messages name a record's kind.
 const char* record_kind_name(const Record& r);
 
-// Framing: u32 payload length, u32 zlib crc32 of the payload, payload; all little-endian. The
+// Framing: u32 payload length, u32 crc32 of the payload (zlib's), payload; all little-endian. The
 // payload is a kind byte and the fields in fixed-width little-endian, strings u32-length
 // prefixed.
 constexpr size_t kFrameHeaderBytes = 8;

@@ -169,11 +169,12 @@ Result<void> JournalFile::append(const Record& record) {
   if (!log_fd_) {
     if (auto ok = compact(); !ok) return ok;
   }
-  const std::string frame = journal::encode_record(record);
+  frame_.clear();  // keeps its capacity: no allocation per append
+  journal::encode_record(record, frame_);
   size_t done = 0;
-  while (done < frame.size()) {
+  while (done < frame_.size()) {
     // One write(2) in the common case; the loop only learns the errno of a short write.
-    ssize_t n = ::write(log_fd_.get(), frame.data() + done, frame.size() - done);
+    ssize_t n = ::write(log_fd_.get(), frame_.data() + done, frame_.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       int e = n < 0 ? errno : EIO;
@@ -182,7 +183,7 @@ Result<void> JournalFile::append(const Record& record) {
     }
     done += static_cast<size_t>(n);
   }
-  log_bytes_ += frame.size();
+  log_bytes_ += frame_.size();
   (void)state_.apply(record);  // checked above
   return {};
 }

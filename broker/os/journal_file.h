@@ -67,6 +67,7 @@ class JournalFile {
   std::vector<std::string> ignored_;
   UniqueFd log_fd_;  // empty: the log must be started again (compact()) before an append
   size_t log_bytes_ = 0;
+  std::string frame_;
 };
 
 }  // namespace portbroker::broker

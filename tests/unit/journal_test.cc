@@ -1,7 +1,7 @@
 #include "broker/core/journal.h"
 
 #include <doctest/doctest.h>
-#include <zlib.h>
+#include <libdeflate.h>
 
 #include <string>
 #include <vector>
@@ -49,8 +49,7 @@ std::string frame_around(const std::string& payload) {
     for (int i = 0; i < 4; ++i) frame.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
   };
   put32(static_cast<uint32_t>(payload.size()));
-  put32(static_cast<uint32_t>(::crc32(0, reinterpret_cast<const unsigned char*>(payload.data()),
-                                      static_cast<unsigned>(payload.size()))));
+  put32(libdeflate_crc32(0, payload.data(), payload.size()));
   return frame + payload;
 }
 
