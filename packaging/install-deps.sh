@@ -8,7 +8,7 @@ packages=(
   libuv1-dev capnproto libcapnp-dev
   libspdlog-dev libfmt-dev doctest-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
-  libcap-dev libsystemd-dev
+  libcap-dev libsystemd-dev libdeflate-dev
   iproute2 procps util-linux clang-format
 )
 

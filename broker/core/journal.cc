@@ -1,0 +1,609 @@
+#include "broker/core/journal.h"
+
+#include <libdeflate.h>
+#include <netinet/in.h>  // AF_INET, AF_INET6: constants only
+
+#include <algorithm>
+#include <iterator>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+namespace portbroker::broker::journal {
+namespace {
+
+// Stable on disk: a journal written by one version is read by the next, so numbers are never
+// reused (the variant's index is not used for the same reason).
+enum class Kind : uint8_t {
+  kCheckpoint = 1,
+  kLeaseGranted = 2,
+  kLeaseEnded = 3,
+  kLeaseLingering = 4,
+  kLeaseReclaimed = 5,
+  kHoldAdded = 6,
+  kHoldRemoved = 7,
+  kGuardPorts = 8,
+};
+
+template <typename T>
+constexpr Kind kind_of() {
+  if constexpr (std::is_same_v<T, Checkpoint>) {
+    return Kind::kCheckpoint;
+  } else if constexpr (std::is_same_v<T, LeaseGranted>) {
+    return Kind::kLeaseGranted;
+  } else if constexpr (std::is_same_v<T, LeaseEnded>) {
+    return Kind::kLeaseEnded;
+  } else if constexpr (std::is_same_v<T, LeaseLingering>) {
+    return Kind::kLeaseLingering;
+  } else if constexpr (std::is_same_v<T, LeaseReclaimed>) {
+    return Kind::kLeaseReclaimed;
+  } else if constexpr (std::is_same_v<T, HoldAdded>) {
+    return Kind::kHoldAdded;
+  } else if constexpr (std::is_same_v<T, HoldRemoved>) {
+    return Kind::kHoldRemoved;
+  } else {
+    static_assert(std::is_same_v<T, GuardPorts>);
+    return Kind::kGuardPorts;
+  }
+}
+
+uint32_t crc_of(std::string_view payload) {
+  return libdeflate_crc32(0, payload.data(), payload.size());
+}
+
+void store_le(char* p, uint64_t v, size_t bytes) {
+  for (size_t i = 0; i < bytes; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+void put_le(std::string& out, uint64_t v, size_t bytes) {
+  char buf[8];
+  store_le(buf, v, bytes);
+  out.append(buf, bytes);
+}
+
+uint64_t get_le(const char* p, size_t bytes) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < bytes; ++i) v |= uint64_t{static_cast<unsigned char>(p[i])} << (8 * i);
+  return v;
+}
+
+class Writer {
+ public:
+  explicit Writer(std::string& out) : out_(out) {}
+
+  void u8(uint8_t v) { put_le(out_, v, 1); }
+  void u16(uint16_t v) { put_le(out_, v, 2); }
+  void u32(uint32_t v) { put_le(out_, v, 4); }
+  void u64(uint64_t v) { put_le(out_, v, 8); }
+  void i32(int v) { u32(static_cast<uint32_t>(v)); }
+  void i64(int64_t v) { u64(static_cast<uint64_t>(v)); }
+  void boolean(bool v) { u8(v ? 1 : 0); }
+  void str(std::string_view s) {
+    u32(static_cast<uint32_t>(s.size()));
+    out_.append(s);
+  }
+  void opt_int(const std::optional<int>& v) {
+    boolean(v.has_value());
+    i32(v.value_or(0));
+  }
+  // none, false, true: one byte.
+  void opt_bool(const std::optional<bool>& v) { u8(!v ? 0 : (*v ? 2 : 1)); }
+  void address(const IpAddress& a) {
+    u8(static_cast<uint8_t>(a.family));
+    out_.append(reinterpret_cast<const char*>(a.bytes.data()), a.bytes.size());
+  }
+  void protocol(Protocol p) { u8(static_cast<uint8_t>(p)); }
+  void endpoint(const Endpoint& e) {
+    protocol(e.protocol);
+    address(e.address);
+    u16(e.port);
+    boolean(e.dual_stack);
+  }
+  void options(const SocketOptions& o) {
+    opt_int(o.backlog);
+    opt_bool(o.v6only);
+    opt_bool(o.reuseaddr);
+    opt_bool(o.freebind);
+    opt_int(o.defer_accept);
+    opt_int(o.fastopen);
+    opt_bool(o.keepalive);
+    opt_int(o.rcvbuf);
+    opt_int(o.sndbuf);
+    str(o.device);
+  }
+  void holder(const Holder& h, uint64_t start_time) {
+    i32(h.pid);
+    u32(h.uid);
+    u32(h.gid);
+    str(h.comm);
+    str(h.cgroup);
+    u64(start_time);
+  }
+
+ private:
+  std::string& out_;
+};
+
+// Reads fields until the payload runs out; then every later read yields zero and ok() is
+// false, so a record decoder checks once at the end instead of after every field.
+class Reader {
+ public:
+  explicit Reader(std::string_view data) : data_(data) {}
+
+  bool ok() const { return ok_; }
+  bool at_end() const { return pos_ == data_.size(); }
+
+  uint64_t le(size_t bytes) {
+    if (!ok_ || data_.size() - pos_ < bytes) {
+      ok_ = false;
+      return 0;
+    }
+    uint64_t v = get_le(data_.data() + pos_, bytes);
+    pos_ += bytes;
+    return v;
+  }
+  uint8_t u8() { return static_cast<uint8_t>(le(1)); }
+  uint16_t u16() { return static_cast<uint16_t>(le(2)); }
+  uint32_t u32() { return static_cast<uint32_t>(le(4)); }
+  uint64_t u64() { return le(8); }
+  int i32() { return static_cast<int>(u32()); }
+  int64_t i64() { return static_cast<int64_t>(u64()); }
+  bool boolean() {
+    uint8_t v = u8();
+    if (v > 1) ok_ = false;
+    return v == 1;
+  }
+  std::string str() {
+    uint32_t n = u32();
+    if (!ok_ || data_.size() - pos_ < n) {
+      ok_ = false;
+      return {};
+    }
+    std::string s(data_.substr(pos_, n));
+    pos_ += n;
+    return s;
+  }
+  std::optional<int> opt_int() {
+    bool present = boolean();
+    int v = i32();
+    return present ? std::optional<int>(v) : std::nullopt;
+  }
+  std::optional<bool> opt_bool() {
+    uint8_t v = u8();
+    if (v > 2) ok_ = false;
+    return v == 0 ? std::nullopt : std::optional<bool>(v == 2);
+  }
+  IpAddress address() {
+    IpAddress a;
+    a.family = u8();
+    if (a.family != 0 && a.family != AF_INET && a.family != AF_INET6) ok_ = false;
+    for (auto& b : a.bytes) b = u8();
+    return a;
+  }
+  Protocol protocol() {
+    uint8_t p = u8();
+    if (p > static_cast<uint8_t>(Protocol::kUdp)) ok_ = false;
+    return static_cast<Protocol>(p);
+  }
+  Mode mode() {
+    uint8_t m = u8();
+    if (m > static_cast<uint8_t>(Mode::kReuseport)) ok_ = false;
+    return static_cast<Mode>(m);
+  }
+  Endpoint endpoint() {
+    Endpoint e;
+    e.protocol = protocol();
+    e.address = address();
+    e.port = u16();
+    e.dual_stack = boolean();
+    return e;
+  }
+  SocketOptions options() {
+    SocketOptions o;
+    o.backlog = opt_int();
+    o.v6only = opt_bool();
+    o.reuseaddr = opt_bool();
+    o.freebind = opt_bool();
+    o.defer_accept = opt_int();
+    o.fastopen = opt_int();
+    o.keepalive = opt_bool();
+    o.rcvbuf = opt_int();
+    o.sndbuf = opt_int();
+    o.device = str();
+    return o;
+  }
+  void holder(Holder& h, uint64_t& start_time) {
+    h.pid = i32();
+    h.uid = u32();
+    h.gid = u32();
+    h.comm = str();
+    h.cgroup = str();
+    start_time = u64();
+  }
+
+ private:
+  std::string_view data_;
+  size_t pos_ = 0;
+  bool ok_ = true;
+};
+
+void write_fields(Writer& w, const Checkpoint& r) {
+  w.u64(r.generation);
+  w.u64(r.next_id);
+  w.u64(r.next_session);
+}
+void write_fields(Writer& w, const LeaseGranted& r) {
+  w.u64(r.lease);
+  w.u64(r.binding);
+  w.endpoint(r.endpoint);
+  w.u8(static_cast<uint8_t>(r.mode));
+  w.options(r.options);
+  w.u32(r.owner_uid);
+  w.str(r.name);
+  w.u64(r.session);
+  w.holder(r.holder, r.holder_start_time);
+  w.i64(r.created_ms);
+  w.u32(r.linger_s);
+  w.str(r.token);
+  w.u64(r.cookie);
+}
+void write_fields(Writer& w, const LeaseEnded& r) { w.u64(r.lease); }
+void write_fields(Writer& w, const LeaseLingering& r) {
+  w.u64(r.lease);
+  w.i64(r.until_ms);
+}
+void write_fields(Writer& w, const LeaseReclaimed& r) {
+  w.u64(r.lease);
+  w.u64(r.session);
+  w.holder(r.holder, r.holder_start_time);
+  w.u64(r.cookie);
+}
+void write_fields(Writer& w, const HoldAdded& r) {
+  w.protocol(r.protocol);
+  w.address(r.address);
+  w.u16(r.port);
+  w.boolean(r.v6only);
+  w.boolean(r.parked);
+  w.str(r.reservation);
+  w.u64(r.cookie);
+}
+void write_fields(Writer& w, const HoldRemoved& r) {
+  w.protocol(r.protocol);
+  w.address(r.address);
+  w.u16(r.port);
+}
+void write_fields(Writer& w, const GuardPorts& r) {
+  w.u32(static_cast<uint32_t>(r.ports.size()));
+  for (const PortRange& p : r.ports) {
+    w.u16(p.first);
+    w.u16(p.last);
+  }
+}
+
+void read_fields(Reader& in, Checkpoint& r) {
+  r.generation = in.u64();
+  r.next_id = in.u64();
+  r.next_session = in.u64();
+}
+void read_fields(Reader& in, LeaseGranted& r) {
+  r.lease = in.u64();
+  r.binding = in.u64();
+  r.endpoint = in.endpoint();
+  r.mode = in.mode();
+  r.options = in.options();
+  r.owner_uid = in.u32();
+  r.name = in.str();
+  r.session = in.u64();
+  in.holder(r.holder, r.holder_start_time);
+  r.created_ms = in.i64();
+  r.linger_s = in.u32();
+  r.token = in.str();
+  r.cookie = in.u64();
+}
+void read_fields(Reader& in, LeaseEnded& r) { r.lease = in.u64(); }
+void read_fields(Reader& in, LeaseLingering& r) {
+  r.lease = in.u64();
+  r.until_ms = in.i64();
+}
+void read_fields(Reader& in, LeaseReclaimed& r) {
+  r.lease = in.u64();
+  r.session = in.u64();
+  in.holder(r.holder, r.holder_start_time);
+  r.cookie = in.u64();
+}
+void read_fields(Reader& in, HoldAdded& r) {
+  r.protocol = in.protocol();
+  r.address = in.address();
+  r.port = in.u16();
+  r.v6only = in.boolean();
+  r.parked = in.boolean();
+  r.reservation = in.str();
+  r.cookie = in.u64();
+}
+void read_fields(Reader& in, HoldRemoved& r) {
+  r.protocol = in.protocol();
+  r.address = in.address();
+  r.port = in.u16();
+}
+void read_fields(Reader& in, GuardPorts& r) {
+  uint32_t n = in.u32();
+  // Each range is 4 bytes: a count the payload cannot hold is malformed, not an allocation.
+  for (uint32_t i = 0; i < n && in.ok(); ++i) {
+    PortRange p;
+    p.first = in.u16();
+    p.last = in.u16();
+    r.ports.push_back(p);
+  }
+}
+
+template <typename T>
+Result<Record> read_as(Reader& in) {
+  T r;
+  read_fields(in, r);
+  if (!in.ok() || !in.at_end()) {
+    return make_error(ErrorCode::kInternal,
+                      std::string("malformed ") + record_kind_name(Record(r)) + " record");
+  }
+  return Record(std::move(r));
+}
+
+Result<Record> decode_payload(std::string_view payload) {
+  Reader in(payload);
+  uint8_t kind = in.u8();
+  switch (static_cast<Kind>(kind)) {
+    case Kind::kCheckpoint:
+      return read_as<Checkpoint>(in);
+    case Kind::kLeaseGranted:
+      return read_as<LeaseGranted>(in);
+    case Kind::kLeaseEnded:
+      return read_as<LeaseEnded>(in);
+    case Kind::kLeaseLingering:
+      return read_as<LeaseLingering>(in);
+    case Kind::kLeaseReclaimed:
+      return read_as<LeaseReclaimed>(in);
+    case Kind::kHoldAdded:
+      return read_as<HoldAdded>(in);
+    case Kind::kHoldRemoved:
+      return read_as<HoldRemoved>(in);
+    case Kind::kGuardPorts:
+      return read_as<GuardPorts>(in);
+  }
+  return make_error(ErrorCode::kInternal, "unknown record kind " + std::to_string(kind));
+}
+
+bool endpoints_equal(const Endpoint& a, const Endpoint& b) {
+  return a.protocol == b.protocol && a.address == b.address && a.port == b.port &&
+         a.dual_stack == b.dual_stack;
+}
+
+Error state_error(std::string message) {
+  return make_error(ErrorCode::kInternal, std::move(message));
+}
+
+std::string lease_name(uint64_t id) { return "lease " + std::to_string(id); }
+
+HoldKey key_of(Protocol p, const IpAddress& a, uint16_t port) { return HoldKey{p, a, port}; }
+
+}  // namespace
+
+const char* record_kind_name(const Record& r) {
+  static constexpr const char* kNames[] = {"checkpoint",      "lease granted",   "lease ended",
+                                           "lease lingering", "lease reclaimed", "hold added",
+                                           "hold removed",    "guard ports"};
+  static_assert(std::size(kNames) == std::variant_size_v<Record>);
+  return kNames[r.index()];
+}
+
+void encode_record(const Record& r, std::string& out) {
+  size_t start = out.size();
+  // Most records fit in 256 bytes: one allocation rather than a few, growth still geometric.
+  if (out.capacity() - start < 256) out.reserve(2 * out.capacity() + 256);
+  out.append(kFrameHeaderBytes, '\0');
+  Writer w(out);
+  std::visit(
+      [&](const auto& rec) {
+        w.u8(static_cast<uint8_t>(kind_of<std::decay_t<decltype(rec)>>()));
+        write_fields(w, rec);
+      },
+      r);
+  std::string_view payload(out.data() + start + kFrameHeaderBytes,
+                           out.size() - start - kFrameHeaderBytes);
+  store_le(out.data() + start, payload.size(), 4);
+  store_le(out.data() + start + 4, crc_of(payload), 4);
+}
+
+std::string encode_record(const Record& r) {
+  std::string out;
+  encode_record(r, out);
+  return out;
+}
+
+Result<DecodeSummary> decode_records(
+    std::string_view data, const std::function<Result<void>(Record&&, size_t offset)>& fn) {
+  DecodeSummary summary;
+  size_t off = 0;
+  while (off < data.size()) {
+    size_t rest = data.size() - off;
+    auto at = [&](const std::string& what) {
+      return make_error(ErrorCode::kInternal, "at offset " + std::to_string(off) + ": " + what);
+    };
+    if (rest < kFrameHeaderBytes) {
+      summary.torn_bytes = rest;
+      break;
+    }
+    size_t len = get_le(data.data() + off, 4);
+    uint32_t crc = static_cast<uint32_t>(get_le(data.data() + off + 4, 4));
+    if (len == 0 || len > kMaxRecordBytes) {
+      return at("impossible record length " + std::to_string(len));
+    }
+    if (rest < kFrameHeaderBytes + len) {
+      // Only the last write can have been cut short; one that stops mid-record is torn.
+      summary.torn_bytes = rest;
+      break;
+    }
+    std::string_view payload = data.substr(off + kFrameHeaderBytes, len);
+    if (crc_of(payload) != crc) return at("bad checksum");
+    auto rec = decode_payload(payload);
+    if (!rec) return at(rec.error().message);
+    if (auto done = fn(std::move(rec).value(), off); !done) return at(done.error().message);
+    off += kFrameHeaderBytes + len;
+    ++summary.records;
+  }
+  summary.valid_bytes = off;
+  return summary;
+}
+
+// --- JournalState --------------------------------------------------------------------------
+
+Result<void> JournalState::check(const Record& r) const {
+  if (const auto* g = std::get_if<LeaseGranted>(&r)) {
+    if (g->lease == 0 || g->binding == 0 || g->lease == g->binding) {
+      return state_error("lease granted with ids " + std::to_string(g->lease) + " (lease) and " +
+                         std::to_string(g->binding) + " (binding)");
+    }
+    if (leases_.count(g->lease) != 0 || bindings_.count(g->lease) != 0) {
+      return state_error(lease_name(g->lease) + " granted, but its id is already in use");
+    }
+    if (leases_.count(g->binding) != 0) {
+      return state_error(lease_name(g->lease) + " granted on binding " +
+                         std::to_string(g->binding) + ", which is a lease id");
+    }
+    auto b = bindings_.find(g->binding);
+    if (b == bindings_.end()) return {};
+    const JournalBinding& binding = b->second;
+    const std::string joins =
+        lease_name(g->lease) + " cannot join binding " + std::to_string(g->binding);
+    if (binding.mode == Mode::kExclusive) return state_error(joins + ": it is exclusive");
+    if (binding.mode != g->mode || !endpoints_equal(binding.endpoint, g->endpoint)) {
+      return state_error(joins + ": another endpoint or mode");
+    }
+    if (g->mode != Mode::kReuseport && g->cookie != 0 && g->cookie != binding.cookie) {
+      return state_error(joins + " with another socket (cookie " + std::to_string(g->cookie) +
+                         ", not " + std::to_string(binding.cookie) + ")");
+    }
+    return {};
+  }
+  if (const auto* e = std::get_if<LeaseEnded>(&r)) {
+    if (leases_.count(e->lease) == 0) return state_error(lease_name(e->lease) + " is not live");
+    return {};
+  }
+  if (const auto* l = std::get_if<LeaseLingering>(&r)) {
+    auto it = leases_.find(l->lease);
+    if (it == leases_.end()) return state_error(lease_name(l->lease) + " is not live");
+    if (it->second.lingering_until_ms != 0) {
+      return state_error(lease_name(l->lease) + " is already lingering");
+    }
+    // 0 means "not lingering" in the registry.
+    if (l->until_ms == 0) return state_error(lease_name(l->lease) + " lingers until time 0");
+    return {};
+  }
+  if (const auto* c = std::get_if<LeaseReclaimed>(&r)) {
+    auto it = leases_.find(c->lease);
+    if (it == leases_.end()) return state_error(lease_name(c->lease) + " is not live");
+    if (it->second.lingering_until_ms == 0) {
+      return state_error(lease_name(c->lease) + " is reclaimed but was not lingering");
+    }
+    if (c->session == 0) return state_error(lease_name(c->lease) + " is reclaimed by session 0");
+    return {};
+  }
+  if (const auto* h = std::get_if<HoldRemoved>(&r)) {
+    if (holds_.count(key_of(h->protocol, h->address, h->port)) == 0) {
+      return state_error("hold on " + format_endpoint(h->protocol, h->address, h->port) +
+                         " removed, but it is not held");
+    }
+    return {};
+  }
+  if (const auto* p = std::get_if<GuardPorts>(&r)) {
+    for (const PortRange& range : p->ports) {
+      if (range.first > range.last) {
+        return state_error("guard port range " + std::to_string(range.first) + "-" +
+                           std::to_string(range.last) + " is reversed");
+      }
+    }
+    return {};
+  }
+  return {};  // Checkpoint and HoldAdded apply to any state
+}
+
+void JournalState::raise_next_id(uint64_t id) { next_id_ = std::max(next_id_, id + 1); }
+void JournalState::raise_next_session(uint64_t session) {
+  next_session_ = std::max(next_session_, session + 1);
+}
+
+Result<void> JournalState::apply(const Record& r) {
+  if (auto ok = check(r); !ok) return ok;
+  std::visit(
+      [this](const auto& rec) {
+        using T = std::decay_t<decltype(rec)>;
+        if constexpr (std::is_same_v<T, Checkpoint>) {
+          generation_ = rec.generation;
+          next_id_ = std::max(next_id_, rec.next_id);
+          next_session_ = std::max(next_session_, rec.next_session);
+        } else if constexpr (std::is_same_v<T, LeaseGranted>) {
+          auto [b, created] = bindings_.try_emplace(rec.binding);
+          JournalBinding& binding = b->second;
+          if (created) {
+            binding = JournalBinding{
+                rec.binding, rec.endpoint,  rec.mode,
+                rec.options, rec.owner_uid, rec.mode == Mode::kReuseport ? 0 : rec.cookie,
+                {}};
+          }
+          binding.leases.push_back(rec.lease);
+          leases_.emplace(
+              rec.lease, JournalLease{rec.lease, rec.binding, rec.name, rec.session, rec.holder,
+                                      rec.holder_start_time, rec.created_ms, rec.linger_s,
+                                      rec.token, 0, rec.mode == Mode::kReuseport ? rec.cookie : 0});
+          raise_next_id(std::max(rec.lease, rec.binding));
+          if (rec.session != 0) raise_next_session(rec.session);
+        } else if constexpr (std::is_same_v<T, LeaseEnded>) {
+          auto it = leases_.find(rec.lease);
+          auto b = bindings_.find(it->second.binding);
+          auto& members = b->second.leases;
+          members.erase(std::remove(members.begin(), members.end(), rec.lease), members.end());
+          if (members.empty()) bindings_.erase(b);
+          leases_.erase(it);
+          raise_next_id(rec.lease);
+        } else if constexpr (std::is_same_v<T, LeaseLingering>) {
+          JournalLease& l = leases_.at(rec.lease);
+          l.session = 0;
+          l.lingering_until_ms = rec.until_ms;
+        } else if constexpr (std::is_same_v<T, LeaseReclaimed>) {
+          JournalLease& l = leases_.at(rec.lease);
+          l.session = rec.session;
+          l.holder = rec.holder;
+          l.holder_start_time = rec.holder_start_time;
+          l.lingering_until_ms = 0;
+          if (rec.cookie != 0) {
+            JournalBinding& b = bindings_.at(l.binding);
+            (b.mode == Mode::kReuseport ? l.cookie : b.cookie) = rec.cookie;
+          }
+          raise_next_session(rec.session);
+        } else if constexpr (std::is_same_v<T, HoldAdded>) {
+          holds_[key_of(rec.protocol, rec.address, rec.port)] = rec;
+        } else if constexpr (std::is_same_v<T, HoldRemoved>) {
+          holds_.erase(key_of(rec.protocol, rec.address, rec.port));
+        } else if constexpr (std::is_same_v<T, GuardPorts>) {
+          guard_ports_ = rec.ports;
+        }
+      },
+      r);
+  return {};
+}
+
+std::string JournalState::snapshot(uint64_t generation) const {
+  std::string out;
+  encode_record(Checkpoint{generation, next_id_, next_session_}, out);
+  if (!guard_ports_.empty()) encode_record(GuardPorts{guard_ports_}, out);
+  for (const auto& [key, hold] : holds_) encode_record(hold, out);
+  for (const auto& [id, l] : leases_) {
+    const JournalBinding& b = bindings_.at(l.binding);
+    encode_record(LeaseGranted{l.id, b.id, b.endpoint, b.mode, b.options, b.owner_uid, l.name,
+                               l.session, l.holder, l.holder_start_time, l.created_ms, l.linger_s,
+                               l.token, b.mode == Mode::kReuseport ? l.cookie : b.cookie},
+                  out);
+    if (l.lingering_until_ms != 0) encode_record(LeaseLingering{l.id, l.lingering_until_ms}, out);
+  }
+  return out;
+}
+
+}  // namespace portbroker::broker::journal

@@ -1,0 +1,220 @@
+#include "broker/os/journal_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <utility>
+
+#include "broker/os/files.h"
+
+// Compaction, and why a crash at any step loses nothing and applies nothing twice:
+//   1. journal.snap is replaced (write_file_atomically) by a snapshot of generation G+1.
+//   2. journal.log is replaced (write_file_atomically) by a log holding only Checkpoint{G+1}.
+// Records are not idempotent (a lease granted twice is an error), so "snapshot, then truncate
+// the log" is not enough: a crash between the two would replay the old log on top of a
+// snapshot that already holds it. Instead each file starts with its generation, and open()
+// replays the log only when it has the snapshot's generation:
+//   - crash before 1 completes: old snapshot G, old log G: the journal as before compaction;
+//   - crash between 1 and 2: snapshot G+1 holds everything; the log (G) is older, so open()
+//     ignores it and starts a new one;
+//   - crash after 2: snapshot G+1 and its empty log.
+// A log newer than its snapshot cannot come from this order, so open() refuses it.
+
+namespace portbroker::broker {
+namespace {
+
+using journal::Checkpoint;
+using journal::Record;
+
+// Far beyond any real journal (15,000 leases make about 3 MB); a bound so that a runaway file
+// is refused rather than read into memory.
+constexpr size_t kMaxFileBytes = size_t{1} << 30;
+// Compact only when the log is at least this large and four times the snapshot's estimated
+// size: compaction then costs at most a quarter of what was appended.
+constexpr size_t kMinCompactBytes = size_t{1} << 20;
+constexpr size_t kLeaseBytesEstimate = 256;
+constexpr size_t kHoldBytesEstimate = 64;
+
+ErrorCode code_for_errno(int e) {
+  return e == ENOSPC || e == EDQUOT ? ErrorCode::kResourceExhausted : ErrorCode::kInternal;
+}
+
+Result<void> prepare_dir(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return errno_error(ErrorCode::kInternal, "cannot create journal directory " + dir, errno);
+  }
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) {
+    return errno_error(ErrorCode::kInternal, "cannot use journal directory " + dir, errno);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return make_error(ErrorCode::kInternal, "journal directory " + dir + " is not a directory");
+  }
+  if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
+    return make_error(ErrorCode::kInternal,
+                      "journal directory " + dir +
+                          " must be private to the daemon's user (mode 0700): the journal "
+                          "holds lease tokens");
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<JournalFile> JournalFile::open(const std::string& dir) {
+  if (auto ok = prepare_dir(dir); !ok) return ok.error();
+  JournalFile j(dir);
+  if (auto ok = j.replay_snapshot(); !ok) return ok.error();
+  if (auto ok = j.replay_log(); !ok) return ok.error();
+  if (!j.log_fd_) {
+    if (auto ok = j.compact(); !ok) return ok.error();
+  }
+  return j;
+}
+
+Result<void> JournalFile::replay_snapshot() {
+  const std::string path = snapshot_path();
+  auto data = read_whole_file(path, kMaxFileBytes);
+  if (!data) {
+    if (data.error().code == ErrorCode::kNotFound) return {};  // a new journal
+    return data.error();
+  }
+  auto summary = journal::decode_records(*data, [&](Record&& r, size_t offset) -> Result<void> {
+    bool is_checkpoint = std::holds_alternative<Checkpoint>(r);
+    if (is_checkpoint != (offset == 0)) {
+      return make_error(ErrorCode::kInternal, "a checkpoint must come first, and only first");
+    }
+    return state_.apply(r);
+  });
+  if (!summary) return make_error(ErrorCode::kInternal, path + ": " + summary.error().message);
+  // The snapshot is replaced whole (rename), so a short one was damaged, not torn by a crash.
+  if (summary->torn_bytes != 0 || summary->records == 0) {
+    return make_error(ErrorCode::kInternal, path + " is truncated");
+  }
+  return {};
+}
+
+Result<void> JournalFile::replay_log() {
+  const std::string path = log_path();
+  auto data = read_whole_file(path, kMaxFileBytes);
+  if (!data) {
+    if (data.error().code == ErrorCode::kNotFound) return {};  // log_fd_ stays empty: compact
+    return data.error();
+  }
+  const uint64_t snapshot_generation = state_.generation();
+  bool stale = false;
+  uint64_t log_generation = 0;
+  auto summary = journal::decode_records(*data, [&](Record&& r, size_t offset) -> Result<void> {
+    const auto* cp = std::get_if<Checkpoint>(&r);
+    if ((cp != nullptr) != (offset == 0)) {
+      return make_error(ErrorCode::kInternal, "a checkpoint must come first, and only first");
+    }
+    if (cp != nullptr) {
+      log_generation = cp->generation;
+      if (log_generation < snapshot_generation) {
+        stale = true;  // stops decoding: its records are already in the snapshot
+        return make_error(ErrorCode::kInternal, "stale");
+      }
+      if (log_generation > snapshot_generation) {
+        return make_error(ErrorCode::kInternal, "generation " + std::to_string(log_generation) +
+                                                    " is newer than " + kSnapshotName + "'s " +
+                                                    std::to_string(snapshot_generation) +
+                                                    " (the snapshot is missing or was replaced)");
+      }
+    }
+    return state_.apply(r);
+  });
+  if (stale) {
+    ignored_.push_back(std::string(kLogName) + ": generation " + std::to_string(log_generation) +
+                       " is older than " + kSnapshotName + "'s " +
+                       std::to_string(snapshot_generation) +
+                       " (a compaction was interrupted; the snapshot holds its records): ignored");
+    return {};
+  }
+  if (!summary) return make_error(ErrorCode::kInternal, path + ": " + summary.error().message);
+  if (summary->records == 0) {
+    // Logs are created whole with their checkpoint, so this one is damaged; its records, if
+    // it ever had any, cannot be told from garbage.
+    ignored_.push_back(std::string(kLogName) + ": no checkpoint, " + std::to_string(data->size()) +
+                       " bytes ignored");
+    return {};
+  }
+  if (summary->torn_bytes != 0) {
+    ignored_.push_back(std::string(kLogName) + ": torn tail, " +
+                       std::to_string(summary->torn_bytes) + " bytes ignored");
+  }
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd) return {};  // compact() starts a new log
+  // Appending after a torn record would bury it mid-log, where it reads as corruption.
+  if (summary->torn_bytes != 0 &&
+      ::ftruncate(fd.get(), static_cast<off_t>(summary->valid_bytes)) != 0) {
+    return {};
+  }
+  log_fd_ = std::move(fd);
+  log_bytes_ = summary->valid_bytes;
+  return {};
+}
+
+Result<void> JournalFile::append(const Record& record) {
+  if (std::holds_alternative<Checkpoint>(record)) {
+    return make_error(ErrorCode::kInternal, "checkpoints are written by compaction only");
+  }
+  if (auto ok = state_.check(record); !ok) {
+    return make_error(ErrorCode::kInternal, std::string("journal record refused (") +
+                                                journal::record_kind_name(record) +
+                                                "): " + ok.error().message);
+  }
+  if (!log_fd_) {
+    if (auto ok = compact(); !ok) return ok;
+  }
+  frame_.clear();  // keeps its capacity: no allocation per append
+  journal::encode_record(record, frame_);
+  size_t done = 0;
+  while (done < frame_.size()) {
+    // One write(2) in the common case; the loop only learns the errno of a short write.
+    ssize_t n = ::write(log_fd_.get(), frame_.data() + done, frame_.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int e = n < 0 ? errno : EIO;
+      cut_back();
+      return errno_error(code_for_errno(e), "cannot append to " + log_path(), e);
+    }
+    done += static_cast<size_t>(n);
+  }
+  log_bytes_ += frame_.size();
+  (void)state_.apply(record);  // checked above
+  return {};
+}
+
+void JournalFile::cut_back() {
+  if (::ftruncate(log_fd_.get(), static_cast<off_t>(log_bytes_)) != 0) log_fd_.reset();
+}
+
+Result<void> JournalFile::compact() {
+  const uint64_t generation = state_.generation() + 1;
+  const std::string snapshot = state_.snapshot(generation);
+  if (auto ok = write_file_atomically(dir_, kSnapshotName, snapshot); !ok) return ok;
+  // From here the old log is stale: not one more record may go there.
+  log_fd_.reset();
+  const Checkpoint checkpoint{generation, state_.next_id(), state_.next_session()};
+  (void)state_.apply(checkpoint);  // a checkpoint applies to any state
+  const std::string header = journal::encode_record(checkpoint);
+  if (auto ok = write_file_atomically(dir_, kLogName, header); !ok) return ok;
+  const std::string path = log_path();
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd) return errno_error(ErrorCode::kInternal, "cannot open " + path, errno);
+  log_fd_ = std::move(fd);
+  log_bytes_ = header.size();
+  return {};
+}
+
+bool JournalFile::compaction_due() const {
+  if (log_bytes_ < kMinCompactBytes) return false;
+  size_t estimate = state_.leases().size() * kLeaseBytesEstimate +
+                    state_.holds().size() * kHoldBytesEstimate + state_.guard_ports().size() * 4;
+  return log_bytes_ > 4 * estimate;
+}
+
+}  // namespace portbroker::broker
