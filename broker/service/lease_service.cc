@@ -41,7 +41,10 @@ size_t pool_size(const Pool& pool) {
 }  // namespace
 
 LeaseService::LeaseService(ServiceConfig config, Policy policy, SysCalls& sys)
-    : config_(std::move(config)), policy_(std::move(policy)), sys_(sys), guard_(config_.state_dir) {}
+    : config_(std::move(config)),
+      policy_(std::move(policy)),
+      sys_(sys),
+      guard_(config_.state_dir) {}
 
 LeaseService::~LeaseService() = default;
 
@@ -64,9 +67,8 @@ void LeaseService::stop() {
 
 UidLimits LeaseService::limits_for(uint32_t uid) const {
   if (uid == 0) return config_.root_limits;
-  return UidLimits{
-      config_.max_connections_per_uid.value_or(policy_.limits.max_connections_per_uid),
-      config_.max_leases_per_uid.value_or(policy_.limits.max_leases_per_uid)};
+  return UidLimits{config_.max_connections_per_uid.value_or(policy_.limits.max_connections_per_uid),
+                   config_.max_leases_per_uid.value_or(policy_.limits.max_leases_per_uid)};
 }
 
 void LeaseService::open_session(uint64_t session, const Holder& holder, const Principal& principal,
