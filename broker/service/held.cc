@@ -147,7 +147,8 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
         !o.freebind.value_or(false) && o.device.empty() && o.reuseaddr.value_or(tcp) == tcp;
     if (!fits) continue;
     // The held socket itself: nothing is released and rebound, so there is no window.
-    if (auto applied = apply_late_options(sys_, h->fd.get(), spec); !applied) return applied.error();
+    if (auto applied = apply_late_options(sys_, h->fd.get(), spec); !applied)
+      return applied.error();
     UniqueFd fd = std::move(h->fd);
     socks.erase(h);
     return fd;
@@ -159,7 +160,8 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
     return endpoints_overlap(held_endpoint(spec.protocol, h, spec.port), ep);
   };
   for (HeldSocket& h : socks) {
-    if (tcp && in_the_way(h) && !h.parked && sys_.shutdown(h.fd.get(), SHUT_RD) == 0) h.parked = true;
+    if (tcp && in_the_way(h) && !h.parked && sys_.shutdown(h.fd.get(), SHUT_RD) == 0)
+      h.parked = true;
   }
   if (!tcp) std::erase_if(socks, in_the_way);
   auto fd = make_bound_socket(sys_, spec, spec.port);
