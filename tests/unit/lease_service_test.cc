@@ -808,6 +808,46 @@ ports = "8160-8169"
     CHECK_FALSE(bindable(protocol, "127.0.0.1", port, true));
   }
 
+  TEST_CASE("held: an acquire that fails on a held port leaves the port held") {
+    Sandbox sandbox;
+    Service s(policy_from(kHeldPolicy));
+    s.open(1, 1000, 4242);
+    Protocol protocol = Protocol::kTcp;
+    uint16_t port = 8140;
+    std::string text;
+    ErrorCode expected = ErrorCode::kOk;
+    SUBCASE("tcp: the held socket parked, the lease's own listen() fails") {
+      text = "tcp:127.0.0.1:8140";
+      s.sys.fail(Call::kListen, ENOBUFS);
+      expected = ErrorCode::kInternal;
+    }
+    SUBCASE("tcp: the held socket closed for a bind without SO_REUSEADDR, which then fails") {
+      text = "tcp:127.0.0.1:8140,reuseaddr=false";
+      // The first bind is refused by the parked socket itself; the second one, after it went,
+      // is the one that fails.
+      s.sys.fail(Call::kBind, EACCES, 2, 1, 8140);
+      expected = ErrorCode::kPermissionDenied;
+    }
+    SUBCASE("udp: the held socket closed, the lease's socket() fails") {
+      protocol = Protocol::kUdp;
+      port = 8150;
+      text = "udp:127.0.0.1:8150";
+      s.sys.fail(Call::kSocket, EMFILE);
+      expected = ErrorCode::kResourceExhausted;
+    }
+    REQUIRE(s.svc.port_held(protocol, port));
+    auto one = specs({text});
+    AcquireOutcome out = s.svc.acquire(1, one);
+    REQUIRE(out.error);
+    CHECK(out.error->code == expected);
+    CHECK_FALSE(s.sys.faults_pending());
+    CHECK(s.svc.registry().lease_count() == 0);
+    // Nothing was leased, so nothing may have changed: not even until the next sweep.
+    CHECK(s.svc.port_held(protocol, port));
+    CHECK(s.svc.hold_failures().empty());
+    CHECK_FALSE(bindable(protocol, "127.0.0.1", port, true));
+  }
+
   TEST_CASE("stop: every lease, lingering or not, and every hold ends") {
     Sandbox sandbox;
     Service s(policy_from(kHeldPolicy));
