@@ -194,22 +194,33 @@ std::optional<uint64_t> Registry::find_reclaimable(const Endpoint& ep, Mode mode
   return std::nullopt;
 }
 
+void Registry::change_holder(Lease& l, Holder holder) {
+  if (l.holder.uid != holder.uid) {
+    if (auto u = by_uid_.find(l.holder.uid); u != by_uid_.end()) {
+      erase_value(u->second, l.id);
+      if (u->second.empty()) by_uid_.erase(u);
+    }
+    by_uid_[holder.uid].push_back(l.id);
+  }
+  l.holder = std::move(holder);
+}
+
 void Registry::reclaim(uint64_t lease_id, uint64_t session, Holder holder) {
   auto it = leases_.find(lease_id);
   if (it == leases_.end() || !it->second.lingering()) return;
   Lease& l = it->second;
   erase_value(lingering_, lease_id);
-  if (l.holder.uid != holder.uid) {
-    if (auto u = by_uid_.find(l.holder.uid); u != by_uid_.end()) {
-      erase_value(u->second, lease_id);
-      if (u->second.empty()) by_uid_.erase(u);
-    }
-    by_uid_[holder.uid].push_back(lease_id);
-  }
-  l.holder = std::move(holder);
+  change_holder(l, std::move(holder));
   l.session = session;
   l.lingering_until_ms = 0;
   by_session_[session].push_back(lease_id);
+}
+
+void Registry::unreclaim(uint64_t lease_id, Holder holder, int64_t until_ms) {
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end() || it->second.lingering()) return;
+  change_holder(it->second, std::move(holder));
+  set_lingering(lease_id, until_ms);
 }
 
 std::vector<uint64_t> Registry::expired(int64_t now_ms) const {

@@ -93,6 +93,9 @@ class Registry {
                                            const std::string& token) const;
   // Gives a lingering lease to a new session and holder.
   void reclaim(uint64_t lease_id, uint64_t session, Holder holder);
+  // Undoes reclaim() (the acquire that reclaimed it failed): the lease lingers again until
+  // `until_ms` for `holder`, the one it lingered for, so that uid can still take it back.
+  void unreclaim(uint64_t lease_id, Holder holder, int64_t until_ms);
   // Lingering leases whose time is up at `now_ms`.
   std::vector<uint64_t> expired(int64_t now_ms) const;
 
@@ -131,6 +134,8 @@ class Registry {
   std::unordered_map<uint64_t, std::vector<uint64_t>> by_session_;
   std::unordered_map<uint32_t, std::vector<uint64_t>> by_uid_;
   std::vector<uint64_t> lingering_;
+
+  void change_holder(Lease& l, Holder holder);
 };
 
 // Local wall-clock time of day, "HH:MM:SS", for messages.

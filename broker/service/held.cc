@@ -183,6 +183,9 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
   for (HeldSocket& h : socks) {
     if (h.parked) sys_.setsockopt(h.fd.get(), SOL_SOCKET, SO_REUSEADDR, &off, sizeof(off));
   }
+  // Nothing is leased after all: the sockets that stood aside hold the port again now. Left
+  // parked they would wait for the sweep; closed ones nothing would ever bind again.
+  if (!fd) rehold_if_reserved(ep, UniqueFd());
   return fd;
 }
 

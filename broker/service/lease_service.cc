@@ -181,16 +181,19 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
     return out;
   }
   const int64_t now = unix_now_ms();
+  std::vector<Holder> lingered_for(specs.size());  // per grant, when it was a reclaim
   for (size_t i = 0; i < specs.size(); ++i) {
-    auto grant = acquire_one(s, session, specs[i], now);
+    auto grant = acquire_one(s, session, specs[i], now, lingered_for[i]);
     if (!grant) {
       // All or nothing: undo what this request already did, newest first.
-      for (auto it = out.granted.rbegin(); it != out.granted.rend(); ++it) {
-        // A lingering lease taken back goes back to lingering rather than ending.
-        if (it->reclaimed) {
-          registry_.set_lingering(it->lease, it->lingered_until_ms);
+      for (size_t k = out.granted.size(); k-- > 0;) {
+        const Grant& g = out.granted[k];
+        // A lingering lease taken back goes back to lingering rather than ending, for the
+        // holder it lingered for: a token reclaim by another uid must not keep it on that uid.
+        if (g.reclaimed) {
+          registry_.unreclaim(g.lease, std::move(lingered_for[k]), g.lingered_until_ms);
         } else {
-          end_lease(it->lease);
+          end_lease(g.lease);
         }
       }
       out.granted.clear();
@@ -204,7 +207,7 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
 }
 
 Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, SocketSpec& spec,
-                                        int64_t now_ms) {
+                                        int64_t now_ms, Holder& lingered_for) {
   const Holder& h = s.holder;
   if (auto ok = authorize(s, spec, false); !ok) return ok.error();
   Endpoint ep{spec.protocol, spec.address, spec.port, is_dual_stack(spec, !dual_stack_default_)};
@@ -217,6 +220,7 @@ Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, Sock
       int fd = spec.mode == Mode::kReuseport ? member_sockets_.at(*id).get()
                                              : binding_sockets_.at(l.binding).get();
       const int64_t until = l.lingering_until_ms;
+      lingered_for = l.holder;
       registry_.reclaim(*id, session, h);
       return Grant{*id, fd, true, until};
     }

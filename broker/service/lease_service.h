@@ -142,7 +142,9 @@ class LeaseService {
   }
 
   // acquire's steps, per requested socket.
-  Result<Grant> acquire_one(const Session& s, uint64_t session, SocketSpec& spec, int64_t now_ms);
+  // `lingered_for`: on a reclaim, the holder the lease lingered for (a rollback gives it back).
+  Result<Grant> acquire_one(const Session& s, uint64_t session, SocketSpec& spec, int64_t now_ms,
+                            Holder& lingered_for);
   Result<void> authorize(const Session& s, const SocketSpec& spec, bool from_pool) const;
   Result<UniqueFd> allocate_from_pools(const Session& s, SocketSpec& spec, Endpoint& ep);
   std::vector<HeldLease> held_by(uint32_t uid) const;

@@ -1,5 +1,6 @@
 #include "common/netns.h"
 
+#include <fcntl.h>
 #include <net/if.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -7,6 +8,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -61,6 +64,29 @@ bool enter_private_netns(std::string& why, bool* can_switch_uid) {
     if (can_switch_uid) *can_switch_uid = false;
   }
   return bring_loopback_up(why);
+}
+
+ScopedNetns::ScopedNetns() {
+  original_ = portbroker::UniqueFd(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!original_) {
+    why_ = std::string("cannot open /proc/self/ns/net: ") + std::strerror(errno);
+    return;
+  }
+  if (::unshare(CLONE_NEWNET) != 0) {
+    why_ = std::string("unshare(CLONE_NEWNET) failed: ") + std::strerror(errno);
+    return;
+  }
+  entered_ = true;
+  ok_ = bring_loopback_up(why_);
+}
+
+ScopedNetns::~ScopedNetns() {
+  // Later tests would run in a namespace nobody expects them in: stop rather than carry on.
+  if (entered_ && ::setns(original_.get(), CLONE_NEWNET) != 0) {
+    std::fprintf(stderr, "cannot return to the original network namespace: %s\n",
+                 std::strerror(errno));
+    std::abort();
+  }
 }
 
 }  // namespace pbtest

@@ -158,3 +158,28 @@ TEST_CASE("a conflict message lists a few holders of a big group") {
   CHECK(plan.error().message.find("pid 100 (w, uid 0) since") != std::string::npos);
   CHECK(plan.error().message.find("and 3 more") != std::string::npos);
 }
+
+TEST_CASE("unreclaim: a lease reclaimed by token goes back to lingering for its own uid") {
+  Registry r;
+  const Endpoint e = ep("tcp:127.0.0.1:8080");
+  const uint64_t b = r.add_binding(e, Mode::kExclusive, {}, 1000);
+  const uint64_t id = r.add_lease(b, "web", 1, holder(4242, 1000, "web"), 0, 30, "c0ffee");
+  r.set_lingering(id, 5000);
+
+  REQUIRE(r.find_reclaimable(e, Mode::kExclusive, 1001, "c0ffee") == id);
+  r.reclaim(id, 2, holder(5000, 1001, "other"));
+  CHECK(r.leases_of_uid(1001) == 1);
+  CHECK(r.leases_of_uid(1000) == 0);
+
+  r.unreclaim(id, holder(4242, 1000, "web"), 5000);
+  const Lease* l = r.find_lease(id);
+  REQUIRE(l != nullptr);
+  CHECK(l->lingering_until_ms == 5000);
+  CHECK(l->session == 0);
+  CHECK(l->holder.pid == 4242);
+  CHECK(r.leases_of_session(2).empty());
+  CHECK(r.leases_of_uid(1001) == 0);
+  CHECK(r.leases_of_uid(1000) == 1);
+  CHECK(r.find_reclaimable(e, Mode::kExclusive, 1000, "") == id);
+  CHECK(r.expired(5000) == std::vector<uint64_t>{id});
+}

@@ -26,42 +26,6 @@ using namespace portbroker::broker;
 
 namespace {
 
-// Moves this process into a fresh network namespace with lo up, and back on destruction, so
-// the test may bind fixed ports without touching the host's.
-class PrivateNetns {
- public:
-  PrivateNetns() {
-    original_ = UniqueFd(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
-    if (!original_) {
-      why_ = std::string("cannot open /proc/self/ns/net: ") + std::strerror(errno);
-      return;
-    }
-    if (::unshare(CLONE_NEWNET) != 0) {
-      why_ = std::string("unshare(CLONE_NEWNET) failed: ") + std::strerror(errno);
-      return;
-    }
-    entered_ = true;
-    ok_ = pbtest::bring_loopback_up(why_);
-  }
-  ~PrivateNetns() {
-    // Staying in the private namespace would be harmless for later tests but surprising.
-    if (entered_ && ::setns(original_.get(), CLONE_NEWNET) != 0) {
-      FAIL_CHECK("cannot return to the original network namespace: " << std::strerror(errno));
-    }
-  }
-  PrivateNetns(const PrivateNetns&) = delete;
-  PrivateNetns& operator=(const PrivateNetns&) = delete;
-
-  bool ok() const { return ok_; }
-  const std::string& why() const { return why_; }
-
- private:
-  UniqueFd original_;
-  bool entered_ = false;
-  bool ok_ = false;
-  std::string why_;
-};
-
 sockaddr_storage endpoint(const char* address, uint16_t port, socklen_t& len) {
   sockaddr_storage ss{};
   if (std::strchr(address, ':')) {
@@ -135,7 +99,7 @@ constexpr uint16_t kPort = 4711;
 }  // namespace
 
 TEST_CASE("sockdiag: finds this process's sockets, tcp and udp, v4 and v6") {
-  PrivateNetns netns;
+  pbtest::ScopedNetns netns;
   if (!netns.ok()) {
     MESSAGE("skipping: no private network namespace (" << netns.why() << ")");
     return;
@@ -191,7 +155,7 @@ TEST_CASE("sockdiag: finds this process's sockets, tcp and udp, v4 and v6") {
 }
 
 TEST_CASE("sockdiag: connections, scopes, and sockets shared between processes") {
-  PrivateNetns netns;
+  pbtest::ScopedNetns netns;
   if (!netns.ok()) {
     MESSAGE("skipping: no private network namespace (" << netns.why() << ")");
     return;
