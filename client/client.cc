@@ -586,6 +586,10 @@ Result<void> Client::shutdown(bool revoke_all) {
       conn_.get(), [&](wire::Request::Builder r) { r.initShutdown().setRevokeAll(revoke_all); });
 }
 
+Result<void> Client::upgrade() {
+  return round_trip_done(conn_.get(), [](wire::Request::Builder r) { r.setUpgrade(); });
+}
+
 Result<ReloadReport> Client::reload() {
   return round_trip<ReloadReport>(
       conn_.get(), [](wire::Request::Builder r) { r.setReload(); },

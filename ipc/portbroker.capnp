@@ -97,6 +97,7 @@ struct Request {
     check @9 :Void;
     reservations @10 :Void;
     shutdown @11 :ShutdownRequest;     # root only
+    upgrade @12 :Void;                 # root only; re-execute the daemon in place
   }
 }
 

@@ -196,6 +196,7 @@ void Server::defer(Session& s, std::function<void()> work, std::function<void(Re
   d->work = std::move(work);
   d->done = std::move(done);
   s.deferred = true;
+  ++deferred_in_flight_;
   uv_poll_start(&s.poll, UV_DISCONNECT, &Server::on_session_event);
   if (int rc = uv_queue_work(loop_, &d->req, &Server::on_deferred_work, &Server::on_deferred_done);
       rc != 0) {
@@ -218,6 +219,7 @@ void Server::on_deferred_work(uv_work_t* req) {
 void Server::on_deferred_done(uv_work_t* req, int /*status*/) {
   std::unique_ptr<Deferred> d(static_cast<Deferred*>(req->data));
   Server* self = d->server;
+  --self->deferred_in_flight_;
   auto it = self->sessions_.find(d->session);
   if (it == self->sessions_.end()) return;  // the client left meanwhile
   Session& s = *it->second;

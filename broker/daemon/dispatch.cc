@@ -60,6 +60,9 @@ void Server::handle_record(Session& s, Reply& reply) {
       case wire::Request::SHUTDOWN:
         do_shutdown(s, req.getShutdown(), reply);
         return;
+      case wire::Request::UPGRADE:
+        do_upgrade(s, reply);
+        return;
     }
     reply.error(make_error(ErrorCode::kUnknownRequest,
                            "unknown request kind " + std::to_string(static_cast<int>(req.which())) +
@@ -294,6 +297,13 @@ void Server::do_shutdown(Session& s, wire::ShutdownRequest::Reader r, Reply& rep
         if (self->on_shutdown_request) self->on_shutdown_request(self->shutdown_revoke_all_);
       },
       0, 0);
+}
+
+void Server::do_upgrade(Session& s, Reply& reply) {
+  if (!require_root(s, "upgrade", reply)) return;
+  spdlog::info("pid={} uid={} asked for an upgrade in place", s.holder.pid, s.holder.uid);
+  reply.root.setDone();
+  request_upgrade();
 }
 
 void Server::do_reload(Session& s, Reply& reply) {

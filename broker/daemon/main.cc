@@ -30,7 +30,7 @@ void raise_fd_limit() {
 }
 
 struct Signals {
-  uv_signal_t term{}, intr{}, hup{};
+  uv_signal_t term{}, intr{}, hup{}, usr2{};
   Server* server = nullptr;
   bool stopped = false;
 
@@ -59,6 +59,7 @@ struct Signals {
     uv_close(reinterpret_cast<uv_handle_t*>(&term), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&intr), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&hup), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&usr2), nullptr);
   }
 };
 
@@ -83,6 +84,14 @@ int main(int argc, char** argv) {
                  "validate a policy file, print what is wrong, and exit (0: valid)");
   app.add_option("--state-dir", cfg.state_dir, "directory for runtime state (reservations)")
       ->capture_default_str();
+  app.add_option("--runtime-dir", cfg.runtime_dir,
+                 "directory of the lease journal (default: the control socket's directory)");
+  app.add_flag("--fd-store", cfg.fd_store,
+               "keep every socket and session in systemd's fd store (FileDescriptorStoreMax=), "
+               "so that a restart loses nothing; on by default when $FDSTORE is set");
+  bool no_journal = false;
+  app.add_flag("--no-journal", no_journal,
+               "keep no lease journal: a restarted daemon forgets every lease");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -110,6 +119,11 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   cfg.first_request_timeout_ms = static_cast<uint64_t>(request_timeout_s * 1000);
+  cfg.journal = !no_journal;
+  // systemd 254 and later say how many fds it keeps for the service.
+  if (const char* store = std::getenv("FDSTORE"); store && std::atoi(store) > 0) {
+    cfg.fd_store = true;
+  }
   if (!pool.empty()) {
     auto range = portbroker::broker::parse_port_range(pool);
     if (!range) {
@@ -170,6 +184,15 @@ int main(int argc, char** argv) {
     uv_signal_start(handle, &Signals::on_stop, signum);
   }
   server.on_shutdown_request = [&sig](bool revoke_all) { sig.stop(revoke_all); };
+  uv_signal_init(loop, &sig.usr2);
+  sig.usr2.data = &server;
+  uv_signal_start(
+      &sig.usr2,
+      [](uv_signal_t* h, int) {
+        spdlog::info("received SIGUSR2; upgrading in place");
+        static_cast<Server*>(h->data)->request_upgrade();
+      },
+      SIGUSR2);
   uv_signal_init(loop, &sig.hup);
   sig.hup.data = &sig;
   uv_signal_start(&sig.hup, &Signals::on_hup, SIGHUP);

@@ -27,10 +27,26 @@ constexpr int kListenBacklog = 1024;
 
 }  // namespace
 
+std::string ServerConfig::journal_dir() const {
+  if (!runtime_dir.empty()) return runtime_dir + "/journal";
+  auto slash = socket_path.rfind('/');
+  return (slash == std::string::npos || slash == 0 ? std::string("/")
+                                                   : socket_path.substr(0, slash)) +
+         "/journal";
+}
+
+// A restored lease's holder whose connection did not survive: its leases end when it exits.
+struct Server::HolderWatch {
+  Server* server = nullptr;
+  OrphanSession orphan;
+  uv_poll_t poll{};
+};
+
 Server::Server(uv_loop_t* loop, ServerConfig config, Policy policy)
     : loop_(loop),
       config_(std::move(config)),
-      service_(config_.service_config(), std::move(policy)) {}
+      service_(config_.service_config(), std::move(policy)),
+      fd_store_(config_.fd_store) {}
 
 Server::~Server() = default;
 
@@ -46,14 +62,24 @@ void Server::log_notices() {
 
 Result<void> Server::start() {
   started_at_ms_ = unix_now_ms();
-  auto stale = prepare_socket_path(config_.socket_path);
-  if (!stale) return stale.error();
-  if (*stale) spdlog::info("removed stale socket {} of a daemon that is gone", config_.socket_path);
-  auto fd = listen_control_socket(config_.socket_path, kListenBacklog);
-  if (!fd) return fd.error();
+  bool have_control = false;
+  Inheritance passed = take_over(take_inherited_fds(), have_control);
+  if (!have_control) {
+    auto stale = prepare_socket_path(config_.socket_path);
+    if (!stale) return stale.error();
+    if (*stale) {
+      spdlog::info("removed stale socket {} of a daemon that is gone", config_.socket_path);
+    }
+    auto fd = listen_control_socket(config_.socket_path, kListenBacklog);
+    if (!fd) return fd.error();
+    listen_fd_ = std::move(fd).value();
+    if (auto stored = fd_store_.store(listen_fd_.get(), "control"); !stored) {
+      spdlog::warn("{}", stored.error().message);
+    }
+  }
   socket_created_ = true;
-  listen_fd_ = std::move(fd).value();
   reserve_fd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (auto restored = restore(std::move(passed)); !restored) return restored;
 
   uv_poll_init(loop_, &listen_poll_, listen_fd_.get());
   listen_poll_.data = this;
@@ -66,10 +92,73 @@ Result<void> Server::start() {
   uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_timer_));
   uv_timer_init(loop_, &shutdown_timer_);
   shutdown_timer_.data = this;
+  uv_timer_init(loop_, &upgrade_timer_);
+  upgrade_timer_.data = this;
   listening_ = true;
-  service_.start();
-  log_notices();
   return {};
+}
+
+Inheritance Server::take_over(std::vector<NamedFd> inherited, bool& have_control) {
+  Inheritance passed;
+  size_t sessions = 0;
+  for (NamedFd& nfd : inherited) {
+    const std::string& name = nfd.name;
+    if (name == "control" && !have_control) {
+      have_control = true;
+      listen_fd_ = std::move(nfd.fd);
+    } else if (name.rfind("session-", 0) == 0) {
+      add_session(std::move(nfd.fd), std::strtoull(name.c_str() + 8, nullptr, 10));
+      ++sessions;
+    } else if (name.rfind("hold", 0) == 0) {
+      passed.holds.push_back(std::move(nfd.fd));
+    } else if (uint64_t cookie = socket_cookie(nfd.fd.get()); cookie != 0) {
+      passed.sockets.emplace(cookie, std::move(nfd.fd));
+    }
+  }
+  if (!inherited.empty()) {
+    spdlog::info("took over {} fd(s) from the previous daemon: {} session(s){}", inherited.size(),
+                 sessions, have_control ? ", the control socket" : "");
+  }
+  return passed;
+}
+
+Result<void> Server::restore(Inheritance passed) {
+  auto report = service_.start(std::move(passed));
+  log_notices();
+  if (!report) return report.error();
+  for (const std::string& line : report->lines) spdlog::warn("restart: {}", line);
+  if (report->restored + report->dropped > 0) {
+    spdlog::info("restart: {} lease(s) restored ({} without the broker's copy), {} ended",
+                 report->restored, report->without_copy, report->dropped);
+  }
+  for (OrphanSession& o : report->orphans) watch_orphan(std::move(o));
+  next_session_ = std::max(next_session_, service_.next_session_id());
+  return {};
+}
+
+void Server::watch_orphan(OrphanSession o) {
+  auto w = std::make_unique<HolderWatch>();
+  w->server = this;
+  w->orphan = std::move(o);
+  uv_poll_init(loop_, &w->poll, w->orphan.pidfd.get());
+  w->poll.data = w.get();
+  // A pidfd becomes readable when its process exits.
+  uv_poll_start(&w->poll, UV_READABLE, [](uv_poll_t* handle, int, int) {
+    auto* watch = static_cast<HolderWatch*>(handle->data);
+    Server* self = watch->server;
+    const uint64_t id = watch->orphan.session;
+    auto ended = self->service_.end_session(id);
+    self->log_notices();
+    spdlog::info("pid={} uid={} exited; released {} restored lease(s), {} lingering",
+                 watch->orphan.holder.pid, watch->orphan.holder.uid, ended.released,
+                 ended.lingering);
+    uv_poll_stop(handle);
+    auto node = self->watches_.extract(id);
+    HolderWatch* raw = node.mapped().release();
+    uv_close(reinterpret_cast<uv_handle_t*>(&raw->poll),
+             [](uv_handle_t* h) { delete static_cast<HolderWatch*>(h->data); });
+  });
+  watches_.emplace(w->orphan.session, std::move(w));
 }
 
 void Server::stop(bool revoke_all) {
@@ -78,8 +167,15 @@ void Server::stop(bool revoke_all) {
   if (revoke_all) {
     service_.stop();
   } else {
+    detaching_ = true;  // the fd store keeps the sessions for the next daemon
     service_.detach();
   }
+  for (auto& [id, w] : watches_) {
+    uv_poll_stop(&w->poll);
+    uv_close(reinterpret_cast<uv_handle_t*>(&w.release()->poll),
+             [](uv_handle_t* h) { delete static_cast<HolderWatch*>(h->data); });
+  }
+  watches_.clear();
   for (Session* s : all) close_session(*s);
   log_notices();
   if (listening_) {
@@ -89,11 +185,15 @@ void Server::stop(bool revoke_all) {
     uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
     uv_timer_stop(&shutdown_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
+    uv_timer_stop(&upgrade_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&upgrade_timer_), nullptr);
     listening_ = false;
   }
   listen_fd_.reset();
   reserve_fd_.reset();
-  if (socket_created_) {
+  // Under a service manager's fd store the control socket lives on for the next daemon, so its
+  // file must stay too.
+  if (socket_created_ && !(detaching_ && fd_store_.enabled())) {
     ::unlink(config_.socket_path.c_str());
     socket_created_ = false;
   }
@@ -162,7 +262,9 @@ void Server::accept_pending() {
   }
 }
 
-void Server::accept_one(UniqueFd conn) {
+void Server::accept_one(UniqueFd conn) { add_session(std::move(conn), 0); }
+
+void Server::add_session(UniqueFd conn, uint64_t id) {
   auto peer = read_peer_identity(conn.get());
   if (!peer) {
     spdlog::warn("dropping a connection: {}", peer.error().message);
@@ -171,7 +273,9 @@ void Server::accept_one(UniqueFd conn) {
   const ucred cred{peer->pid, peer->uid, peer->gid};
   auto s = std::make_unique<Session>();
   s->server = this;
-  s->id = next_session_++;
+  s->id = id != 0 ? id : next_session_++;
+  next_session_ = std::max(next_session_, s->id + 1);
+  s->spoke = id != 0;  // a session passed on has spoken before
   s->conn = std::move(conn);
   s->pidfd = std::move(peer->pidfd);
   s->connected_at = uv_now(loop_);
@@ -209,6 +313,11 @@ void Server::accept_one(UniqueFd conn) {
   s->principal.cgroup = s->holder.cgroup;
   s->principal.groups = std::move(peer->groups);
   service_.open_session(s->id, s->holder, s->principal, s->pidfd.get());
+  if (fd_store_.enabled()) {
+    if (auto stored = fd_store_.store(s->conn.get(), "session-" + std::to_string(s->id)); !stored) {
+      spdlog::warn("{}", stored.error().message);
+    }
+  }
 
   uv_poll_init(loop_, &s->poll, s->conn.get());
   s->poll.data = s.get();
@@ -322,6 +431,7 @@ void Server::close_session(Session& s) {
   if (s.closing) return;
   s.closing = true;
   auto ended = service_.end_session(s.id);
+  if (fd_store_.enabled() && !detaching_) fd_store_.remove("session-" + std::to_string(s.id));
   if (ended.released + ended.lingering > 0) {
     spdlog::info("pid={} uid={} session ended; released {} lease(s), {} lingering", s.holder.pid,
                  s.holder.uid, ended.released, ended.lingering);

@@ -34,10 +34,17 @@ struct ServerConfig {
   // A connection must send its first request this soon: a client that connects and says
   // nothing would otherwise hold one of its uid's connection slots for ever.
   uint64_t first_request_timeout_ms = 30'000;
+  // The lease journal lives in <runtime_dir>/journal; "" means the control socket's directory.
+  std::string runtime_dir;
+  bool journal = true;
+  bool fd_store = false;  // keep sockets and sessions in the service manager's fd store
 
   PolicySource policy_source() const { return PolicySource{config_path, state_dir, pool}; }
+  std::string journal_dir() const;
   ServiceConfig service_config() const {
-    return ServiceConfig{state_dir, max_connections_per_uid, max_leases_per_uid, root_limits};
+    return ServiceConfig{state_dir,          journal ? journal_dir() : std::string(),
+                         fd_store,           max_connections_per_uid,
+                         max_leases_per_uid, root_limits};
   }
 };
 
@@ -57,6 +64,13 @@ class Server {
   // Called (on the loop, after the reply went out) when an admin asks the daemon to stop.
   std::function<void(bool revoke_all)> on_shutdown_request;
 
+  // Re-executes the daemon binary in place (`portbroker upgrade`, SIGUSR2), handing the next
+  // one the control socket, every session's connection and every socket it keeps, so that no
+  // listener closes and no client notices. Waits for replies in flight first. Returns only on
+  // failure, with nothing changed.
+  Result<void> upgrade();
+  void request_upgrade();
+
   // Re-reads the policy (SIGHUP, `portbroker reload`). Keeps every lease; returns the ones
   // the new policy would refuse. On an invalid file the old policy stays in force.
   Result<std::vector<std::string>> reload();
@@ -74,6 +88,15 @@ class Server {
 
   void accept_pending();
   void accept_one(UniqueFd conn);
+  // A connection: a new one (id 0: the next id), or one a previous daemon passed on.
+  void add_session(UniqueFd conn, uint64_t id);
+  // What a previous daemon passed on: the control socket and sessions are taken here, the
+  // rest is for the LeaseService (restore).
+  Inheritance take_over(std::vector<NamedFd> inherited, bool& have_control);
+  Result<void> restore(Inheritance passed);
+  struct HolderWatch;
+  void watch_orphan(OrphanSession o);
+  static void on_upgrade_timer(uv_timer_t* t);
   void read_requests(Session& s);
   void flush_pending(Session& s);
   bool send_reply(Session& s, Reply& reply);
@@ -93,6 +116,7 @@ class Server {
   void do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply);
   void do_check(Session& s, Reply& reply);
   void do_shutdown(Session& s, wire::ShutdownRequest::Reader r, Reply& reply);
+  void do_upgrade(Session& s, Reply& reply);
   bool require_root(const Session& s, const char* what, Reply& reply);
   // Replies to a refused acquire, naming who holds the port outside the broker (a scan: off
   // the loop) when that is why.
@@ -116,8 +140,13 @@ class Server {
   // leases whose time is up and retries holds that failed.
   uv_timer_t sweep_timer_{};
   uv_timer_t shutdown_timer_{};  // runs on_shutdown_request once the reply is sent
+  uv_timer_t upgrade_timer_{};   // runs upgrade() once nothing is in flight
+  size_t deferred_in_flight_ = 0;
+  FdStore fd_store_;
+  std::unordered_map<uint64_t, std::unique_ptr<HolderWatch>> watches_;
   bool shutdown_revoke_all_ = false;
   bool listening_ = false;
+  bool detaching_ = false;
   bool socket_created_ = false;
   int64_t started_at_ms_ = 0;
 

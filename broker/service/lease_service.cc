@@ -44,15 +44,113 @@ LeaseService::LeaseService(ServiceConfig config, Policy policy, SysCalls& sys)
     : config_(std::move(config)),
       policy_(std::move(policy)),
       sys_(sys),
-      guard_(config_.state_dir) {}
+      guard_(config_.state_dir),
+      fd_store_(config_.fd_store) {}
 
 LeaseService::~LeaseService() = default;
 
-void LeaseService::start() {
+Result<RestoreReport> LeaseService::start(Inheritance inherited) {
   dual_stack_default_ = !read_bindv6only();
   ipv6_available_ = UniqueFd(sys_.socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0)).valid();
+  RestoreReport report;
+  if (!config_.journal_dir.empty()) {
+    auto opened = JournalFile::open(config_.journal_dir);
+    if (!opened) return opened.error();
+    journal_.emplace(std::move(opened).value());
+    for (const std::string& line : journal_->ignored()) notice(Notice::kWarn, "journal: " + line);
+    restore_leases(journal_->state(), inherited, report);
+    // The journal now says what this daemon holds, no more.
+    if (auto compacted = journal_->compact(); !compacted) {
+      notice(Notice::kWarn, "journal not compacted: " + compacted.error().message);
+    }
+  }
+  adopt_holds(std::move(inherited.holds));
   sync_held();
   apply_guard();
+  return report;
+}
+
+uint64_t LeaseService::next_session_id() const {
+  uint64_t next = journal_ ? journal_->state().next_session() : 1;
+  for (const auto& [id, s] : sessions_) next = std::max(next, id + 1);
+  for (const Lease* l : registry_.all_leases()) next = std::max(next, l->session + 1);
+  return next;
+}
+
+int LeaseService::keep(std::unordered_map<uint64_t, KeptSocket>& table, uint64_t key, UniqueFd fd) {
+  const int raw = fd.get();
+  const uint64_t cookie = socket_cookie(raw);
+  if (fd_store_.enabled()) {
+    if (auto stored = fd_store_.store(raw, "sock-" + std::to_string(cookie)); !stored) {
+      notice(Notice::kWarn, stored.error().message);
+    }
+  }
+  table[key] = KeptSocket{std::move(fd), cookie};
+  return raw;
+}
+
+UniqueFd LeaseService::release_kept(std::unordered_map<uint64_t, KeptSocket>& table, uint64_t key) {
+  auto it = table.find(key);
+  if (it == table.end()) return {};
+  UniqueFd fd = std::move(it->second.fd);
+  if (fd_store_.enabled()) fd_store_.remove("sock-" + std::to_string(it->second.cookie));
+  table.erase(it);
+  return fd;
+}
+
+std::vector<std::pair<int, std::string>> LeaseService::handover_fds() const {
+  std::vector<std::pair<int, std::string>> out;
+  for (const auto* table : {&binding_sockets_, &member_sockets_}) {
+    for (const auto& [key, kept] : *table) out.emplace_back(kept.fd.get(), "sock");
+  }
+  for (const auto& [key, entry] : held_) {
+    for (const HeldSocket& h : entry.sockets) out.emplace_back(h.fd.get(), "hold");
+  }
+  return out;
+}
+
+Result<void> LeaseService::record(const journal::Record& r) {
+  if (!journal_) return {};
+  if (auto ok = journal_->append(r); !ok) return ok;
+  if (journal_->compaction_due()) {
+    if (auto compacted = journal_->compact(); !compacted) {
+      notice(Notice::kWarn, "journal not compacted: " + compacted.error().message);
+    }
+  }
+  return {};
+}
+
+void LeaseService::record_or_warn(const journal::Record& r) {
+  if (auto ok = record(r); !ok) {
+    notice(Notice::kWarn, std::string("journal: ") + journal::record_kind_name(r) +
+                              " not recorded: " + ok.error().message);
+  }
+}
+
+journal::Record LeaseService::granted_record(uint64_t lease, const Session& s) const {
+  const Lease& l = *registry_.find_lease(lease);
+  const Binding& b = *registry_.find_binding(l.binding);
+  uint64_t cookie = 0;
+  const auto& table = b.mode == Mode::kReuseport ? member_sockets_ : binding_sockets_;
+  if (auto it = table.find(b.mode == Mode::kReuseport ? lease : b.id); it != table.end()) {
+    cookie = it->second.cookie;
+  }
+  journal::LeaseGranted g;
+  g.lease = l.id;
+  g.binding = b.id;
+  g.endpoint = b.endpoint;
+  g.mode = b.mode;
+  g.options = b.options;
+  g.owner_uid = b.owner_uid;
+  g.name = l.name;
+  g.session = l.session;
+  g.holder = l.holder;
+  g.holder_start_time = s.start_time;
+  g.created_ms = l.created_ms;
+  g.linger_s = l.linger_s;
+  g.token = l.token;
+  g.cookie = cookie;
+  return g;
 }
 
 void LeaseService::stop() {
@@ -66,6 +164,7 @@ void LeaseService::stop() {
 }
 
 void LeaseService::detach() {
+  // Not release_kept: the fd store keeps its copies for the next daemon.
   binding_sockets_.clear();
   member_sockets_.clear();
   held_.clear();
@@ -81,7 +180,8 @@ UidLimits LeaseService::limits_for(uint32_t uid) const {
 
 void LeaseService::open_session(uint64_t session, const Holder& holder, const Principal& principal,
                                 int pidfd) {
-  sessions_[session] = Session{holder, principal, pidfd};
+  sessions_[session] =
+      Session{holder, principal, pidfd, journal_ ? process_start_time(holder.pid) : 0};
 }
 
 LeaseService::SessionEnd LeaseService::end_session(uint64_t session) {
@@ -91,7 +191,9 @@ LeaseService::SessionEnd LeaseService::end_session(uint64_t session) {
   for (auto it = leases.rbegin(); it != leases.rend(); ++it) {
     const Lease* l = registry_.find_lease(*it);
     if (l != nullptr && l->linger_s > 0 && !stopping_) {
-      registry_.set_lingering(*it, now + int64_t{l->linger_s} * 1000);
+      const int64_t until = now + int64_t{l->linger_s} * 1000;
+      registry_.set_lingering(*it, until);
+      record_or_warn(journal::LeaseLingering{*it, until});
       ++out.lingering;
     } else {
       end_lease(*it);
@@ -184,6 +286,23 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
   std::vector<Holder> lingered_for(specs.size());  // per grant, when it was a reclaim
   for (size_t i = 0; i < specs.size(); ++i) {
     auto grant = acquire_one(s, session, specs[i], now, lingered_for[i]);
+    if (grant) {
+      // Recorded before anyone hears of it; a lease the journal could not take is not granted.
+      const Lease& l = *registry_.find_lease(grant->lease);
+      auto recorded =
+          grant->reclaimed
+              ? record(journal::LeaseReclaimed{l.id, session, l.holder, s.start_time, 0})
+              : record(granted_record(grant->lease, s));
+      if (!recorded) {
+        if (grant->reclaimed) {
+          registry_.unreclaim(grant->lease, std::move(lingered_for[i]), grant->lingered_until_ms);
+        } else {
+          end_lease(grant->lease, false);
+        }
+        grant = make_error(recorded.error().code,
+                           "cannot record the lease: " + recorded.error().message);
+      }
+    }
     if (!grant) {
       // All or nothing: undo what this request already did, newest first.
       for (size_t k = out.granted.size(); k-- > 0;) {
@@ -192,6 +311,7 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
         // holder it lingered for: a token reclaim by another uid must not keep it on that uid.
         if (g.reclaimed) {
           registry_.unreclaim(g.lease, std::move(lingered_for[k]), g.lingered_until_ms);
+          record_or_warn(journal::LeaseLingering{g.lease, g.lingered_until_ms});
         } else {
           end_lease(g.lease);
         }
@@ -217,8 +337,14 @@ Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, Sock
     // connections queued while it was away.
     if (auto id = registry_.find_reclaimable(ep, spec.mode, h.uid, spec.token)) {
       const Lease& l = *registry_.find_lease(*id);
-      int fd = spec.mode == Mode::kReuseport ? member_sockets_.at(*id).get()
-                                             : binding_sockets_.at(l.binding).get();
+      auto& table = spec.mode == Mode::kReuseport ? member_sockets_ : binding_sockets_;
+      auto kept = table.find(spec.mode == Mode::kReuseport ? *id : l.binding);
+      if (kept == table.end()) {
+        return make_error(ErrorCode::kInternal,
+                          "lease " + std::to_string(*id) +
+                              " cannot be taken back: the broker lost its copy of the socket");
+      }
+      int fd = kept->second.fd.get();
       const int64_t until = l.lingering_until_ms;
       lingered_for = l.holder;
       registry_.reclaim(*id, session, h);
@@ -252,13 +378,18 @@ Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, Sock
   }
   uint64_t lease = registry_.add_lease(binding, spec.name, session, h, now_ms, spec.linger,
                                        spec.linger > 0 ? new_token() : std::string());
-  int fd = fresh.get();
+  int fd = -1;
   if (spec.mode == Mode::kReuseport) {
-    member_sockets_.emplace(lease, std::move(fresh));
+    fd = keep(member_sockets_, lease, std::move(fresh));
   } else if (fresh) {
-    binding_sockets_.emplace(binding, std::move(fresh));
+    fd = keep(binding_sockets_, binding, std::move(fresh));
+  } else if (auto kept = binding_sockets_.find(binding); kept != binding_sockets_.end()) {
+    fd = kept->second.fd.get();
   } else {
-    fd = binding_sockets_.at(binding).get();
+    end_lease(lease, false);
+    return make_error(ErrorCode::kInternal,
+                      "cannot join " + format_endpoint(ep.protocol, ep.address, ep.port) +
+                          ": the broker lost its copy of the socket at a restart");
   }
   return Grant{lease, fd, false};
 }
@@ -285,20 +416,15 @@ std::vector<uint64_t> LeaseService::expire(int64_t now_ms) {
   return ids;
 }
 
-void LeaseService::end_lease(uint64_t lease_id) {
+void LeaseService::end_lease(uint64_t lease_id, bool journal) {
   auto removed = registry_.remove_lease(lease_id);
   if (!removed) return;
+  if (journal) record_or_warn(journal::LeaseEnded{lease_id});
   UniqueFd sock;
   if (removed->mode == Mode::kReuseport) {
-    if (auto it = member_sockets_.find(lease_id); it != member_sockets_.end()) {
-      sock = std::move(it->second);
-      member_sockets_.erase(it);
-    }
+    sock = release_kept(member_sockets_, lease_id);
   } else if (removed->binding_empty) {
-    if (auto it = binding_sockets_.find(removed->lease.binding); it != binding_sockets_.end()) {
-      sock = std::move(it->second);
-      binding_sockets_.erase(it);
-    }
+    sock = release_kept(binding_sockets_, removed->lease.binding);
   }
   // A copy may live on in a child of the holder: shut the listener down so the port is
   // really free (SO_REUSEADDR binds succeed) once the lease has ended.

@@ -12,8 +12,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "broker/core/journal.h"
 #include "broker/core/policy.h"
 #include "broker/core/registry.h"
+#include "broker/os/handover.h"
+#include "broker/os/journal_file.h"
 #include "broker/os/syscalls.h"
 #include "broker/service/guard.h"
 #include "broker/service/notice.h"
@@ -30,6 +33,9 @@ struct UidLimits {
 
 struct ServiceConfig {
   std::string state_dir;  // runtime reservations and the guard's own entries persist here
+  // The lease journal's directory ("" for none: nothing survives the daemon). Under /run.
+  std::string journal_dir;
+  bool fd_store = false;  // keep every socket in the service manager's fd store
   std::optional<size_t> max_connections_per_uid;  // override the policy's [limits]
   std::optional<size_t> max_leases_per_uid;
   UidLimits root_limits{4096, 65536};  // root, generous but bounded
@@ -60,6 +66,30 @@ struct AcquireOutcome {
   bool whole_request = false;  // the error is about the request as a whole (e.g. a limit)
 };
 
+// What a previous daemon left that this one can take over (see LeaseService::start).
+struct Inheritance {
+  // Sockets passed on (fd store, upgrade), by SO_COOKIE; what is not claimed is closed.
+  std::unordered_map<uint64_t, UniqueFd> sockets;
+  // Held-reservation sockets passed on.
+  std::vector<UniqueFd> holds;
+};
+
+// A restored lease's session whose connection did not survive the restart: it lasts as long
+// as its holder, which the daemon watches through `pidfd` (the daemon owns it from now on).
+struct OrphanSession {
+  uint64_t session = 0;
+  Holder holder;
+  UniqueFd pidfd;
+};
+
+struct RestoreReport {
+  size_t restored = 0;      // leases back as they were
+  size_t without_copy = 0;  // restored, but the broker could not take its copy back
+  size_t dropped = 0;       // their holder is gone (or their lingering socket is lost)
+  std::vector<OrphanSession> orphans;
+  std::vector<std::string> lines;  // one per dropped or degraded lease, for the log
+};
+
 class LeaseService {
  public:
   LeaseService(ServiceConfig config, Policy policy, SysCalls& sys = SysCalls::real());
@@ -67,8 +97,13 @@ class LeaseService {
   LeaseService(const LeaseService&) = delete;
   LeaseService& operator=(const LeaseService&) = delete;
 
-  // Reads the host's IPv6 defaults, holds every held reservation and applies the guard.
-  void start();
+  // Reads the host's IPv6 defaults, opens the journal and takes over the leases it records
+  // (sockets from `inherited`, else from their live holders), then holds every held
+  // reservation and applies the guard. Sessions whose connections survived must be opened
+  // first. Fails only when the journal cannot be opened.
+  Result<RestoreReport> start(Inheritance inherited = {});
+  // The first session id a new connection may take (ids of a previous daemon stay unique).
+  uint64_t next_session_id() const;
   // Revokes every lease (lingering or not: each socket is shut down) and drops every held
   // socket and guard entry: `portbroker shutdown --revoke-all`.
   void stop();
@@ -78,6 +113,9 @@ class LeaseService {
 
   // Sessions: a control connection's identity. `pidfd` (borrowed; may be -1) pins the process.
   void open_session(uint64_t session, const Holder& holder, const Principal& principal, int pidfd);
+  // The sockets the daemon must keep across its own restarts, for an upgrade in place: every
+  // copy it holds, named for the next daemon ("sock", "hold").
+  std::vector<std::pair<int, std::string>> handover_fds() const;
   struct SessionEnd {
     size_t released = 0;
     size_t lingering = 0;
@@ -131,6 +169,12 @@ class LeaseService {
     Holder holder;
     Principal principal;
     int pidfd = -1;
+    uint64_t start_time = 0;  // the holder's, for the journal
+  };
+  // The broker's copy of a socket, known by its SO_COOKIE in the journal and the fd store.
+  struct KeptSocket {
+    UniqueFd fd;
+    uint64_t cookie = 0;
   };
   struct Held {
     std::string reservation;
@@ -150,8 +194,18 @@ class LeaseService {
   std::vector<HeldLease> held_by(uint32_t uid) const;
   void refresh_comms(const Endpoint& ep);
   // Ends one lease and closes (after shutdown, so a copy held elsewhere stops serving) the
-  // socket that only it used.
-  void end_lease(uint64_t lease_id);
+  // socket that only it used. `journal` false: the lease was never recorded.
+  void end_lease(uint64_t lease_id, bool journal = true);
+  // Keeps the broker's copy of a socket (and puts it in the fd store).
+  int keep(std::unordered_map<uint64_t, KeptSocket>& table, uint64_t key, UniqueFd fd);
+  UniqueFd release_kept(std::unordered_map<uint64_t, KeptSocket>& table, uint64_t key);
+  // The journal: a record before the change is acknowledged. Without a journal, always ok.
+  Result<void> record(const journal::Record& r);
+  void record_or_warn(const journal::Record& r);
+  journal::Record granted_record(uint64_t lease, const Session& s) const;
+  void restore_leases(const journal::JournalState& st, Inheritance& inherited,
+                      RestoreReport& report);
+  void adopt_holds(std::vector<UniqueFd> holds);
 
   // Held reservations (held.cc).
   // Holds every port of every held reservation (or only `only`'s) that is neither held nor
@@ -175,12 +229,14 @@ class LeaseService {
   std::unordered_map<uint64_t, Session> sessions_;
   // The broker's own copy of every socket it hands out: per binding for exclusive and
   // shared, per lease for reuseport members (each has its own socket in the group).
-  std::unordered_map<uint64_t, UniqueFd> binding_sockets_;
-  std::unordered_map<uint64_t, UniqueFd> member_sockets_;
+  std::unordered_map<uint64_t, KeptSocket> binding_sockets_;
+  std::unordered_map<uint64_t, KeptSocket> member_sockets_;
   std::unordered_map<std::string, size_t> pool_cursors_;
   std::unordered_map<uint32_t, Held> held_;                  // key: port_key()
   std::unordered_map<uint32_t, std::string> hold_failures_;  // why a held port is not held
   Guard guard_;
+  std::optional<JournalFile> journal_;
+  FdStore fd_store_;
   bool dual_stack_default_ = true;
   bool ipv6_available_ = true;
   bool stopping_ = false;

@@ -98,6 +98,13 @@ int run_shutdown(const std::string& socket_path, bool revoke_all) {
                           : "portbrokerd is stopping; every holder keeps its sockets\n");
 }
 
+int run_upgrade(const std::string& socket_path) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  if (auto done = client->upgrade(); !done) return fail(done.error());
+  return print("portbrokerd is re-executing itself; leases, sessions and listeners carry on\n");
+}
+
 int run_who(const std::string& socket_path, const std::string& port_text, bool udp, bool json) {
   uint32_t port = 0;
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
@@ -198,6 +205,11 @@ int run(int argc, char** argv) {
       "--revoke-all every lease is revoked first: each listener is shut down.");
   shutdown->add_flag("--revoke-all", revoke_all, "Revoke every lease before stopping.");
 
+  auto* upgrade = app.add_subcommand("upgrade", "Re-execute the daemon in place (root).");
+  upgrade->footer(
+      "The new binary takes over the control socket, every session and every socket: no "
+      "listener closes and no request is refused. SIGUSR2 does the same.");
+
   std::string port;
   bool udp = false;
   auto* who = app.add_subcommand("who", "Show who holds a port, and why one may not bind it.");
@@ -243,6 +255,7 @@ int run(int argc, char** argv) {
   if (*who) return run_who(socket_path, port, udp, json);
   if (*check) return run_check(socket_path, json);
   if (*shutdown) return run_shutdown(socket_path, revoke_all);
+  if (*upgrade) return run_upgrade(socket_path);
   return kExitUsage;
 }
 

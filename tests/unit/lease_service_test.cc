@@ -261,7 +261,7 @@ Policy default_policy() {
 // A started LeaseService over the faulty seam, with a state dir of its own.
 struct Service {
   explicit Service(Policy policy = default_policy()) : svc(config_in(dir), std::move(policy), sys) {
-    svc.start();
+    REQUIRE(svc.start().ok());
   }
 
   static ServiceConfig config_in(const TempDir& d) {

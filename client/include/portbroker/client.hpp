@@ -174,6 +174,8 @@ class Client {
   // Stops the daemon (root). Without `revoke_all` every holder keeps its socket, as with
   // SIGTERM; with it every lease is revoked first.
   Result<void> shutdown(bool revoke_all);
+  // Re-executes the daemon binary in place (root): leases, sessions and listeners carry on.
+  Result<void> upgrade();
   Result<WhoReport> who(Protocol protocol, uint16_t port);
   // Empty when all is well.
   Result<std::vector<Problem>> check();
