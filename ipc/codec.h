@@ -5,8 +5,9 @@
 // damaged record makes the Cap'n Proto reader itself throw kj::Exception, which the daemon and
 // the client catch around each whole record.
 //
-// Requests that carry a bare scalar (release: a lease id, unreserve: a name) or nothing (list,
-// status, reload, check, reservations) have nothing to convert and no codec here.
+// Requests that carry a bare scalar (release: a lease id, unreserve: a name, shutdown: one flag)
+// or nothing (list, status, reload, check, reservations) have nothing to convert and no codec
+// here.
 #pragma once
 
 #include <cstdint>

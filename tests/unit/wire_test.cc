@@ -250,6 +250,7 @@ TEST_CASE("requests with a scalar or no body keep their kind and payload") {
           CHECK(r.getVersion() == wire::PROTOCOL_VERSION);
           std::string payload = r.isRelease()     ? std::to_string(r.getRelease())
                                 : r.isUnreserve() ? ipc::text_from_wire(r.getUnreserve())
+                                : r.isShutdown()  ? std::to_string(r.getShutdown().getRevokeAll())
                                                   : "";
           return std::make_pair(r.which(), payload);
         });
@@ -264,6 +265,9 @@ TEST_CASE("requests with a scalar or no body keep their kind and payload") {
   CHECK(kind_of([](auto r) { r.setReload(); }).first == K::RELOAD);
   CHECK(kind_of([](auto r) { r.setCheck(); }).first == K::CHECK);
   CHECK(kind_of([](auto r) { r.setReservations(); }).first == K::RESERVATIONS);
+  CHECK(kind_of([](auto r) { r.initShutdown().setRevokeAll(true); }) ==
+        std::make_pair(K::SHUTDOWN, std::string("1")));
+  CHECK(kind_of([](auto r) { r.initShutdown(); }) == std::make_pair(K::SHUTDOWN, std::string("0")));
 }
 
 // --- replies ------------------------------------------------------------------------------
