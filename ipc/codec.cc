@@ -158,7 +158,7 @@ LeaseView view_of(const LeaseInfo& lease) {
 
 void lease_to_wire(const LeaseView& lease, wire::LeaseInfo::Builder out) {
   out.setId(lease.id);
-  out.setName(capnp::Text::Reader(lease.name.data(), lease.name.size()));
+  out.setName(lease.name);
   out.setProtocol(protocol_to_wire(lease.protocol));
   out.setAddress(address_bytes(lease.address));
   out.setPort(lease.port);
@@ -167,16 +167,14 @@ void lease_to_wire(const LeaseView& lease, wire::LeaseInfo::Builder out) {
   holder.setPid(lease.holder.pid);
   holder.setUid(lease.holder.uid);
   holder.setGid(lease.holder.gid);
-  holder.setComm(capnp::Text::Reader(lease.comm.data(), lease.comm.size()));
+  holder.setComm(lease.comm);
   holder.setCgroup(lease.holder.cgroup);
   out.setSession(lease.session);
   out.setCreatedAt(lease.created_at_ms);
-  out.setState(capnp::Text::Reader(lease.state.data(), lease.state.size()));
+  out.setState(lease.state);
   out.setLinger(lease.linger_s);
   out.setLingerUntil(lease.linger_until_ms);
-  if (!lease.token.empty()) {
-    out.setToken(capnp::Text::Reader(lease.token.data(), lease.token.size()));
-  }
+  if (lease.token.size() > 0) out.setToken(lease.token);
 }
 
 void lease_to_wire(const LeaseInfo& lease, wire::LeaseInfo::Builder out) {

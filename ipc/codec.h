@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <span>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "ipc/portbroker.capnp.h"
@@ -50,22 +49,23 @@ void error_to_wire(const Error& e, wire::Reply::Builder out);
 Error error_from_wire(wire::Reply::Reader in);
 
 // A lease's fields, borrowed from wherever their owner keeps them: the daemon encodes straight
-// from its registry, with no LeaseInfo (and its strings) built for every granted socket.
+// from its registry, with no LeaseInfo (and its strings) built for every granted socket. The
+// texts are kj::StringPtr because Cap'n Proto copies them as NUL-terminated strings.
 struct LeaseView {
   uint64_t id = 0;
-  std::string_view name;
+  kj::StringPtr name;
   Protocol protocol = Protocol::kTcp;
   const IpAddress& address;
   uint16_t port = 0;
   Mode mode = Mode::kExclusive;
   const Holder& holder;
-  std::string_view comm;  // stands for holder.comm: the holder may have exec'd since it connected
+  kj::StringPtr comm;  // stands for holder.comm: the holder may have exec'd since it connected
   uint64_t session = 0;
   int64_t created_at_ms = 0;
-  std::string_view state;
+  kj::StringPtr state;
   uint32_t linger_s = 0;
   int64_t linger_until_ms = 0;
-  std::string_view token;  // only to the holder, in the acquire reply
+  kj::StringPtr token;  // only to the holder, in the acquire reply
 };
 LeaseView view_of(const LeaseInfo& lease);
 
