@@ -13,10 +13,10 @@
 #include <span>
 #include <utility>
 
+#include "ipc/codec.h"
 #include "ipc/framing.h"
 #include "ipc/paths.h"
 #include "ipc/portbroker.capnp.h"
-#include "ipc/wire.h"
 #include "portbroker/fd.hpp"
 
 namespace portbroker {
@@ -56,108 +56,11 @@ Result<T> no_throw(Fn&& fn) noexcept {
   }
 }
 
-Result<Protocol> protocol_from_wire(wire::Protocol p) {
-  switch (p) {
-    case wire::Protocol::TCP:
-      return Protocol::kTcp;
-    case wire::Protocol::UDP:
-      return Protocol::kUdp;
-  }
-  return protocol_error("unknown protocol " + std::to_string(static_cast<int>(p)));
-}
-
-Result<Mode> mode_from_wire(wire::Mode m) {
-  switch (m) {
-    case wire::Mode::EXCLUSIVE:
-      return Mode::kExclusive;
-    case wire::Mode::SHARED:
-      return Mode::kShared;
-    case wire::Mode::REUSEPORT:
-      return Mode::kReuseport;
-  }
-  return protocol_error("unknown mode " + std::to_string(static_cast<int>(m)));
-}
-
-std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
-
-Result<void> lease_from_wire(wire::LeaseInfo::Reader in, LeaseInfo& out) {
-  auto protocol = protocol_from_wire(in.getProtocol());
-  if (!protocol) return protocol.error();
-  auto mode = mode_from_wire(in.getMode());
-  if (!mode) return mode.error();
-  auto address = ipc::address_from_wire(in.getAddress());
-  if (!address) return protocol_error(address.error().message);
-  out.id = in.getId();
-  out.name = text(in.getName());
-  out.protocol = *protocol;
-  out.address = *address;
-  out.port = in.getPort();
-  out.mode = *mode;
-  auto holder = in.getHolder();
-  out.holder.pid = holder.getPid();
-  out.holder.uid = holder.getUid();
-  out.holder.gid = holder.getGid();
-  out.holder.comm = text(holder.getComm());
-  out.holder.cgroup = text(holder.getCgroup());
-  out.session = in.getSession();
-  out.created_at_ms = in.getCreatedAt();
-  out.state = text(in.getState());
-  out.linger_s = in.getLinger();
-  out.linger_until_ms = in.getLingerUntil();
-  out.token = text(in.getToken());
-  return {};
-}
-
-std::vector<std::string> texts(capnp::List<capnp::Text>::Reader list) {
-  std::vector<std::string> out;
-  out.reserve(list.size());
-  for (auto t : list) out.push_back(text(t));
-  return out;
-}
-
-Result<void> reservation_from_wire(wire::Reservation::Reader in, ReservationInfo& out) {
-  out.name = text(in.getName());
-  out.target = text(in.getTarget());
-  out.tcp = in.getTcp();
-  out.udp = in.getUdp();
-  if (in.hasAddress() && in.getAddress().size() > 0) {
-    auto address = ipc::address_from_wire(in.getAddress());
-    if (!address) return protocol_error(address.error().message);
-    out.address = *address;
-  }
-  out.port_first = in.getPortFirst();
-  out.port_last = in.getPortLast();
-  out.users = texts(in.getUsers());
-  out.groups = texts(in.getGroups());
-  out.hold = in.getHold();
-  out.origin = text(in.getOrigin());
-  out.principals = text(in.getPrincipals());
-  return {};
-}
-
-Result<void> outside_from_wire(wire::OutsideHolder::Reader in, OutsideHolder& out) {
-  auto protocol = protocol_from_wire(in.getProtocol());
-  if (!protocol) return protocol.error();
-  auto address = ipc::address_from_wire(in.getAddress());
-  if (!address) return protocol_error(address.error().message);
-  out.protocol = *protocol;
-  out.address = *address;
-  out.port = in.getPort();
-  out.state = text(in.getState());
-  out.pid = in.getPid();
-  out.uid = in.getUid();
-  out.comm = text(in.getComm());
-  return {};
-}
-
-// Converts every element of a wire list with `convert`, stopping at the first bad one.
-template <typename T, typename List, typename Convert>
-Result<std::vector<T>> all_from_wire(List list, Convert convert) {
-  std::vector<T> out(list.size());
-  for (unsigned i = 0; i < list.size(); ++i) {
-    if (auto ok = convert(list[i], out[i]); !ok) return ok.error();
-  }
-  return out;
+// A reply the codec refuses is the daemon's fault, not the caller's: say so in the code.
+template <typename T>
+Result<T> from_reply(Result<T> decoded) {
+  if (!decoded) return protocol_error(decoded.error().message);
+  return decoded;
 }
 
 Result<uint16_t> parse_port(std::string_view text) {
@@ -169,14 +72,6 @@ Result<uint16_t> parse_port(std::string_view text) {
                       "'" + std::string(text) + "' is not a port (1-65535)");
   }
   return static_cast<uint16_t>(port);
-}
-
-Error error_from_reply(wire::Reply::Reader reply) {
-  auto err = reply.getError();
-  ErrorCode code = ipc::error_code_from_wire(err.getCode());
-  std::string message = text(err.getMessage());
-  if (message.empty()) message = error_code_name(code);
-  return make_error(code, std::move(message));
 }
 
 Error unexpected_reply(wire::Reply::Reader reply, const char* wanted) {
@@ -263,7 +158,7 @@ class Connection {
     if (!reply) return reply.error();
     Result<void> result;
     if (reply->isError()) {
-      result = error_from_reply(*reply);
+      result = ipc::error_from_wire(*reply);
     } else if (!reply->isReleased()) {
       result = unexpected_reply(*reply, "released");
     }
@@ -303,7 +198,7 @@ Result<T> round_trip(Connection* conn, Fill&& fill, Read&& read) {
     auto reply = conn->call(fill);
     if (!reply) return reply.error();
     ReplyScope scope(*conn);
-    if (reply->isError()) return error_from_reply(*reply);
+    if (reply->isError()) return ipc::error_from_wire(*reply);
     return read(*reply);
   });
 }
@@ -339,56 +234,31 @@ Result<void> acquire_into(const std::shared_ptr<Connection>& conn,
                       "at most " + std::to_string(ipc::kMaxSocketsPerRequest) +
                           " sockets per request, not " + std::to_string(specs.size()));
   }
-  auto reply = conn->call([&](wire::Request::Builder r) {
-    auto list = r.initAcquire(static_cast<unsigned>(specs.size()));
-    for (size_t i = 0; i < specs.size(); ++i) ipc::spec_to_wire(specs[i], list[i]);
-  });
+  auto reply = conn->call([&](wire::Request::Builder r) { ipc::acquire_to_wire(specs, r); });
   if (!reply) return reply.error();
-  std::optional<Error> bad;
+  Error bad;
   std::vector<uint64_t> granted_ids;
   {
     ReplyScope scope(*conn);
-    if (reply->isError()) return error_from_reply(*reply);
+    if (reply->isError()) return ipc::error_from_wire(*reply);
     if (!reply->isAcquired()) return unexpected_reply(*reply, "acquired");
-    auto granted = reply->getAcquired();
     auto& fds = conn->fds();
-    const size_t n = specs.size();
-    uint32_t fd_index[ipc::kMaxSocketsPerRequest];
-    if (granted.size() != n) {
-      bad = protocol_error("asked for " + std::to_string(n) + " sockets, granted " +
-                           std::to_string(granted.size()));
-    } else if (fds.size() != n) {
-      bad = protocol_error(std::to_string(n) + " sockets granted but " +
-                           std::to_string(fds.size()) + " fds received");
-    } else {
-      uint64_t used = 0;  // n <= 64: one bit per fd
-      for (size_t i = 0; i < n; ++i) {
-        uint32_t index = granted[i].getFdIndex();
-        if (index >= n || (used & (uint64_t{1} << index))) {
-          bad = protocol_error("bad or repeated fd index " + std::to_string(index));
-          break;
-        }
-        used |= uint64_t{1} << index;
-        fd_index[i] = index;
-        if (auto ok = lease_from_wire(granted[i].getLease(), parts(out[i]).info); !ok) {
-          bad = ok.error();
-          break;
-        }
-      }
-    }
-    if (!bad) {
-      for (size_t i = 0; i < n; ++i) {
+    auto grants = from_reply(ipc::grants_from_wire(reply->getAcquired(), specs.size(), fds.size()));
+    if (grants) {
+      for (size_t i = 0; i < grants->size(); ++i) {
         LeaseParts p = parts(out[i]);
+        p.info = std::move((*grants)[i].lease);
         p.conn = conn;
-        p.fd = fds[fd_index[i]].release();
+        p.fd = fds[(*grants)[i].fd_index].release();
       }
       return {};
     }
-    for (auto g : granted) granted_ids.push_back(g.getLease().getId());
+    bad = grants.error();
+    for (auto g : reply->getAcquired()) granted_ids.push_back(g.getLease().getId());
   }
   // The daemon may hold leases we cannot use (their fds are closed by now): give them back.
   for (uint64_t id : granted_ids) (void)conn->release(id);
-  return *bad;
+  return bad;
 }
 
 }  // namespace
@@ -520,7 +390,7 @@ Result<std::vector<LeaseInfo>> Client::list() {
       conn_.get(), [](wire::Request::Builder r) { r.setList(); },
       [](wire::Reply::Reader reply) -> Result<std::vector<LeaseInfo>> {
         if (!reply.isLeases()) return unexpected_reply(reply, "leases");
-        return all_from_wire<LeaseInfo>(reply.getLeases(), lease_from_wire);
+        return from_reply(ipc::leases_from_wire(reply.getLeases()));
       });
 }
 
@@ -529,18 +399,7 @@ Result<DaemonStatus> Client::status() {
       conn_.get(), [](wire::Request::Builder r) { r.setStatus(); },
       [](wire::Reply::Reader reply) -> Result<DaemonStatus> {
         if (!reply.isStatus()) return unexpected_reply(reply, "status");
-        auto s = reply.getStatus();
-        DaemonStatus out;
-        out.version = text(s.getVersion());
-        out.pid = s.getPid();
-        out.started_at_ms = s.getStartedAt();
-        out.sessions = s.getSessions();
-        out.leases = s.getLeases();
-        out.pool_low = s.getPoolLow();
-        out.pool_high = s.getPoolHigh();
-        out.open_fds = s.getOpenFds();
-        out.socket_path = text(s.getSocketPath());
-        return out;
+        return ipc::status_from_wire(reply.getStatus());
       });
 }
 
@@ -549,21 +408,13 @@ Result<void> Client::reserve(std::string_view name, std::string_view target,
                              const std::vector<std::string>& groups, bool hold) {
   auto parsed = no_throw<ReservationInfo>([&] { return parse_reservation_target(target); });
   if (!parsed) return parsed.error();
-  const ReservationInfo& t = *parsed;
-  return round_trip_done(conn_.get(), [&](wire::Request::Builder r) {
-    auto out = r.initReserve();
-    out.setName(std::string(name));
-    out.setTarget(std::string(target));
-    out.setTcp(t.tcp);
-    out.setUdp(t.udp);
-    if (t.address) out.setAddress(ipc::address_bytes(*t.address));
-    out.setPortFirst(t.port_first);
-    out.setPortLast(t.port_last);
-    auto u = out.initUsers(static_cast<unsigned>(users.size()));
-    for (size_t i = 0; i < users.size(); ++i) u.set(static_cast<unsigned>(i), users[i]);
-    auto g = out.initGroups(static_cast<unsigned>(groups.size()));
-    for (size_t i = 0; i < groups.size(); ++i) g.set(static_cast<unsigned>(i), groups[i]);
-    out.setHold(hold);
+  ReservationInfo& r = *parsed;
+  r.name = std::string(name);
+  r.users = users;
+  r.groups = groups;
+  r.hold = hold;
+  return round_trip_done(conn_.get(), [&](wire::Request::Builder request) {
+    ipc::reservation_to_wire(r, request.initReserve());
   });
 }
 
@@ -577,7 +428,7 @@ Result<std::vector<ReservationInfo>> Client::reservations() {
       conn_.get(), [](wire::Request::Builder r) { r.setReservations(); },
       [](wire::Reply::Reader reply) -> Result<std::vector<ReservationInfo>> {
         if (!reply.isReservations()) return unexpected_reply(reply, "reservations");
-        return all_from_wire<ReservationInfo>(reply.getReservations(), reservation_from_wire);
+        return from_reply(ipc::reservations_from_wire(reply.getReservations()));
       });
 }
 
@@ -595,8 +446,7 @@ Result<ReloadReport> Client::reload() {
       conn_.get(), [](wire::Request::Builder r) { r.setReload(); },
       [](wire::Reply::Reader reply) -> Result<ReloadReport> {
         if (!reply.isReloaded()) return unexpected_reply(reply, "reloaded");
-        auto in = reply.getReloaded();
-        return ReloadReport{text(in.getSource()), texts(in.getRefusedLeases())};
+        return ipc::reload_from_wire(reply.getReloaded());
       });
 }
 
@@ -604,33 +454,11 @@ Result<WhoReport> Client::who(Protocol protocol, uint16_t port) {
   return round_trip<WhoReport>(
       conn_.get(),
       [&](wire::Request::Builder r) {
-        auto who = r.initWho();
-        who.setProtocol(ipc::protocol_to_wire(protocol));
-        who.setPort(port);
+        ipc::who_query_to_wire(ipc::WhoQuery{protocol, port}, r.initWho());
       },
       [](wire::Reply::Reader reply) -> Result<WhoReport> {
         if (!reply.isWho()) return unexpected_reply(reply, "who");
-        auto in = reply.getWho();
-        auto reply_protocol = protocol_from_wire(in.getProtocol());
-        if (!reply_protocol) return reply_protocol.error();
-        auto leases = all_from_wire<LeaseInfo>(in.getLeases(), lease_from_wire);
-        if (!leases) return leases.error();
-        auto outside = all_from_wire<OutsideHolder>(in.getOutside(), outside_from_wire);
-        if (!outside) return outside.error();
-        auto reservations =
-            all_from_wire<ReservationInfo>(in.getReservations(), reservation_from_wire);
-        if (!reservations) return reservations.error();
-        WhoReport out;
-        out.protocol = *reply_protocol;
-        out.port = in.getPort();
-        out.leases = std::move(leases).value();
-        out.outside = std::move(outside).value();
-        out.reservations = std::move(reservations).value();
-        out.pools = texts(in.getPools());
-        out.in_ephemeral_range = in.getInEphemeralRange();
-        out.guarded = in.getGuarded();
-        out.held = in.getHeld();
-        return out;
+        return from_reply(ipc::who_from_wire(reply.getWho()));
       });
 }
 
@@ -639,9 +467,7 @@ Result<std::vector<Problem>> Client::check() {
       conn_.get(), [](wire::Request::Builder r) { r.setCheck(); },
       [](wire::Reply::Reader reply) -> Result<std::vector<Problem>> {
         if (!reply.isProblems()) return unexpected_reply(reply, "problems");
-        std::vector<Problem> out;
-        for (auto p : reply.getProblems()) out.push_back({text(p.getKind()), text(p.getMessage())});
-        return out;
+        return ipc::problems_from_wire(reply.getProblems());
       });
 }
 

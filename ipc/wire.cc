@@ -40,6 +40,29 @@ wire::Mode mode_to_wire(Mode m) {
   return wire::Mode::EXCLUSIVE;
 }
 
+Result<Protocol> protocol_from_wire(wire::Protocol p) {
+  switch (p) {
+    case wire::Protocol::TCP:
+      return Protocol::kTcp;
+    case wire::Protocol::UDP:
+      return Protocol::kUdp;
+  }
+  return make_error(ErrorCode::kBadRequest,
+                    "unknown protocol " + std::to_string(static_cast<int>(p)));
+}
+
+Result<Mode> mode_from_wire(wire::Mode m) {
+  switch (m) {
+    case wire::Mode::EXCLUSIVE:
+      return Mode::kExclusive;
+    case wire::Mode::SHARED:
+      return Mode::kShared;
+    case wire::Mode::REUSEPORT:
+      return Mode::kReuseport;
+  }
+  return make_error(ErrorCode::kBadRequest, "unknown mode " + std::to_string(static_cast<int>(m)));
+}
+
 wire::ErrorCode error_code_to_wire(ErrorCode c) { return static_cast<wire::ErrorCode>(c); }
 
 ErrorCode error_code_from_wire(wire::ErrorCode c) {
@@ -79,35 +102,16 @@ Result<SocketSpec> spec_from_wire(wire::SocketRequest::Reader in) {
   SocketSpec spec;
   auto name = in.getName();
   spec.name = std::string(name.cStr(), name.size());
-  switch (in.getProtocol()) {
-    case wire::Protocol::TCP:
-      spec.protocol = Protocol::kTcp;
-      break;
-    case wire::Protocol::UDP:
-      spec.protocol = Protocol::kUdp;
-      break;
-    default:
-      return make_error(ErrorCode::kBadRequest,
-                        "unknown protocol " + std::to_string(static_cast<int>(in.getProtocol())));
-  }
+  auto protocol = protocol_from_wire(in.getProtocol());
+  if (!protocol) return protocol.error();
+  spec.protocol = *protocol;
   auto addr = address_from_wire(in.getAddress());
   if (!addr) return addr.error();
   spec.address = *addr;
   spec.port = in.getPort();
-  switch (in.getMode()) {
-    case wire::Mode::EXCLUSIVE:
-      spec.mode = Mode::kExclusive;
-      break;
-    case wire::Mode::SHARED:
-      spec.mode = Mode::kShared;
-      break;
-    case wire::Mode::REUSEPORT:
-      spec.mode = Mode::kReuseport;
-      break;
-    default:
-      return make_error(ErrorCode::kBadRequest,
-                        "unknown mode " + std::to_string(static_cast<int>(in.getMode())));
-  }
+  auto mode = mode_from_wire(in.getMode());
+  if (!mode) return mode.error();
+  spec.mode = *mode;
   auto& o = spec.options;
   for (auto opt : in.getOptions()) {
     switch (opt.which()) {

@@ -16,8 +16,11 @@ void spec_to_wire(const SocketSpec& spec, wire::SocketRequest::Builder out);
 Result<SocketSpec> spec_from_wire(wire::SocketRequest::Reader in);
 
 wire::Protocol protocol_to_wire(Protocol p);
+Result<Protocol> protocol_from_wire(wire::Protocol p);
 wire::Mode mode_to_wire(Mode m);
+Result<Mode> mode_from_wire(wire::Mode m);
 wire::ErrorCode error_code_to_wire(ErrorCode c);
+// A code this side does not know (a newer peer) reads as kInternal: the message still says what.
 ErrorCode error_code_from_wire(wire::ErrorCode c);
 
 }  // namespace portbroker::ipc

@@ -115,8 +115,8 @@ void fill_who(const WhoReport& who, wire::Reply::Builder root) {
   out.setPort(who.port);
   auto wl = out.initLeases(static_cast<unsigned>(who.leases.size()));
   for (size_t i = 0; i < who.leases.size(); ++i) {
-    fill_lease(who.leases[i].first, &who.leases[i].second, who.comms[i],
-               wl[static_cast<unsigned>(i)]);
+    ipc::lease_to_wire(lease_view(who.leases[i].first, &who.leases[i].second, who.comms[i]),
+                       wl[static_cast<unsigned>(i)]);
   }
   auto wo = out.initOutside(static_cast<unsigned>(who.outside.size()));
   for (size_t i = 0; i < who.outside.size(); ++i) {
@@ -137,7 +137,7 @@ void fill_who(const WhoReport& who, wire::Reply::Builder root) {
   }
   auto wr = out.initReservations(static_cast<unsigned>(who.reservations.size()));
   for (size_t i = 0; i < who.reservations.size(); ++i) {
-    fill_reservation(who.reservations[i], wr[static_cast<unsigned>(i)]);
+    ipc::reservation_to_wire(reservation_info(who.reservations[i]), wr[static_cast<unsigned>(i)]);
   }
   auto wp = out.initPools(static_cast<unsigned>(who.pools.size()));
   for (size_t i = 0; i < who.pools.size(); ++i) wp.set(static_cast<unsigned>(i), who.pools[i]);

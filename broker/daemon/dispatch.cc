@@ -8,6 +8,7 @@
 #include "broker/daemon/server_internal.h"
 #include "broker/os/names.h"
 #include "broker/os/peer.h"
+#include "ipc/codec.h"
 #include "ipc/portbroker.capnp.h"
 #include "ipc/wire.h"
 
@@ -80,27 +81,24 @@ void Server::handle_record(Session& s, Reply& reply) {
   }
 }
 
-void fill_lease(const Lease& l, const Binding* b, const std::string& comm,
-                wire::LeaseInfo::Builder info) {
-  info.setId(l.id);
-  info.setName(l.name);
-  if (b != nullptr) {
-    info.setProtocol(ipc::protocol_to_wire(b->endpoint.protocol));
-    info.setAddress(ipc::address_bytes(b->endpoint.address));
-    info.setPort(b->endpoint.port);
-    info.setMode(ipc::mode_to_wire(b->mode));
-  }
-  info.setSession(l.session);
-  info.setCreatedAt(l.created_ms);
-  info.setState(l.lingering() ? "lingering" : "active");
-  info.setLinger(l.linger_s);
-  info.setLingerUntil(l.lingering_until_ms);
-  auto holder = info.initHolder();
-  holder.setPid(l.holder.pid);
-  holder.setUid(l.holder.uid);
-  holder.setGid(l.holder.gid);
-  holder.setComm(comm);
-  holder.setCgroup(l.holder.cgroup);
+ipc::LeaseView lease_view(const Lease& l, const Binding* b, const std::string& comm) {
+  // Every lease has its binding; a missing one still yields a whole view rather than a crash.
+  static const Binding kNoBinding{};
+  const Binding& binding = b != nullptr ? *b : kNoBinding;
+  return ipc::LeaseView{.id = l.id,
+                        .name = l.name,
+                        .protocol = binding.endpoint.protocol,
+                        .address = binding.endpoint.address,
+                        .port = binding.endpoint.port,
+                        .mode = binding.mode,
+                        .holder = l.holder,
+                        .comm = comm,
+                        .session = l.session,
+                        .created_at_ms = l.created_ms,
+                        .state = l.lingering() ? "lingering" : "active",
+                        .linger_s = l.linger_s,
+                        .linger_until_ms = l.lingering_until_ms,
+                        .token = {}};
 }
 
 void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader list, Reply& reply) {
@@ -144,11 +142,9 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
   for (size_t i = 0; i < outcome.granted.size(); ++i) {
     const Grant& g = outcome.granted[i];
     const Lease& l = *reg.find_lease(g.lease);
-    auto w = out[static_cast<unsigned>(i)];
-    w.setFdIndex(static_cast<uint32_t>(i));
-    auto info = w.initLease();
-    fill_lease(l, reg.find_binding(l.binding), l.holder.comm, info);
-    info.setToken(l.token);  // to the holder only: it lets another uid take the lease back
+    auto view = lease_view(l, reg.find_binding(l.binding), l.holder.comm);
+    view.token = l.token;  // to the holder only: it lets another uid take the lease back
+    ipc::grant_to_wire(view, static_cast<uint32_t>(i), out[static_cast<unsigned>(i)]);
     reply.fds.push_back(g.fd);
     if (g.reclaimed) {
       spdlog::info("pid={} uid={} took back lingering lease {}", h.pid, h.uid, l.id);
@@ -180,7 +176,8 @@ void Server::do_list(Reply& reply) {
     const Lease& l = *leases[i];
     auto [it, fresh] = comm_now.try_emplace(l.session);
     if (fresh) it->second = service_.current_comm(l);
-    fill_lease(l, reg.find_binding(l.binding), it->second, out[static_cast<unsigned>(i)]);
+    ipc::lease_to_wire(lease_view(l, reg.find_binding(l.binding), it->second),
+                       out[static_cast<unsigned>(i)]);
   }
 }
 
@@ -200,30 +197,32 @@ void Server::do_status(Reply& reply) {
   st.setSocketPath(config_.socket_path);
 }
 
-void fill_reservation(const Reservation& r, wire::Reservation::Builder out) {
-  out.setName(r.name);
-  out.setTcp(r.protocols.tcp);
-  out.setUdp(r.protocols.udp);
-  if (!r.addresses.empty()) out.setAddress(ipc::address_bytes(r.addresses.front()));
-  // [::1] is written in brackets in a target, as in a socket spec.
+ReservationInfo reservation_info(const Reservation& r) {
+  ReservationInfo out;
+  out.name = r.name;
+  out.tcp = r.protocols.tcp;
+  out.udp = r.protocols.udp;
+  if (!r.addresses.empty()) out.address = r.addresses.front();
   if (!r.ports.empty()) {
-    out.setPortFirst(r.ports.front().first);
-    out.setPortLast(r.ports.back().last);
+    out.port_first = r.ports.front().first;
+    out.port_last = r.ports.back().last;
   }
-  out.setHold(r.hold);
-  out.setOrigin(r.runtime ? "runtime (portbroker reserve)" : r.origin.to_string());
-  out.setPrincipals(r.principals.to_string());
-  std::string target = r.protocols.tcp && r.protocols.udp ? "both:" : r.protocols.to_string() + ":";
+  out.hold = r.hold;
+  out.origin = r.runtime ? "runtime (portbroker reserve)" : r.origin.to_string();
+  out.principals = r.principals.to_string();
+  out.target = r.protocols.tcp && r.protocols.udp ? "both:" : r.protocols.to_string() + ":";
+  // [::1] is written in brackets in a target, as in a socket spec.
   if (r.addresses.empty()) {
-    target += "any";
+    out.target += "any";
   } else if (r.addresses.front().family == AF_INET6) {
-    target += "[" + r.addresses.front().to_string() + "]";
+    out.target += "[" + r.addresses.front().to_string() + "]";
   } else {
-    target += r.addresses.front().to_string();
+    out.target += r.addresses.front().to_string();
   }
   std::string ports;
   for (const PortRange& p : r.ports) ports += (ports.empty() ? "" : ",") + p.to_string();
-  out.setTarget(target + ":" + ports);
+  out.target += ":" + ports;
+  return out;
 }
 
 bool Server::require_root(const Session& s, const char* what, Reply& reply) {
@@ -263,7 +262,7 @@ void Server::do_reservations(Reply& reply) {
   const auto& reservations = service_.policy().reservations;
   auto out = reply.root.initReservations(static_cast<unsigned>(reservations.size()));
   for (size_t i = 0; i < reservations.size(); ++i) {
-    fill_reservation(reservations[i], out[static_cast<unsigned>(i)]);
+    ipc::reservation_to_wire(reservation_info(reservations[i]), out[static_cast<unsigned>(i)]);
   }
 }
 

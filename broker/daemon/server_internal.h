@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "broker/daemon/server.h"
+#include "ipc/codec.h"
 #include "ipc/portbroker.capnp.h"
 #include "ipc/wire.h"
 
@@ -25,9 +26,7 @@ struct Server::Reply {
   Reply() : root(message.initRoot<wire::Reply>()) {}
 
   void error(const Error& e) {
-    auto err = root.initError();
-    err.setCode(ipc::error_code_to_wire(e.code));
-    err.setMessage(e.message);
+    ipc::error_to_wire(e, root);
     fds.clear();
   }
 };
@@ -58,8 +57,9 @@ struct Server::Deferred {
   std::function<void(Reply&)> done;
 };
 
-void fill_lease(const Lease& l, const Binding* b, const std::string& comm,
-                wire::LeaseInfo::Builder info);
-void fill_reservation(const Reservation& r, wire::Reservation::Builder out);
+// The lease as the wire shows it, borrowed from the registry: nothing is copied per grant.
+// `comm` is the holder's command now; the view borrows it, so it must outlive the view.
+ipc::LeaseView lease_view(const Lease& l, const Binding* b, const std::string& comm);
+ReservationInfo reservation_info(const Reservation& r);
 
 }  // namespace portbroker::broker

@@ -15,7 +15,7 @@
 
 #include <cstdint>
 #include <memory>
-#include <optional>
+#include <portbroker/info.hpp>
 #include <portbroker/result.hpp>
 #include <portbroker/spec.hpp>
 #include <string>
@@ -24,91 +24,9 @@
 
 namespace portbroker {
 
-struct LeaseInfo {
-  uint64_t id = 0;
-  std::string name;
-  Protocol protocol = Protocol::kTcp;
-  IpAddress address;
-  uint16_t port = 0;
-  Mode mode = Mode::kExclusive;
-  Holder holder;
-  uint64_t session = 0;
-  int64_t created_at_ms = 0;    // unix time
-  std::string state;            // "active", or "lingering": its session ended, it waits
-  uint32_t linger_s = 0;        // asked with linger=SECONDS
-  int64_t linger_until_ms = 0;  // while lingering: when it ends unless taken back
-  // Only on a lease this client acquired with linger: lets another uid take it back
-  // (`token=` in a spec); the holder's own uid needs none.
-  std::string token;
-};
-
-struct DaemonStatus {
-  std::string version;
-  int pid = 0;
-  int64_t started_at_ms = 0;
-  uint32_t sessions = 0;
-  uint32_t leases = 0;
-  uint16_t pool_low = 0;
-  uint16_t pool_high = 0;
-  uint32_t open_fds = 0;
-  std::string socket_path;
-};
-
-// A port reservation for a named service: from the policy file or `portbroker reserve`.
-struct ReservationInfo {
-  std::string name;
-  std::string target;  // "PROTO:ADDR:PORT[-PORT]", as the daemon spells it
-  bool tcp = false;
-  bool udp = false;
-  std::optional<IpAddress> address;  // none: any address
-  uint16_t port_first = 0;
-  uint16_t port_last = 0;
-  std::vector<std::string> users;   // as requested (names or numeric ids); empty in replies
-  std::vector<std::string> groups;  // likewise
-  bool hold = false;                // the daemon binds and keeps the port(s)
-  std::string origin;               // replies: "FILE:LINE" or the runtime origin
-  std::string principals;           // replies: who may lease it, for people
-};
-
 // Parses a reservation target `PROTO:ADDR:PORT[-PORT]` (PROTO tcp, udp or both; ADDR an
 // address or "any"), filling target, tcp, udp, address and the ports.
 Result<ReservationInfo> parse_reservation_target(std::string_view target);
-
-// A socket on a port held by a process outside the broker.
-struct OutsideHolder {
-  Protocol protocol = Protocol::kTcp;
-  IpAddress address;
-  uint16_t port = 0;
-  std::string state;  // "listen", "bound", ...
-  int pid = 0;        // 0: no process found (e.g. it lives in another namespace)
-  uint32_t uid = 0;
-  std::string comm;
-};
-
-// Everything the daemon knows about one port: `portbroker who`.
-struct WhoReport {
-  Protocol protocol = Protocol::kTcp;
-  uint16_t port = 0;
-  std::vector<LeaseInfo> leases;
-  std::vector<OutsideHolder> outside;
-  std::vector<ReservationInfo> reservations;
-  std::vector<std::string> pools;   // names of the pools containing the port
-  bool in_ephemeral_range = false;  // inside net.ipv4.ip_local_port_range
-  bool guarded = false;             // listed in net.ipv4.ip_local_reserved_ports
-  bool held = false;                // the daemon holds the port for a reservation
-};
-
-// Something an admin should know about before a restart: `portbroker check`.
-struct Problem {
-  std::string kind;  // "held-outside", "unprotected", "policy-lint", "lease-refused", ...
-  std::string message;
-};
-
-struct ReloadReport {
-  std::string source;  // the policy file, or "<embedded default>"
-  // Leases the new policy would refuse: kept, not killed, one line each.
-  std::vector<std::string> refused_leases;
-};
 
 class Connection;
 
