@@ -114,9 +114,13 @@ bool reservations_collide(const Reservation& a, const Reservation& b) {
          address_sets_collide(a.addresses, b.addresses);
 }
 
+// Unnamed rules are known by their position ("rule #2"), which is not a name to quote.
+std::string short_rule_label(const Rule& r) {
+  return r.name.starts_with('#') ? "rule " + r.name : "rule '" + r.name + "'";
+}
+
 std::string rule_label(const Rule& r) {
-  return (r.name.starts_with('#') ? "rule " + r.name : "rule '" + r.name + "'") + " (" +
-         r.origin.to_string() + ")";
+  return short_rule_label(r) + " (" + r.origin.to_string() + ")";
 }
 
 std::string reservation_label(const Reservation& r) {
@@ -602,9 +606,71 @@ class Parser {
     return n->as_table();
   }
 
-  Result<Reservation> reservation(const toml::table& t) const {
+  Status daemon_section(const toml::table& root, DaemonSettings& out) const {
+    Status err;
+    const toml::table* d = section(root, "daemon", err);
+    if (!d) return err;
+    if (auto e = check_keys(*d, kDaemonKeys, "[daemon]")) return e;
+    if (auto e = get_bool(*d, "root_unrestricted", out.root_unrestricted)) return e;
+    return get_bool(*d, "ephemeral_guard", out.ephemeral_guard);
+  }
+
+  Status limits_section(const toml::table& root, Limits& out) const {
+    Status err;
+    const toml::table* l = section(root, "limits", err);
+    if (!l) return err;
+    if (auto e = check_keys(*l, kLimitsKeys, "[limits]")) return e;
+    if (auto e = get_count(*l, "max_connections_per_uid", out.max_connections_per_uid)) return e;
+    return get_count(*l, "max_leases_per_uid", out.max_leases_per_uid);
+  }
+
+  // Rules, reservations and pools are named in messages and commands, so a name is one thing.
+  template <typename T>
+  Status unique_name(const toml::table& t, std::string_view kind, const std::string& name,
+                     const std::vector<T>& earlier) const {
+    for (const auto& other : earlier) {
+      if (other.name == name) {
+        return at(name_source(t), "duplicate " + std::string(kind) + " name '" + name +
+                                      "' (first defined at " + other.origin.to_string() + ")");
+      }
+    }
+    return std::nullopt;
+  }
+
+  template <typename T>
+  static Status append(Result<T> parsed, std::vector<T>& out) {
+    if (!parsed) return parsed.error();
+    out.push_back(std::move(parsed).value());
+    return std::nullopt;
+  }
+
+  Result<Rule> rule(const toml::table& t, const std::vector<Rule>& earlier) const {
+    Rule r;
+    r.origin = origin(t);
+    if (auto e = check_keys(t, kRuleKeys, "[[rule]]")) return *e;
+    if (auto e = get_name(t, false, "a [[rule]]", r.name)) return *e;
+    if (r.name.empty()) r.name = "#" + std::to_string(earlier.size() + 1);
+    if (auto e = unique_name(t, "rule", r.name, earlier)) return *e;
+    const std::string label = short_rule_label(r);
+    if (auto e = get_ports(t, label, r.ports)) return *e;
+    if (auto e = get_protocols(t, r.protocols)) return *e;
+    if (auto e = get_addresses(t, r.addresses)) return *e;
+    if (auto e = get_modes(t, r.modes)) return *e;
+    if (auto e = get_count(t, "max_leases", r.max_leases)) return *e;
+    if (auto e = get_principals(t, r.principals)) return *e;
+    if (r.principals.empty()) {
+      return at(t.source(), label +
+                                " grants nobody: give it users, groups or cgroups "
+                                "(users = [\"*\"] for anyone)");
+    }
+    return r;
+  }
+
+  Result<Reservation> reservation(const toml::table& t, bool runtime,
+                                  const std::vector<Reservation>& earlier) const {
     Reservation r;
     r.origin = origin(t);
+    r.runtime = runtime;
     if (auto e = check_keys(t, kReservationKeys, "[[reservation]]")) return *e;
     if (auto e = get_name(t, true, "a [[reservation]]", r.name)) return *e;
     if (auto e = get_ports(t, "reservation '" + r.name + "'", r.ports)) return *e;
@@ -613,22 +679,30 @@ class Parser {
     if (auto e = get_modes(t, r.modes)) return *e;
     if (auto e = get_principals(t, r.principals)) return *e;
     if (auto e = get_bool(t, "hold", r.hold)) return *e;
+    if (auto e = unique_name(t, "reservation", r.name, earlier)) return *e;
     return r;
   }
 
+  Result<Pool> pool(const toml::table& t, const std::vector<Pool>& earlier) const {
+    Pool pool;
+    pool.origin = origin(t);
+    if (auto e = check_keys(t, kPoolKeys, "[[pool]]")) return *e;
+    if (auto e = get_name(t, true, "a [[pool]]", pool.name)) return *e;
+    if (auto e = unique_name(t, "pool", pool.name, earlier)) return *e;
+    if (auto e = get_ports(t, "pool '" + pool.name + "'", pool.ports)) return *e;
+    if (auto e = get_protocols(t, pool.protocols)) return *e;
+    if (auto e = get_principals(t, pool.principals)) return *e;
+    if (pool.principals.empty()) {
+      return at(t.source(), "pool '" + pool.name +
+                                "' is open to nobody: give it users, groups or cgroups "
+                                "(users = [\"*\"] for anyone)");
+    }
+    return pool;
+  }
+
   Status reservations(const toml::table& root, bool runtime, std::vector<Reservation>& out) const {
-    return each_table(root, "reservation", [&](const toml::table& t) -> Status {
-      auto r = reservation(t);
-      if (!r) return r.error();
-      for (const auto& other : out) {
-        if (other.name == r->name) {
-          return at(name_source(t), "duplicate reservation name '" + r->name +
-                                        "' (first defined at " + other.origin.to_string() + ")");
-        }
-      }
-      r->runtime = runtime;
-      out.push_back(std::move(r).value());
-      return std::nullopt;
+    return each_table(root, "reservation", [&](const toml::table& t) {
+      return append(reservation(t, runtime, out), out);
     });
   }
 
@@ -636,77 +710,15 @@ class Parser {
     Policy p;
     p.source = file_;
     if (auto e = check_keys(root, kTopKeys, "")) return *e;
-
-    Status err;
-    if (const auto* d = section(root, "daemon", err)) {
-      if (auto e = check_keys(*d, kDaemonKeys, "[daemon]")) return *e;
-      if (auto e = get_bool(*d, "root_unrestricted", p.daemon.root_unrestricted)) return *e;
-      if (auto e = get_bool(*d, "ephemeral_guard", p.daemon.ephemeral_guard)) return *e;
-    }
-    if (err) return *err;
-    if (const auto* l = section(root, "limits", err)) {
-      if (auto e = check_keys(*l, kLimitsKeys, "[limits]")) return *e;
-      if (auto e = get_count(*l, "max_connections_per_uid", p.limits.max_connections_per_uid))
-        return *e;
-      if (auto e = get_count(*l, "max_leases_per_uid", p.limits.max_leases_per_uid)) return *e;
-    }
-    if (err) return *err;
-
-    auto st = each_table(root, "rule", [&](const toml::table& t) -> Status {
-      Rule r;
-      r.origin = origin(t);
-      if (auto e = check_keys(t, kRuleKeys, "[[rule]]")) return e;
-      if (auto e = get_name(t, false, "a [[rule]]", r.name)) return e;
-      if (r.name.empty()) r.name = "#" + std::to_string(p.rules.size() + 1);
-      for (const auto& other : p.rules) {
-        if (other.name == r.name) {
-          return at(name_source(t), "duplicate rule name '" + r.name + "' (first defined at " +
-                                        other.origin.to_string() + ")");
-        }
-      }
-      std::string short_label =
-          r.name.starts_with('#') ? "rule " + r.name : "rule '" + r.name + "'";
-      if (auto e = get_ports(t, short_label, r.ports)) return e;
-      if (auto e = get_protocols(t, r.protocols)) return e;
-      if (auto e = get_addresses(t, r.addresses)) return e;
-      if (auto e = get_modes(t, r.modes)) return e;
-      if (auto e = get_count(t, "max_leases", r.max_leases)) return e;
-      if (auto e = get_principals(t, r.principals)) return e;
-      if (r.principals.empty()) {
-        return at(t.source(), short_label +
-                                  " grants nobody: give it users, groups or cgroups "
-                                  "(users = [\"*\"] for anyone)");
-      }
-      p.rules.push_back(std::move(r));
-      return std::nullopt;
-    });
-    if (st) return *st;
-
+    if (auto e = daemon_section(root, p.daemon)) return *e;
+    if (auto e = limits_section(root, p.limits)) return *e;
+    if (auto e = each_table(
+            root, "rule", [&](const toml::table& t) { return append(rule(t, p.rules), p.rules); }))
+      return *e;
     if (auto e = reservations(root, false, p.reservations)) return *e;
-
-    st = each_table(root, "pool", [&](const toml::table& t) -> Status {
-      Pool pool;
-      pool.origin = origin(t);
-      if (auto e = check_keys(t, kPoolKeys, "[[pool]]")) return e;
-      if (auto e = get_name(t, true, "a [[pool]]", pool.name)) return e;
-      for (const auto& other : p.pools) {
-        if (other.name == pool.name) {
-          return at(name_source(t), "duplicate pool name '" + pool.name + "' (first defined at " +
-                                        other.origin.to_string() + ")");
-        }
-      }
-      if (auto e = get_ports(t, "pool '" + pool.name + "'", pool.ports)) return e;
-      if (auto e = get_protocols(t, pool.protocols)) return e;
-      if (auto e = get_principals(t, pool.principals)) return e;
-      if (pool.principals.empty()) {
-        return at(t.source(), "pool '" + pool.name +
-                                  "' is open to nobody: give it users, groups or cgroups "
-                                  "(users = [\"*\"] for anyone)");
-      }
-      p.pools.push_back(std::move(pool));
-      return std::nullopt;
-    });
-    if (st) return *st;
+    if (auto e = each_table(
+            root, "pool", [&](const toml::table& t) { return append(pool(t, p.pools), p.pools); }))
+      return *e;
     if (p.pools.empty()) p.pools.push_back(embedded_default_policy().pools.front());
     return p;
   }
@@ -793,125 +805,146 @@ Policy embedded_default_policy() {
 
 // --- decisions ------------------------------------------------------------------------------
 
+namespace {
+
+Decision allow(std::string reason) {
+  Decision d;
+  d.allowed = true;
+  d.code = ErrorCode::kOk;
+  d.reason = std::move(reason);
+  return d;
+}
+
+Decision deny(std::string reason, ErrorCode code = ErrorCode::kPermissionDenied) {
+  Decision d;
+  d.code = code;
+  d.reason = std::move(reason);
+  return d;
+}
+
+// Why a reservation that covers the request refuses it; empty when it admits the caller.
+std::string reservation_refusal(const Reservation& r, const Principal& who, const Request& req) {
+  const std::string reserved =
+      "port " + std::to_string(req.port) + " is reserved for " + reservation_label(r);
+  if (req.from_pool) return reserved + "; reserved ports are never handed out from a pool";
+  if (!r.principals.matches(who)) {
+    return reserved + "; " + who.describe() + " is not among its principals";
+  }
+  if (!r.modes.has(req.mode)) {
+    return reserved + " in modes " + r.modes.to_string() + " only, not " + mode_name(req.mode);
+  }
+  return {};
+}
+
+// Any covering reservation that refuses decides; else the first that admits the caller grants.
+// nullopt: no reservation covers the request.
+std::optional<Decision> reservation_decision(std::span<const Reservation> reservations,
+                                             const Principal& who, const Request& req) {
+  const Reservation* grant = nullptr;
+  for (const auto& r : reservations) {
+    if (!reservation_covers(r, req.protocol, req.address, req.port)) continue;
+    if (std::string why = reservation_refusal(r, who, req); !why.empty()) {
+      Decision d = deny(std::move(why));
+      d.reservation = r.name;
+      return d;
+    }
+    if (!grant) grant = &r;
+  }
+  if (!grant) return std::nullopt;
+  Decision d =
+      allow("port " + std::to_string(req.port) + " is reserved for " + reservation_label(*grant) +
+            " and " + who.describe() + " is among its principals");
+  d.reservation = grant->name;
+  return d;
+}
+
+Decision pool_decision(const Policy& policy, const Principal& who, const Request& req) {
+  for (const auto& pool : policy.pools) {
+    if (!pool.protocols.has(req.protocol) || !pool.principals.matches(who)) continue;
+    if (req.port != 0 && !ports_contain(pool.ports, req.port)) continue;
+    Decision d = allow("allowed by " + pool_label(pool));
+    d.pool = pool.name;
+    return d;
+  }
+  if (req.port == 0) {
+    return deny("no pool in " + policy.source + " is open to " + who.describe() + " for " +
+                protocol_name(req.protocol));
+  }
+  return deny("port " + std::to_string(req.port) + " is in no pool open to " + who.describe() +
+              " for " + protocol_name(req.protocol));
+}
+
+bool rule_covers(const Rule& rule, Protocol p, const IpAddress& address, uint16_t port) {
+  return rule.protocols.has(p) && ports_contain(rule.ports, port) &&
+         address_set_grants(rule.addresses, address);
+}
+
+// Why a rule that covers the request does not grant it; nullopt when it grants.
+std::optional<Decision> rule_refusal(const Rule& rule, const Principal& who, const Request& req,
+                                     std::span<const HeldLease> held) {
+  if (!rule.modes.has(req.mode)) {
+    return deny(rule_label(rule) + " grants " + who.describe() + " " +
+                format_endpoint(req.protocol, req.address, req.port) + " only in modes " +
+                rule.modes.to_string() + ", not " + mode_name(req.mode));
+  }
+  if (!rule.max_leases) return std::nullopt;
+  size_t count = std::count_if(held.begin(), held.end(), [&](const HeldLease& h) {
+    return rule_covers(rule, h.protocol, h.address, h.port);
+  });
+  if (count < *rule.max_leases) return std::nullopt;
+  return deny(who.describe() + " already holds " + std::to_string(count) + " leases under " +
+                  rule_label(rule) + ", its max_leases",
+              ErrorCode::kLimitExceeded);
+}
+
+// Rules only grant: the first covering rule that grants decides; else the first covering
+// rule's refusal explains, else deny by default.
+Decision rule_decision(const Policy& policy, const Principal& who, const Request& req,
+                       std::span<const HeldLease> held) {
+  std::optional<Decision> refusal;
+  for (const auto& rule : policy.rules) {
+    if (!rule_covers(rule, req.protocol, req.address, req.port) || !rule.principals.matches(who)) {
+      continue;
+    }
+    auto why = rule_refusal(rule, who, req, held);
+    if (!why) return allow("allowed by " + rule_label(rule));
+    if (!refusal) refusal = std::move(why);
+  }
+  if (refusal) return *refusal;
+  const std::string endpoint = format_endpoint(req.protocol, req.address, req.port);
+  if (policy.source == kEmbeddedSource && req.port < 1024) {
+    return deny(who.describe() + " may not lease " + endpoint +
+                ": ports below 1024 are for root only under the embedded default policy (no "
+                "policy file; a rule in one can grant it)");
+  }
+  return deny("no rule in " + policy.source + " grants " + who.describe() + " " + endpoint +
+              " (deny by default)");
+}
+
+}  // namespace
+
 Decision Policy::check(const Principal& who, const Request& req,
                        std::span<const HeldLease> held) const {
-  auto allow = [](std::string reason) {
-    Decision d;
-    d.allowed = true;
-    d.code = ErrorCode::kOk;
-    d.reason = std::move(reason);
-    return d;
-  };
-  auto deny = [](std::string reason, ErrorCode code = ErrorCode::kPermissionDenied) {
-    Decision d;
-    d.code = code;
-    d.reason = std::move(reason);
-    return d;
-  };
-  const std::string caller = who.describe();
   const bool free_root = who.uid == 0 && daemon.root_unrestricted;
-
   if (!free_root && held.size() >= limits.max_leases_per_uid) {
-    return deny(caller + " already holds " + std::to_string(held.size()) +
+    return deny(who.describe() + " already holds " + std::to_string(held.size()) +
                     " leases, the most allowed ([limits] max_leases_per_uid = " +
                     std::to_string(limits.max_leases_per_uid) + " in " + source + ")",
                 ErrorCode::kLimitExceeded);
   }
-
   if (req.port != 0) {
-    const Reservation* grant = nullptr;
-    const std::string port = "port " + std::to_string(req.port);
-    for (const auto& r : reservations) {
-      if (!reservation_covers(r, req.protocol, req.address, req.port)) continue;
-      Decision d;
-      if (req.from_pool) {
-        d = deny(port + " is reserved for " + reservation_label(r) +
-                 "; reserved ports are never handed out from a pool");
-      } else if (!r.principals.matches(who)) {
-        d = deny(port + " is reserved for " + reservation_label(r) + "; " + caller +
-                 " is not among its principals");
-      } else if (!r.modes.has(req.mode)) {
-        d = deny(port + " is reserved for " + reservation_label(r) + " in modes " +
-                 r.modes.to_string() + " only, not " + mode_name(req.mode));
-      } else {
-        if (!grant) grant = &r;
-        continue;
-      }
-      d.reservation = r.name;
-      return d;
-    }
-    if (grant) {
-      Decision d = allow(port + " is reserved for " + reservation_label(*grant) + " and " + caller +
-                         " is among its principals");
-      d.reservation = grant->name;
-      return d;
-    }
+    if (auto d = reservation_decision(reservations, who, req)) return *d;
   }
-
   if (free_root) {
     Decision d = allow("root is unrestricted ([daemon] root_unrestricted in " + source + ")");
     if (req.from_pool) {
-      for (const auto* pool : pools_at(req.protocol, req.port)) {
-        d.pool = pool->name;
-        break;
-      }
+      auto here = pools_at(req.protocol, req.port);
+      if (!here.empty()) d.pool = here.front()->name;
     }
     return d;
   }
-
-  if (req.port == 0 || req.from_pool) {
-    for (const auto& pool : pools) {
-      if (!pool.protocols.has(req.protocol) || !pool.principals.matches(who)) continue;
-      if (req.port != 0 && !ports_contain(pool.ports, req.port)) continue;
-      Decision d = allow("allowed by " + pool_label(pool));
-      d.pool = pool.name;
-      return d;
-    }
-    if (req.port == 0) {
-      return deny("no pool in " + source + " is open to " + caller + " for " +
-                  protocol_name(req.protocol));
-    }
-    return deny("port " + std::to_string(req.port) + " is in no pool open to " + caller + " for " +
-                protocol_name(req.protocol));
-  }
-
-  const std::string endpoint = format_endpoint(req.protocol, req.address, req.port);
-  std::optional<Decision> refusal;
-  for (const auto& rule : rules) {
-    if (!rule.protocols.has(req.protocol) || !ports_contain(rule.ports, req.port) ||
-        !address_set_grants(rule.addresses, req.address) || !rule.principals.matches(who)) {
-      continue;
-    }
-    if (!rule.modes.has(req.mode)) {
-      if (!refusal) {
-        refusal = deny(rule_label(rule) + " grants " + caller + " " + endpoint + " only in modes " +
-                       rule.modes.to_string() + ", not " + mode_name(req.mode));
-      }
-      continue;
-    }
-    if (rule.max_leases) {
-      size_t count = std::count_if(held.begin(), held.end(), [&](const HeldLease& h) {
-        return rule.protocols.has(h.protocol) && ports_contain(rule.ports, h.port) &&
-               address_set_grants(rule.addresses, h.address);
-      });
-      if (count >= *rule.max_leases) {
-        if (!refusal) {
-          refusal = deny(caller + " already holds " + std::to_string(count) + " leases under " +
-                             rule_label(rule) + ", its max_leases",
-                         ErrorCode::kLimitExceeded);
-        }
-        continue;
-      }
-    }
-    return allow("allowed by " + rule_label(rule));
-  }
-  if (refusal) return *refusal;
-  if (source == kEmbeddedSource && req.port < 1024) {
-    return deny(caller + " may not lease " + endpoint +
-                ": ports below 1024 are for root only under the embedded default policy (no "
-                "policy file; a rule in one can grant it)");
-  }
-  return deny("no rule in " + source + " grants " + caller + " " + endpoint + " (deny by default)");
+  if (req.port == 0 || req.from_pool) return pool_decision(*this, who, req);
+  return rule_decision(*this, who, req, held);
 }
 
 std::vector<const Pool*> Policy::pools_for(const Principal& who, Protocol p) const {
@@ -944,20 +977,28 @@ std::vector<PortRange> Policy::guarded_ports() const {
   return normalize_ports(std::move(all));
 }
 
-std::vector<std::string> Policy::lint() const {
-  std::vector<std::string> out;
-  for (size_t i = 0; i < reservations.size(); ++i) {
-    for (size_t j = i + 1; j < reservations.size(); ++j) {
-      const auto &a = reservations[i], &b = reservations[j];
-      if (!reservations_collide(a, b)) continue;
-      ProtocolSet both{a.protocols.tcp && b.protocols.tcp, a.protocols.udp && b.protocols.udp};
-      out.push_back(short_reservation_label(a) + " and " + short_reservation_label(b) +
-                    " both claim " + both.to_string() + " " +
-                    port_word(*first_common_ports(a.ports, b.ports)));
-    }
-  }
-  for (const auto& pool : pools) {
-    for (const auto& r : reservations) {
+namespace {
+
+// Calls f(a, b) for every two entries of a list, each pair once, in list order.
+template <typename T, typename F>
+void for_each_pair(const std::vector<T>& list, F&& f) {
+  for (size_t i = 0; i < list.size(); ++i)
+    for (size_t j = i + 1; j < list.size(); ++j) f(list[i], list[j]);
+}
+
+void lint_reservations(const Policy& p, std::vector<std::string>& out) {
+  for_each_pair(p.reservations, [&](const Reservation& a, const Reservation& b) {
+    if (!reservations_collide(a, b)) return;
+    ProtocolSet both{a.protocols.tcp && b.protocols.tcp, a.protocols.udp && b.protocols.udp};
+    out.push_back(short_reservation_label(a) + " and " + short_reservation_label(b) +
+                  " both claim " + both.to_string() + " " +
+                  port_word(*first_common_ports(a.ports, b.ports)));
+  });
+}
+
+void lint_pools(const Policy& p, std::vector<std::string>& out) {
+  for (const auto& pool : p.pools) {
+    for (const auto& r : p.reservations) {
       if (!pool.protocols.overlaps(r.protocols)) continue;
       if (auto common = first_common_ports(pool.ports, r.ports)) {
         out.push_back(pool_label(pool) + " contains " + port_word(*common) + " reserved by " +
@@ -966,43 +1007,57 @@ std::vector<std::string> Policy::lint() const {
       }
     }
   }
-  for (size_t i = 0; i < pools.size(); ++i) {
-    for (size_t j = i + 1; j < pools.size(); ++j) {
-      const auto &a = pools[i], &b = pools[j];
-      if (!a.protocols.overlaps(b.protocols)) continue;
-      if (auto common = first_common_ports(a.ports, b.ports)) {
-        out.push_back(pool_label(a) + " and " + pool_label(b) + " overlap on " +
-                      port_word(*common));
-      }
+  for_each_pair(p.pools, [&](const Pool& a, const Pool& b) {
+    if (!a.protocols.overlaps(b.protocols)) return;
+    if (auto common = first_common_ports(a.ports, b.ports)) {
+      out.push_back(pool_label(a) + " and " + pool_label(b) + " overlap on " + port_word(*common));
     }
-  }
-  for (size_t i = 0; i < rules.size(); ++i) {
-    const auto& a = rules[i];
-    for (size_t j = i + 1; j < rules.size(); ++j) {
-      const auto& b = rules[j];
-      if (!a.protocols.overlaps(b.protocols)) continue;
-      auto common = first_common_ports(a.ports, b.ports);
-      if (!common) continue;
-      bool addresses_overlap = a.addresses.empty() || b.addresses.empty() ||
-                               std::any_of(a.addresses.begin(), a.addresses.end(), [&](auto& x) {
-                                 return address_set_grants(b.addresses, x);
-                               });
-      if (!addresses_overlap) continue;
-      auto who = shared_principal(a.principals, b.principals);
-      if (!who) continue;
-      bool same = a.modes.to_string() == b.modes.to_string() && a.max_leases == b.max_leases;
-      out.push_back(rule_label(a) + " and " + rule_label(b) + " both grant " + *who + " " +
-                    port_word(*common) +
-                    (same ? " (redundant)"
-                          : " with different modes or max_leases; either one suffices, since "
-                            "rules only grant"));
+  });
+}
+
+bool rule_addresses_overlap(const Rule& a, const Rule& b) {
+  return a.addresses.empty() || b.addresses.empty() ||
+         std::any_of(a.addresses.begin(), a.addresses.end(),
+                     [&](const IpAddress& x) { return address_set_grants(b.addresses, x); });
+}
+
+// Two rules granting one principal the same ports: one of them is redundant or misleading.
+std::optional<std::string> rule_overlap(const Rule& a, const Rule& b) {
+  if (!a.protocols.overlaps(b.protocols)) return std::nullopt;
+  auto common = first_common_ports(a.ports, b.ports);
+  if (!common || !rule_addresses_overlap(a, b)) return std::nullopt;
+  auto who = shared_principal(a.principals, b.principals);
+  if (!who) return std::nullopt;
+  bool same = a.modes.to_string() == b.modes.to_string() && a.max_leases == b.max_leases;
+  return rule_label(a) + " and " + rule_label(b) + " both grant " + *who + " " +
+         port_word(*common) +
+         (same ? " (redundant)"
+               : " with different modes or max_leases; either one suffices, since rules only "
+                 "grant");
+}
+
+void lint_rules(const Policy& p, std::vector<std::string>& out) {
+  // Each rule's own remark follows its overlaps, so that a rule's lines stay together.
+  for (size_t i = 0; i < p.rules.size(); ++i) {
+    const Rule& a = p.rules[i];
+    for (size_t j = i + 1; j < p.rules.size(); ++j) {
+      if (auto overlap = rule_overlap(a, p.rules[j])) out.push_back(std::move(*overlap));
     }
-    if (a.max_leases && *a.max_leases > limits.max_leases_per_uid) {
+    if (a.max_leases && *a.max_leases > p.limits.max_leases_per_uid) {
       out.push_back(rule_label(a) + " allows max_leases = " + std::to_string(*a.max_leases) +
                     ", more than [limits] max_leases_per_uid = " +
-                    std::to_string(limits.max_leases_per_uid) + "; the smaller limit applies");
+                    std::to_string(p.limits.max_leases_per_uid) + "; the smaller limit applies");
     }
   }
+}
+
+}  // namespace
+
+std::vector<std::string> Policy::lint() const {
+  std::vector<std::string> out;
+  lint_reservations(*this, out);
+  lint_pools(*this, out);
+  lint_rules(*this, out);
   return out;
 }
 
