@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <charconv>
 #include <exception>
 #include <new>
 #include <sstream>
@@ -21,15 +20,20 @@ constexpr std::string_view kReserveCommand = "portbroker reserve";
 constexpr int64_t kMaxId = 4294967294;  // (uid_t)-1 means "no change" to the kernel
 constexpr int64_t kMaxCount = 1000000;
 
-std::optional<uint32_t> parse_u32(std::string_view s, uint32_t max) {
-  uint32_t v = 0;
-  if (s.empty()) return std::nullopt;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size() || v > max) return std::nullopt;
-  return v;
+// Like chown: a name first, then a number. Without a resolver (state files) numbers only.
+std::optional<Principals::Id> resolve_id(const NameResolver* names, bool user,
+                                         const std::string& text) {
+  if (names && !text.empty()) {
+    if (auto id = user ? names->uid_of(text) : names->gid_of(text))
+      return Principals::Id{*id, text};
+  }
+  if (auto id = parse_decimal(text, kMaxId)) return Principals::Id{static_cast<uint32_t>(*id), {}};
+  return std::nullopt;
 }
 
 // Rule, reservation and pool names appear in CLI arguments, logs and messages.
+constexpr std::string_view kNameRule =
+    "use 1-64 letters, digits and . _ - @, starting with a letter or digit";
 bool valid_name(std::string_view name) {
   if (name.empty() || name.size() > 64) return false;
   if (!std::isalnum(static_cast<unsigned char>(name[0]))) return false;
@@ -165,34 +169,6 @@ std::optional<std::string> shared_principal(const Principals& a, const Principal
 }  // namespace
 
 // --- small types ----------------------------------------------------------------------------
-
-std::string PortRange::to_string() const {
-  return first == last ? std::to_string(first) : std::to_string(first) + "-" + std::to_string(last);
-}
-
-Result<PortRange> parse_port_range(std::string_view text) {
-  auto bad = [&] {
-    return make_error(
-        ErrorCode::kBadRequest,
-        "'" + std::string(text) + "' is not a port or port range (PORT or FIRST-LAST)");
-  };
-  size_t dash = text.find('-');
-  std::string_view a = text.substr(0, dash);
-  std::string_view b = dash == std::string_view::npos ? a : text.substr(dash + 1);
-  auto first = parse_u32(a, 1u << 20), last = parse_u32(b, 1u << 20);
-  if (!first || !last) return bad();
-  for (uint32_t p : {*first, *last}) {
-    if (p < 1 || p > 65535) {
-      return make_error(ErrorCode::kBadRequest,
-                        "port " + std::to_string(p) + " is out of range (1-65535)");
-    }
-  }
-  if (*first > *last) {
-    return make_error(ErrorCode::kBadRequest,
-                      "port range '" + std::string(text) + "' is inverted (first > last)");
-  }
-  return PortRange{static_cast<uint16_t>(*first), static_cast<uint16_t>(*last)};
-}
 
 std::vector<PortRange> normalize_ports(std::vector<PortRange> ranges) {
   std::sort(ranges.begin(), ranges.end(),
@@ -419,9 +395,7 @@ class Parser {
     if (!n->is_string()) return at(n->source(), "'name' must be a string, not " + a_type(*n));
     const std::string& s = n->as_string()->get();
     if (!valid_name(s)) {
-      return at(n->source(), "invalid name '" + s +
-                                 "': use 1-64 letters, digits and . _ - @, starting with a "
-                                 "letter or digit");
+      return at(n->source(), "invalid name '" + s + "': " + std::string(kNameRule));
     }
     out = s;
     return std::nullopt;
@@ -537,16 +511,12 @@ class Parser {
           out.anyone = true;
           return std::nullopt;
         }
-        std::optional<uint32_t> found;
-        if (names_ && !name.empty()) found = user ? names_->uid_of(name) : names_->gid_of(name);
-        if (found) {
-          id = Principals::Id{*found, name};
-        } else if (auto num = parse_u32(name, static_cast<uint32_t>(kMaxId))) {
-          id.id = *num;  // like chown: a name first, then a number
-        } else {
+        auto found = resolve_id(names_, user, name);
+        if (!found) {
           return at(el.source(), "unknown " + std::string(kind) + " '" + name + "'" +
                                      (names_ ? "" : " (state files store numeric ids)"));
         }
+        id = std::move(*found);
       } else {
         return at(el.source(),
                   std::string("a ") + kind + " must be a name or a numeric id, not " + a_type(el));
@@ -595,33 +565,29 @@ class Parser {
     return std::nullopt;
   }
 
-  const toml::table* section(const toml::table& root, std::string_view key, Status& err) const {
+  // [key] must be a table of the `allowed` keys; hands it to f.
+  template <typename F>
+  Status section(const toml::table& root, std::string_view key,
+                 std::span<const std::string_view> allowed, F&& f) const {
     const toml::node* n = root.get(key);
-    if (!n) return nullptr;
-    if (!n->is_table()) {
-      err = at(n->source(), "'" + std::string(key) + "' must be a table ([" + std::string(key) +
-                                "]), not " + a_type(*n));
-      return nullptr;
+    if (!n) return std::nullopt;
+    const auto* t = n->as_table();
+    if (!t) {
+      return at(n->source(), "'" + std::string(key) + "' must be a table ([" + std::string(key) +
+                                 "]), not " + a_type(*n));
     }
-    return n->as_table();
+    if (auto e = check_keys(*t, allowed, "[" + std::string(key) + "]")) return e;
+    return f(*t);
   }
 
-  Status daemon_section(const toml::table& root, DaemonSettings& out) const {
-    Status err;
-    const toml::table* d = section(root, "daemon", err);
-    if (!d) return err;
-    if (auto e = check_keys(*d, kDaemonKeys, "[daemon]")) return e;
-    if (auto e = get_bool(*d, "root_unrestricted", out.root_unrestricted)) return e;
-    return get_bool(*d, "ephemeral_guard", out.ephemeral_guard);
+  Status daemon_settings(const toml::table& d, DaemonSettings& out) const {
+    if (auto e = get_bool(d, "root_unrestricted", out.root_unrestricted)) return e;
+    return get_bool(d, "ephemeral_guard", out.ephemeral_guard);
   }
 
-  Status limits_section(const toml::table& root, Limits& out) const {
-    Status err;
-    const toml::table* l = section(root, "limits", err);
-    if (!l) return err;
-    if (auto e = check_keys(*l, kLimitsKeys, "[limits]")) return e;
-    if (auto e = get_count(*l, "max_connections_per_uid", out.max_connections_per_uid)) return e;
-    return get_count(*l, "max_leases_per_uid", out.max_leases_per_uid);
+  Status limits(const toml::table& l, Limits& out) const {
+    if (auto e = get_count(l, "max_connections_per_uid", out.max_connections_per_uid)) return e;
+    return get_count(l, "max_leases_per_uid", out.max_leases_per_uid);
   }
 
   // Rules, reservations and pools are named in messages and commands, so a name is one thing.
@@ -709,16 +675,16 @@ class Parser {
   Result<Policy> policy(const toml::table& root) const {
     Policy p;
     p.source = file_;
+    auto read_daemon = [&](const toml::table& t) { return daemon_settings(t, p.daemon); };
+    auto read_limits = [&](const toml::table& t) { return limits(t, p.limits); };
+    auto read_rule = [&](const toml::table& t) { return append(rule(t, p.rules), p.rules); };
+    auto read_pool = [&](const toml::table& t) { return append(pool(t, p.pools), p.pools); };
     if (auto e = check_keys(root, kTopKeys, "")) return *e;
-    if (auto e = daemon_section(root, p.daemon)) return *e;
-    if (auto e = limits_section(root, p.limits)) return *e;
-    if (auto e = each_table(
-            root, "rule", [&](const toml::table& t) { return append(rule(t, p.rules), p.rules); }))
-      return *e;
+    if (auto e = section(root, "daemon", kDaemonKeys, read_daemon)) return *e;
+    if (auto e = section(root, "limits", kLimitsKeys, read_limits)) return *e;
+    if (auto e = each_table(root, "rule", read_rule)) return *e;
     if (auto e = reservations(root, false, p.reservations)) return *e;
-    if (auto e = each_table(
-            root, "pool", [&](const toml::table& t) { return append(pool(t, p.pools), p.pools); }))
-      return *e;
+    if (auto e = each_table(root, "pool", read_pool)) return *e;
     if (p.pools.empty()) p.pools.push_back(embedded_default_policy().pools.front());
     return p;
   }
@@ -1063,13 +1029,17 @@ std::vector<std::string> Policy::lint() const {
 
 // --- runtime reservations -------------------------------------------------------------------
 
+namespace {
+
+Error invalid_reservation_name(const std::string& name) {
+  return make_error(ErrorCode::kBadRequest,
+                    "invalid reservation name '" + name + "': " + std::string(kNameRule));
+}
+
+}  // namespace
+
 Result<void> Policy::add_reservation(Reservation r) {
-  if (!valid_name(r.name)) {
-    return make_error(ErrorCode::kBadRequest,
-                      "invalid reservation name '" + r.name +
-                          "': use 1-64 letters, digits and . _ - @, starting with a letter or "
-                          "digit");
-  }
+  if (!valid_name(r.name)) return invalid_reservation_name(r.name);
   if (r.ports.empty()) return make_error(ErrorCode::kBadRequest, "a reservation needs ports");
   for (const auto& other : reservations) {
     if (other.name == r.name) {
@@ -1113,56 +1083,25 @@ Result<Reservation> make_runtime_reservation(std::string_view name, std::string_
                                              std::span<const std::string> users,
                                              std::span<const std::string> groups, bool hold,
                                              const NameResolver& names) {
-  auto bad = [&](const std::string& why) {
-    return make_error(ErrorCode::kBadRequest,
-                      "invalid reservation target '" + std::string(target) + "': " + why);
-  };
   Reservation r;
   r.name = std::string(name);
   r.origin = Origin{std::string(kReserveCommand), 0};
   r.runtime = true;
   r.hold = hold;
-  if (!valid_name(name)) {
-    return make_error(ErrorCode::kBadRequest,
-                      "invalid reservation name '" + r.name +
-                          "': use 1-64 letters, digits and . _ - @, starting with a letter or "
-                          "digit");
-  }
-  size_t first = target.find(':'), last = target.rfind(':');
-  if (first == std::string_view::npos || first == last) {
-    return bad("expected PROTO:ADDRESS:PORT[-PORT]");
-  }
-  std::string_view proto = target.substr(0, first);
-  std::string_view addr = target.substr(first + 1, last - first - 1);
-  if (proto == "tcp") {
-    r.protocols = ProtocolSet{true, false};
-  } else if (proto == "udp") {
-    r.protocols = ProtocolSet{false, true};
-  } else if (proto != "both") {
-    return bad("unknown protocol '" + std::string(proto) + "' (tcp, udp or both)");
-  }
-  if (addr != "any" && addr != "*") {
-    auto a = IpAddress::parse(addr);
-    if (!a) return bad(a.error().message);
-    r.addresses.push_back(a.value());
-  }
-  auto ports = parse_port_range(target.substr(last + 1));
-  if (!ports) return bad(ports.error().message);
-  r.ports.push_back(ports.value());
-
+  if (!valid_name(name)) return invalid_reservation_name(r.name);
+  auto parsed = ReservationTarget::parse(target);
+  if (!parsed) return parsed.error();
+  r.protocols = ProtocolSet{parsed->tcp, parsed->udp};
+  if (parsed->address) r.addresses.push_back(*parsed->address);
+  r.ports.push_back(parsed->ports);
   for (bool user : {true, false}) {
     for (const auto& n : user ? users : groups) {
-      std::optional<uint32_t> id = user ? names.uid_of(n) : names.gid_of(n);
-      std::string label = n;
-      if (!id) {
-        id = parse_u32(n, static_cast<uint32_t>(kMaxId));
-        label.clear();
-      }
+      auto id = resolve_id(&names, user, n);
       if (!id) {
         return make_error(ErrorCode::kBadRequest,
                           std::string("unknown ") + (user ? "user" : "group") + " '" + n + "'");
       }
-      (user ? r.principals.users : r.principals.groups).push_back({*id, label});
+      (user ? r.principals.users : r.principals.groups).push_back(std::move(*id));
     }
   }
   return r;

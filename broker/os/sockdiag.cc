@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -257,13 +256,6 @@ Dir open_dir_at(int dirfd, const char* name) {
   if (!d) return nullptr;
   (void)fd.release();  // the DIR owns it now
   return Dir(d);
-}
-
-std::optional<uint64_t> parse_decimal(std::string_view s) {
-  uint64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
-  return v;
 }
 
 // "socket:[12345]" -> 12345
