@@ -1107,47 +1107,51 @@ Result<Reservation> make_runtime_reservation(std::string_view name, std::string_
   return r;
 }
 
-std::string to_state_toml(std::span<const Reservation> runtime) {
-  toml::array list;
-  for (const auto& r : runtime) {
-    toml::table t;
-    t.insert("name", r.name);
-    t.insert("protocol", r.protocols.tcp && r.protocols.udp ? "both"
-                         : r.protocols.udp                  ? "udp"
-                                                            : "tcp");
-    if (r.addresses.empty()) {
-      t.insert("address", "any");
-    } else {
-      toml::array addrs;
-      for (const auto& a : r.addresses) addrs.push_back(a.to_string());
-      t.insert("address", std::move(addrs));
-    }
-    toml::array ports;
-    for (const auto& p : r.ports) ports.push_back(p.to_string());
-    t.insert("ports", std::move(ports));
-    if (r.principals.anyone || !r.principals.users.empty()) {
-      toml::array users;
-      if (r.principals.anyone) users.push_back("*");
-      for (const auto& u : r.principals.users) users.push_back(int64_t{u.id});
-      t.insert("users", std::move(users));
-    }
-    if (!r.principals.groups.empty()) {
-      toml::array groups;
-      for (const auto& g : r.principals.groups) groups.push_back(int64_t{g.id});
-      t.insert("groups", std::move(groups));
-    }
-    if (!r.principals.cgroups.empty()) {
-      toml::array cgroups;
-      for (const auto& c : r.principals.cgroups) cgroups.push_back(c);
-      t.insert("cgroups", std::move(cgroups));
-    }
-    toml::array modes;
-    for (Mode m : {Mode::kExclusive, Mode::kShared, Mode::kReuseport})
-      if (r.modes.has(m)) modes.push_back(mode_name(m));
-    t.insert("modes", std::move(modes));
-    t.insert("hold", r.hold);
-    list.push_back(std::move(t));
+namespace {
+
+template <typename List, typename F>
+toml::array toml_array(const List& list, F&& element) {
+  toml::array out;
+  for (const auto& x : list) out.push_back(element(x));
+  return out;
+}
+
+int64_t numeric_id(const Principals::Id& id) { return int64_t{id.id}; }
+
+toml::table state_table(const Reservation& r) {
+  toml::table t;
+  t.insert("name", r.name);
+  t.insert("protocol", r.protocols.tcp && r.protocols.udp ? "both"
+                       : r.protocols.udp                  ? "udp"
+                                                          : "tcp");
+  if (r.addresses.empty()) {
+    t.insert("address", "any");
+  } else {
+    t.insert("address", toml_array(r.addresses, [](const IpAddress& a) { return a.to_string(); }));
   }
+  t.insert("ports", toml_array(r.ports, [](const PortRange& p) { return p.to_string(); }));
+  if (r.principals.anyone || !r.principals.users.empty()) {
+    toml::array users;
+    if (r.principals.anyone) users.push_back("*");
+    for (const auto& u : r.principals.users) users.push_back(numeric_id(u));
+    t.insert("users", std::move(users));
+  }
+  if (!r.principals.groups.empty()) t.insert("groups", toml_array(r.principals.groups, numeric_id));
+  if (!r.principals.cgroups.empty()) {
+    t.insert("cgroups", toml_array(r.principals.cgroups, [](const std::string& c) { return c; }));
+  }
+  toml::array modes;
+  for (Mode m : {Mode::kExclusive, Mode::kShared, Mode::kReuseport})
+    if (r.modes.has(m)) modes.push_back(mode_name(m));
+  t.insert("modes", std::move(modes));
+  t.insert("hold", r.hold);
+  return t;
+}
+
+}  // namespace
+
+std::string to_state_toml(std::span<const Reservation> runtime) {
+  toml::array list = toml_array(runtime, state_table);
   toml::table root;
   root.insert("version", 1);
   if (!list.empty()) root.insert("reservation", std::move(list));
