@@ -14,6 +14,11 @@
 
 namespace portbroker::broker {
 
+// One number per protocol and port: the key of every table indexed by port.
+inline uint32_t port_key(Protocol p, uint16_t port) {
+  return (static_cast<uint32_t>(p) << 16) | port;
+}
+
 struct Endpoint {
   Protocol protocol = Protocol::kTcp;
   IpAddress address;
@@ -109,10 +114,6 @@ class Registry {
   std::string describe_holder(const Binding& b) const;
 
  private:
-  static uint32_t port_key(Protocol p, uint16_t port) {
-    return (static_cast<uint32_t>(p) << 16) | port;
-  }
-
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Binding> bindings_;
   std::unordered_map<uint64_t, Lease> leases_;
