@@ -51,7 +51,9 @@ struct PortRange {
   bool overlaps(const PortRange& o) const { return first <= o.last && o.first <= last; }
   size_t size() const { return size_t{last} - first + 1; }
   std::string to_string() const;  // "80" or "8000-8099"
-  bool operator==(const PortRange&) const = default;
+  // Spelled out: the installed headers serve C++17 applications too.
+  bool operator==(const PortRange& o) const { return first == o.first && last == o.last; }
+  bool operator!=(const PortRange& o) const { return !(*this == o); }
 };
 
 // "80" or "8000-8099": 1..65535, first <= last, no spaces.
