@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build run test test-asan bench format install clean
+.PHONY: all deps configure build run test test-asan complexity bench format install clean
 
 all: build
 
@@ -32,6 +32,10 @@ test-asan: deps
 	  -DCMAKE_EXE_LINKER_FLAGS="$(SAN)" -DCMAKE_SHARED_LINKER_FLAGS="$(SAN)" >/dev/null
 	@cmake --build $(BUILD)-asan -j $(JOBS)
 	cd $(BUILD)-asan && ctest --output-on-failure -j 1 -E '^install$$'
+
+# No function under broker/ above clang-tidy's cognitive complexity threshold (see the script).
+complexity: build
+	@bash .ci/complexity $(BUILD)
 
 bench: build
 	$(BUILD)/tests/portbroker_bench

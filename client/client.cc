@@ -63,17 +63,6 @@ Result<T> from_reply(Result<T> decoded) {
   return decoded;
 }
 
-Result<uint16_t> parse_port(std::string_view text) {
-  uint32_t port = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || port < 1 ||
-      port > 65535) {
-    return make_error(ErrorCode::kBadRequest,
-                      "'" + std::string(text) + "' is not a port (1-65535)");
-  }
-  return static_cast<uint16_t>(port);
-}
-
 Error unexpected_reply(wire::Reply::Reader reply, const char* wanted) {
   return protocol_error(std::string("expected ") + wanted + ", got reply kind " +
                         std::to_string(static_cast<int>(reply.which())));
@@ -266,38 +255,15 @@ Result<void> acquire_into(const std::shared_ptr<Connection>& conn,
 // --- reservations -------------------------------------------------------------------------
 
 Result<ReservationInfo> parse_reservation_target(std::string_view target) {
-  auto bad = [&](const std::string& why) {
-    return make_error(ErrorCode::kBadRequest,
-                      "invalid reservation target '" + std::string(target) + "': " + why);
-  };
-  // The address may be IPv6, colons and all: the protocol ends at the first colon, the port
-  // starts after the last.
-  size_t first = target.find(':'), last = target.rfind(':');
-  if (first == std::string_view::npos || first == last) {
-    return bad("expected PROTO:ADDRESS:PORT[-PORT]");
-  }
-  std::string_view proto = target.substr(0, first);
-  std::string_view addr = target.substr(first + 1, last - first - 1);
-  std::string_view ports = target.substr(last + 1);
+  auto parsed = ReservationTarget::parse(target);
+  if (!parsed) return parsed.error();
   ReservationInfo r;
   r.target = std::string(target);
-  r.tcp = proto == "tcp" || proto == "both";
-  r.udp = proto == "udp" || proto == "both";
-  if (!r.tcp && !r.udp)
-    return bad("unknown protocol '" + std::string(proto) + "' (tcp, udp or both)");
-  if (addr != "any" && addr != "*") {
-    auto a = IpAddress::parse(addr);
-    if (!a) return bad(a.error().message);
-    r.address = *a;
-  }
-  size_t dash = ports.find('-');
-  auto port_first = parse_port(ports.substr(0, dash));
-  if (!port_first) return bad(port_first.error().message);
-  auto port_last = dash == std::string_view::npos ? port_first : parse_port(ports.substr(dash + 1));
-  if (!port_last) return bad(port_last.error().message);
-  if (*port_first > *port_last) return bad("the port range is inverted (first > last)");
-  r.port_first = *port_first;
-  r.port_last = *port_last;
+  r.tcp = parsed->tcp;
+  r.udp = parsed->udp;
+  r.address = parsed->address;
+  r.port_first = parsed->ports.first;
+  r.port_last = parsed->ports.last;
   return r;
 }
 

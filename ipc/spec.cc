@@ -63,6 +63,79 @@ std::string format_endpoint(Protocol p, const IpAddress& a, uint16_t port) {
   return std::string(protocol_name(p)) + " " + addr + ":" + std::to_string(port);
 }
 
+std::optional<uint64_t> parse_decimal(std::string_view text, uint64_t max) {
+  // For an unsigned type from_chars takes digits only: no sign, blank or base prefix.
+  uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || p != end || v > max) return std::nullopt;
+  return v;
+}
+
+std::optional<uint16_t> parse_port(std::string_view text) {
+  auto v = parse_decimal(text, 65535);
+  if (!v) return std::nullopt;
+  return static_cast<uint16_t>(*v);
+}
+
+std::string PortRange::to_string() const {
+  return first == last ? std::to_string(first) : std::to_string(first) + "-" + std::to_string(last);
+}
+
+Result<PortRange> parse_port_range(std::string_view text) {
+  size_t dash = text.find('-');
+  std::string_view a = text.substr(0, dash);
+  std::string_view b = dash == std::string_view::npos ? a : text.substr(dash + 1);
+  // Read as any number first, so that 70000 is named out of range rather than not a port.
+  auto first = parse_decimal(a), last = parse_decimal(b);
+  if (!first || !last) {
+    return make_error(
+        ErrorCode::kBadRequest,
+        "'" + std::string(text) + "' is not a port or port range (PORT or FIRST-LAST)");
+  }
+  for (uint64_t p : {*first, *last}) {
+    if (p < 1 || p > 65535) {
+      return make_error(ErrorCode::kBadRequest,
+                        "port " + std::to_string(p) + " is out of range (1-65535)");
+    }
+  }
+  if (*first > *last) {
+    return make_error(ErrorCode::kBadRequest,
+                      "port range '" + std::string(text) + "' is inverted (first > last)");
+  }
+  return PortRange{static_cast<uint16_t>(*first), static_cast<uint16_t>(*last)};
+}
+
+Result<ReservationTarget> ReservationTarget::parse(std::string_view text) {
+  auto bad = [&](const std::string& why) {
+    return make_error(ErrorCode::kBadRequest,
+                      "invalid reservation target '" + std::string(text) + "': " + why);
+  };
+  // The address may be IPv6, colons and all: the protocol ends at the first colon, the ports
+  // start after the last.
+  size_t first = text.find(':'), last = text.rfind(':');
+  if (first == std::string_view::npos || first == last) {
+    return bad("expected PROTO:ADDRESS:PORT[-PORT]");
+  }
+  std::string_view proto = text.substr(0, first);
+  std::string_view addr = text.substr(first + 1, last - first - 1);
+  ReservationTarget t;
+  t.tcp = proto == "tcp" || proto == "both";
+  t.udp = proto == "udp" || proto == "both";
+  if (!t.tcp && !t.udp) {
+    return bad("unknown protocol '" + std::string(proto) + "' (tcp, udp or both)");
+  }
+  if (addr != "any" && addr != "*") {
+    auto a = IpAddress::parse(addr);
+    if (!a) return bad(a.error().message);
+    t.address = a.value();
+  }
+  auto ports = parse_port_range(text.substr(last + 1));
+  if (!ports) return bad(ports.error().message);
+  t.ports = ports.value();
+  return t;
+}
+
 namespace {
 
 Error spec_error(std::string_view spec, const std::string& why) {
@@ -71,10 +144,9 @@ Error spec_error(std::string_view spec, const std::string& why) {
 }
 
 std::optional<long> parse_int(std::string_view s, long lo, long hi) {
-  long v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size() || v < lo || v > hi) return std::nullopt;
-  return v;
+  auto v = parse_decimal(s, static_cast<uint64_t>(hi));
+  if (!v || static_cast<long>(*v) < lo) return std::nullopt;
+  return static_cast<long>(*v);
 }
 
 std::optional<bool> parse_bool(std::string_view s) {
@@ -260,10 +332,10 @@ Result<SocketSpec> parse_socket_spec(std::string_view text) {
   auto ip = IpAddress::parse(addr);
   if (!ip) return spec_error(text, ip.error().message);
   spec.address = *ip;
-  auto p = parse_int(port, 0, 65535);
+  auto p = parse_port(port);
   if (!p)
     return spec_error(text, "port '" + std::string(port) + "' is not a number from 0 to 65535");
-  spec.port = static_cast<uint16_t>(*p);
+  spec.port = *p;
 
   bool mode_seen = false;
   // Every comma introduces an option, so a trailing comma is an empty option, as ",," is.

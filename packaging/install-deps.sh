@@ -9,7 +9,7 @@ packages=(
   libspdlog-dev libfmt-dev doctest-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   libcap-dev libsystemd-dev libdeflate-dev
-  iproute2 procps util-linux clang-format
+  iproute2 procps util-linux clang-format clang-tidy
 )
 
 missing=()

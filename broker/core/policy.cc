@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <charconv>
 #include <exception>
 #include <new>
 #include <sstream>
@@ -21,15 +20,20 @@ constexpr std::string_view kReserveCommand = "portbroker reserve";
 constexpr int64_t kMaxId = 4294967294;  // (uid_t)-1 means "no change" to the kernel
 constexpr int64_t kMaxCount = 1000000;
 
-std::optional<uint32_t> parse_u32(std::string_view s, uint32_t max) {
-  uint32_t v = 0;
-  if (s.empty()) return std::nullopt;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size() || v > max) return std::nullopt;
-  return v;
+// Like chown: a name first, then a number. Without a resolver (state files) numbers only.
+std::optional<Principals::Id> resolve_id(const NameResolver* names, bool user,
+                                         const std::string& text) {
+  if (names && !text.empty()) {
+    if (auto id = user ? names->uid_of(text) : names->gid_of(text))
+      return Principals::Id{*id, text};
+  }
+  if (auto id = parse_decimal(text, kMaxId)) return Principals::Id{static_cast<uint32_t>(*id), {}};
+  return std::nullopt;
 }
 
 // Rule, reservation and pool names appear in CLI arguments, logs and messages.
+constexpr std::string_view kNameRule =
+    "use 1-64 letters, digits and . _ - @, starting with a letter or digit";
 bool valid_name(std::string_view name) {
   if (name.empty() || name.size() > 64) return false;
   if (!std::isalnum(static_cast<unsigned char>(name[0]))) return false;
@@ -114,9 +118,13 @@ bool reservations_collide(const Reservation& a, const Reservation& b) {
          address_sets_collide(a.addresses, b.addresses);
 }
 
+// Unnamed rules are known by their position ("rule #2"), which is not a name to quote.
+std::string short_rule_label(const Rule& r) {
+  return r.name.starts_with('#') ? "rule " + r.name : "rule '" + r.name + "'";
+}
+
 std::string rule_label(const Rule& r) {
-  return (r.name.starts_with('#') ? "rule " + r.name : "rule '" + r.name + "'") + " (" +
-         r.origin.to_string() + ")";
+  return short_rule_label(r) + " (" + r.origin.to_string() + ")";
 }
 
 std::string reservation_label(const Reservation& r) {
@@ -161,34 +169,6 @@ std::optional<std::string> shared_principal(const Principals& a, const Principal
 }  // namespace
 
 // --- small types ----------------------------------------------------------------------------
-
-std::string PortRange::to_string() const {
-  return first == last ? std::to_string(first) : std::to_string(first) + "-" + std::to_string(last);
-}
-
-Result<PortRange> parse_port_range(std::string_view text) {
-  auto bad = [&] {
-    return make_error(
-        ErrorCode::kBadRequest,
-        "'" + std::string(text) + "' is not a port or port range (PORT or FIRST-LAST)");
-  };
-  size_t dash = text.find('-');
-  std::string_view a = text.substr(0, dash);
-  std::string_view b = dash == std::string_view::npos ? a : text.substr(dash + 1);
-  auto first = parse_u32(a, 1u << 20), last = parse_u32(b, 1u << 20);
-  if (!first || !last) return bad();
-  for (uint32_t p : {*first, *last}) {
-    if (p < 1 || p > 65535) {
-      return make_error(ErrorCode::kBadRequest,
-                        "port " + std::to_string(p) + " is out of range (1-65535)");
-    }
-  }
-  if (*first > *last) {
-    return make_error(ErrorCode::kBadRequest,
-                      "port range '" + std::string(text) + "' is inverted (first > last)");
-  }
-  return PortRange{static_cast<uint16_t>(*first), static_cast<uint16_t>(*last)};
-}
 
 std::vector<PortRange> normalize_ports(std::vector<PortRange> ranges) {
   std::sort(ranges.begin(), ranges.end(),
@@ -415,9 +395,7 @@ class Parser {
     if (!n->is_string()) return at(n->source(), "'name' must be a string, not " + a_type(*n));
     const std::string& s = n->as_string()->get();
     if (!valid_name(s)) {
-      return at(n->source(), "invalid name '" + s +
-                                 "': use 1-64 letters, digits and . _ - @, starting with a "
-                                 "letter or digit");
+      return at(n->source(), "invalid name '" + s + "': " + std::string(kNameRule));
     }
     out = s;
     return std::nullopt;
@@ -533,16 +511,12 @@ class Parser {
           out.anyone = true;
           return std::nullopt;
         }
-        std::optional<uint32_t> found;
-        if (names_ && !name.empty()) found = user ? names_->uid_of(name) : names_->gid_of(name);
-        if (found) {
-          id = Principals::Id{*found, name};
-        } else if (auto num = parse_u32(name, static_cast<uint32_t>(kMaxId))) {
-          id.id = *num;  // like chown: a name first, then a number
-        } else {
+        auto found = resolve_id(names_, user, name);
+        if (!found) {
           return at(el.source(), "unknown " + std::string(kind) + " '" + name + "'" +
                                      (names_ ? "" : " (state files store numeric ids)"));
         }
+        id = std::move(*found);
       } else {
         return at(el.source(),
                   std::string("a ") + kind + " must be a name or a numeric id, not " + a_type(el));
@@ -591,20 +565,78 @@ class Parser {
     return std::nullopt;
   }
 
-  const toml::table* section(const toml::table& root, std::string_view key, Status& err) const {
+  // [key] must be a table of the `allowed` keys; hands it to f.
+  template <typename F>
+  Status section(const toml::table& root, std::string_view key,
+                 std::span<const std::string_view> allowed, F&& f) const {
     const toml::node* n = root.get(key);
-    if (!n) return nullptr;
-    if (!n->is_table()) {
-      err = at(n->source(), "'" + std::string(key) + "' must be a table ([" + std::string(key) +
-                                "]), not " + a_type(*n));
-      return nullptr;
+    if (!n) return std::nullopt;
+    const auto* t = n->as_table();
+    if (!t) {
+      return at(n->source(), "'" + std::string(key) + "' must be a table ([" + std::string(key) +
+                                 "]), not " + a_type(*n));
     }
-    return n->as_table();
+    if (auto e = check_keys(*t, allowed, "[" + std::string(key) + "]")) return e;
+    return f(*t);
   }
 
-  Result<Reservation> reservation(const toml::table& t) const {
+  Status daemon_settings(const toml::table& d, DaemonSettings& out) const {
+    if (auto e = get_bool(d, "root_unrestricted", out.root_unrestricted)) return e;
+    return get_bool(d, "ephemeral_guard", out.ephemeral_guard);
+  }
+
+  Status limits(const toml::table& l, Limits& out) const {
+    if (auto e = get_count(l, "max_connections_per_uid", out.max_connections_per_uid)) return e;
+    return get_count(l, "max_leases_per_uid", out.max_leases_per_uid);
+  }
+
+  // Rules, reservations and pools are named in messages and commands, so a name is one thing.
+  template <typename T>
+  Status unique_name(const toml::table& t, std::string_view kind, const std::string& name,
+                     const std::vector<T>& earlier) const {
+    for (const auto& other : earlier) {
+      if (other.name == name) {
+        return at(name_source(t), "duplicate " + std::string(kind) + " name '" + name +
+                                      "' (first defined at " + other.origin.to_string() + ")");
+      }
+    }
+    return std::nullopt;
+  }
+
+  template <typename T>
+  static Status append(Result<T> parsed, std::vector<T>& out) {
+    if (!parsed) return parsed.error();
+    out.push_back(std::move(parsed).value());
+    return std::nullopt;
+  }
+
+  Result<Rule> rule(const toml::table& t, const std::vector<Rule>& earlier) const {
+    Rule r;
+    r.origin = origin(t);
+    if (auto e = check_keys(t, kRuleKeys, "[[rule]]")) return *e;
+    if (auto e = get_name(t, false, "a [[rule]]", r.name)) return *e;
+    if (r.name.empty()) r.name = "#" + std::to_string(earlier.size() + 1);
+    if (auto e = unique_name(t, "rule", r.name, earlier)) return *e;
+    const std::string label = short_rule_label(r);
+    if (auto e = get_ports(t, label, r.ports)) return *e;
+    if (auto e = get_protocols(t, r.protocols)) return *e;
+    if (auto e = get_addresses(t, r.addresses)) return *e;
+    if (auto e = get_modes(t, r.modes)) return *e;
+    if (auto e = get_count(t, "max_leases", r.max_leases)) return *e;
+    if (auto e = get_principals(t, r.principals)) return *e;
+    if (r.principals.empty()) {
+      return at(t.source(), label +
+                                " grants nobody: give it users, groups or cgroups "
+                                "(users = [\"*\"] for anyone)");
+    }
+    return r;
+  }
+
+  Result<Reservation> reservation(const toml::table& t, bool runtime,
+                                  const std::vector<Reservation>& earlier) const {
     Reservation r;
     r.origin = origin(t);
+    r.runtime = runtime;
     if (auto e = check_keys(t, kReservationKeys, "[[reservation]]")) return *e;
     if (auto e = get_name(t, true, "a [[reservation]]", r.name)) return *e;
     if (auto e = get_ports(t, "reservation '" + r.name + "'", r.ports)) return *e;
@@ -613,100 +645,46 @@ class Parser {
     if (auto e = get_modes(t, r.modes)) return *e;
     if (auto e = get_principals(t, r.principals)) return *e;
     if (auto e = get_bool(t, "hold", r.hold)) return *e;
+    if (auto e = unique_name(t, "reservation", r.name, earlier)) return *e;
     return r;
   }
 
+  Result<Pool> pool(const toml::table& t, const std::vector<Pool>& earlier) const {
+    Pool pool;
+    pool.origin = origin(t);
+    if (auto e = check_keys(t, kPoolKeys, "[[pool]]")) return *e;
+    if (auto e = get_name(t, true, "a [[pool]]", pool.name)) return *e;
+    if (auto e = unique_name(t, "pool", pool.name, earlier)) return *e;
+    if (auto e = get_ports(t, "pool '" + pool.name + "'", pool.ports)) return *e;
+    if (auto e = get_protocols(t, pool.protocols)) return *e;
+    if (auto e = get_principals(t, pool.principals)) return *e;
+    if (pool.principals.empty()) {
+      return at(t.source(), "pool '" + pool.name +
+                                "' is open to nobody: give it users, groups or cgroups "
+                                "(users = [\"*\"] for anyone)");
+    }
+    return pool;
+  }
+
   Status reservations(const toml::table& root, bool runtime, std::vector<Reservation>& out) const {
-    return each_table(root, "reservation", [&](const toml::table& t) -> Status {
-      auto r = reservation(t);
-      if (!r) return r.error();
-      for (const auto& other : out) {
-        if (other.name == r->name) {
-          return at(name_source(t), "duplicate reservation name '" + r->name +
-                                        "' (first defined at " + other.origin.to_string() + ")");
-        }
-      }
-      r->runtime = runtime;
-      out.push_back(std::move(r).value());
-      return std::nullopt;
+    return each_table(root, "reservation", [&](const toml::table& t) {
+      return append(reservation(t, runtime, out), out);
     });
   }
 
   Result<Policy> policy(const toml::table& root) const {
     Policy p;
     p.source = file_;
+    auto read_daemon = [&](const toml::table& t) { return daemon_settings(t, p.daemon); };
+    auto read_limits = [&](const toml::table& t) { return limits(t, p.limits); };
+    auto read_rule = [&](const toml::table& t) { return append(rule(t, p.rules), p.rules); };
+    auto read_pool = [&](const toml::table& t) { return append(pool(t, p.pools), p.pools); };
     if (auto e = check_keys(root, kTopKeys, "")) return *e;
-
-    Status err;
-    if (const auto* d = section(root, "daemon", err)) {
-      if (auto e = check_keys(*d, kDaemonKeys, "[daemon]")) return *e;
-      if (auto e = get_bool(*d, "root_unrestricted", p.daemon.root_unrestricted)) return *e;
-      if (auto e = get_bool(*d, "ephemeral_guard", p.daemon.ephemeral_guard)) return *e;
-    }
-    if (err) return *err;
-    if (const auto* l = section(root, "limits", err)) {
-      if (auto e = check_keys(*l, kLimitsKeys, "[limits]")) return *e;
-      if (auto e = get_count(*l, "max_connections_per_uid", p.limits.max_connections_per_uid))
-        return *e;
-      if (auto e = get_count(*l, "max_leases_per_uid", p.limits.max_leases_per_uid)) return *e;
-    }
-    if (err) return *err;
-
-    auto st = each_table(root, "rule", [&](const toml::table& t) -> Status {
-      Rule r;
-      r.origin = origin(t);
-      if (auto e = check_keys(t, kRuleKeys, "[[rule]]")) return e;
-      if (auto e = get_name(t, false, "a [[rule]]", r.name)) return e;
-      if (r.name.empty()) r.name = "#" + std::to_string(p.rules.size() + 1);
-      for (const auto& other : p.rules) {
-        if (other.name == r.name) {
-          return at(name_source(t), "duplicate rule name '" + r.name + "' (first defined at " +
-                                        other.origin.to_string() + ")");
-        }
-      }
-      std::string short_label =
-          r.name.starts_with('#') ? "rule " + r.name : "rule '" + r.name + "'";
-      if (auto e = get_ports(t, short_label, r.ports)) return e;
-      if (auto e = get_protocols(t, r.protocols)) return e;
-      if (auto e = get_addresses(t, r.addresses)) return e;
-      if (auto e = get_modes(t, r.modes)) return e;
-      if (auto e = get_count(t, "max_leases", r.max_leases)) return e;
-      if (auto e = get_principals(t, r.principals)) return e;
-      if (r.principals.empty()) {
-        return at(t.source(), short_label +
-                                  " grants nobody: give it users, groups or cgroups "
-                                  "(users = [\"*\"] for anyone)");
-      }
-      p.rules.push_back(std::move(r));
-      return std::nullopt;
-    });
-    if (st) return *st;
-
+    if (auto e = section(root, "daemon", kDaemonKeys, read_daemon)) return *e;
+    if (auto e = section(root, "limits", kLimitsKeys, read_limits)) return *e;
+    if (auto e = each_table(root, "rule", read_rule)) return *e;
     if (auto e = reservations(root, false, p.reservations)) return *e;
-
-    st = each_table(root, "pool", [&](const toml::table& t) -> Status {
-      Pool pool;
-      pool.origin = origin(t);
-      if (auto e = check_keys(t, kPoolKeys, "[[pool]]")) return e;
-      if (auto e = get_name(t, true, "a [[pool]]", pool.name)) return e;
-      for (const auto& other : p.pools) {
-        if (other.name == pool.name) {
-          return at(name_source(t), "duplicate pool name '" + pool.name + "' (first defined at " +
-                                        other.origin.to_string() + ")");
-        }
-      }
-      if (auto e = get_ports(t, "pool '" + pool.name + "'", pool.ports)) return e;
-      if (auto e = get_protocols(t, pool.protocols)) return e;
-      if (auto e = get_principals(t, pool.principals)) return e;
-      if (pool.principals.empty()) {
-        return at(t.source(), "pool '" + pool.name +
-                                  "' is open to nobody: give it users, groups or cgroups "
-                                  "(users = [\"*\"] for anyone)");
-      }
-      p.pools.push_back(std::move(pool));
-      return std::nullopt;
-    });
-    if (st) return *st;
+    if (auto e = each_table(root, "pool", read_pool)) return *e;
     if (p.pools.empty()) p.pools.push_back(embedded_default_policy().pools.front());
     return p;
   }
@@ -793,125 +771,146 @@ Policy embedded_default_policy() {
 
 // --- decisions ------------------------------------------------------------------------------
 
+namespace {
+
+Decision allow(std::string reason) {
+  Decision d;
+  d.allowed = true;
+  d.code = ErrorCode::kOk;
+  d.reason = std::move(reason);
+  return d;
+}
+
+Decision deny(std::string reason, ErrorCode code = ErrorCode::kPermissionDenied) {
+  Decision d;
+  d.code = code;
+  d.reason = std::move(reason);
+  return d;
+}
+
+// Why a reservation that covers the request refuses it; empty when it admits the caller.
+std::string reservation_refusal(const Reservation& r, const Principal& who, const Request& req) {
+  const std::string reserved =
+      "port " + std::to_string(req.port) + " is reserved for " + reservation_label(r);
+  if (req.from_pool) return reserved + "; reserved ports are never handed out from a pool";
+  if (!r.principals.matches(who)) {
+    return reserved + "; " + who.describe() + " is not among its principals";
+  }
+  if (!r.modes.has(req.mode)) {
+    return reserved + " in modes " + r.modes.to_string() + " only, not " + mode_name(req.mode);
+  }
+  return {};
+}
+
+// Any covering reservation that refuses decides; else the first that admits the caller grants.
+// nullopt: no reservation covers the request.
+std::optional<Decision> reservation_decision(std::span<const Reservation> reservations,
+                                             const Principal& who, const Request& req) {
+  const Reservation* grant = nullptr;
+  for (const auto& r : reservations) {
+    if (!reservation_covers(r, req.protocol, req.address, req.port)) continue;
+    if (std::string why = reservation_refusal(r, who, req); !why.empty()) {
+      Decision d = deny(std::move(why));
+      d.reservation = r.name;
+      return d;
+    }
+    if (!grant) grant = &r;
+  }
+  if (!grant) return std::nullopt;
+  Decision d =
+      allow("port " + std::to_string(req.port) + " is reserved for " + reservation_label(*grant) +
+            " and " + who.describe() + " is among its principals");
+  d.reservation = grant->name;
+  return d;
+}
+
+Decision pool_decision(const Policy& policy, const Principal& who, const Request& req) {
+  for (const auto& pool : policy.pools) {
+    if (!pool.protocols.has(req.protocol) || !pool.principals.matches(who)) continue;
+    if (req.port != 0 && !ports_contain(pool.ports, req.port)) continue;
+    Decision d = allow("allowed by " + pool_label(pool));
+    d.pool = pool.name;
+    return d;
+  }
+  if (req.port == 0) {
+    return deny("no pool in " + policy.source + " is open to " + who.describe() + " for " +
+                protocol_name(req.protocol));
+  }
+  return deny("port " + std::to_string(req.port) + " is in no pool open to " + who.describe() +
+              " for " + protocol_name(req.protocol));
+}
+
+bool rule_covers(const Rule& rule, Protocol p, const IpAddress& address, uint16_t port) {
+  return rule.protocols.has(p) && ports_contain(rule.ports, port) &&
+         address_set_grants(rule.addresses, address);
+}
+
+// Why a rule that covers the request does not grant it; nullopt when it grants.
+std::optional<Decision> rule_refusal(const Rule& rule, const Principal& who, const Request& req,
+                                     std::span<const HeldLease> held) {
+  if (!rule.modes.has(req.mode)) {
+    return deny(rule_label(rule) + " grants " + who.describe() + " " +
+                format_endpoint(req.protocol, req.address, req.port) + " only in modes " +
+                rule.modes.to_string() + ", not " + mode_name(req.mode));
+  }
+  if (!rule.max_leases) return std::nullopt;
+  size_t count = std::count_if(held.begin(), held.end(), [&](const HeldLease& h) {
+    return rule_covers(rule, h.protocol, h.address, h.port);
+  });
+  if (count < *rule.max_leases) return std::nullopt;
+  return deny(who.describe() + " already holds " + std::to_string(count) + " leases under " +
+                  rule_label(rule) + ", its max_leases",
+              ErrorCode::kLimitExceeded);
+}
+
+// Rules only grant: the first covering rule that grants decides; else the first covering
+// rule's refusal explains, else deny by default.
+Decision rule_decision(const Policy& policy, const Principal& who, const Request& req,
+                       std::span<const HeldLease> held) {
+  std::optional<Decision> refusal;
+  for (const auto& rule : policy.rules) {
+    if (!rule_covers(rule, req.protocol, req.address, req.port) || !rule.principals.matches(who)) {
+      continue;
+    }
+    auto why = rule_refusal(rule, who, req, held);
+    if (!why) return allow("allowed by " + rule_label(rule));
+    if (!refusal) refusal = std::move(why);
+  }
+  if (refusal) return *refusal;
+  const std::string endpoint = format_endpoint(req.protocol, req.address, req.port);
+  if (policy.source == kEmbeddedSource && req.port < 1024) {
+    return deny(who.describe() + " may not lease " + endpoint +
+                ": ports below 1024 are for root only under the embedded default policy (no "
+                "policy file; a rule in one can grant it)");
+  }
+  return deny("no rule in " + policy.source + " grants " + who.describe() + " " + endpoint +
+              " (deny by default)");
+}
+
+}  // namespace
+
 Decision Policy::check(const Principal& who, const Request& req,
                        std::span<const HeldLease> held) const {
-  auto allow = [](std::string reason) {
-    Decision d;
-    d.allowed = true;
-    d.code = ErrorCode::kOk;
-    d.reason = std::move(reason);
-    return d;
-  };
-  auto deny = [](std::string reason, ErrorCode code = ErrorCode::kPermissionDenied) {
-    Decision d;
-    d.code = code;
-    d.reason = std::move(reason);
-    return d;
-  };
-  const std::string caller = who.describe();
   const bool free_root = who.uid == 0 && daemon.root_unrestricted;
-
   if (!free_root && held.size() >= limits.max_leases_per_uid) {
-    return deny(caller + " already holds " + std::to_string(held.size()) +
+    return deny(who.describe() + " already holds " + std::to_string(held.size()) +
                     " leases, the most allowed ([limits] max_leases_per_uid = " +
                     std::to_string(limits.max_leases_per_uid) + " in " + source + ")",
                 ErrorCode::kLimitExceeded);
   }
-
   if (req.port != 0) {
-    const Reservation* grant = nullptr;
-    const std::string port = "port " + std::to_string(req.port);
-    for (const auto& r : reservations) {
-      if (!reservation_covers(r, req.protocol, req.address, req.port)) continue;
-      Decision d;
-      if (req.from_pool) {
-        d = deny(port + " is reserved for " + reservation_label(r) +
-                 "; reserved ports are never handed out from a pool");
-      } else if (!r.principals.matches(who)) {
-        d = deny(port + " is reserved for " + reservation_label(r) + "; " + caller +
-                 " is not among its principals");
-      } else if (!r.modes.has(req.mode)) {
-        d = deny(port + " is reserved for " + reservation_label(r) + " in modes " +
-                 r.modes.to_string() + " only, not " + mode_name(req.mode));
-      } else {
-        if (!grant) grant = &r;
-        continue;
-      }
-      d.reservation = r.name;
-      return d;
-    }
-    if (grant) {
-      Decision d = allow(port + " is reserved for " + reservation_label(*grant) + " and " + caller +
-                         " is among its principals");
-      d.reservation = grant->name;
-      return d;
-    }
+    if (auto d = reservation_decision(reservations, who, req)) return *d;
   }
-
   if (free_root) {
     Decision d = allow("root is unrestricted ([daemon] root_unrestricted in " + source + ")");
     if (req.from_pool) {
-      for (const auto* pool : pools_at(req.protocol, req.port)) {
-        d.pool = pool->name;
-        break;
-      }
+      auto here = pools_at(req.protocol, req.port);
+      if (!here.empty()) d.pool = here.front()->name;
     }
     return d;
   }
-
-  if (req.port == 0 || req.from_pool) {
-    for (const auto& pool : pools) {
-      if (!pool.protocols.has(req.protocol) || !pool.principals.matches(who)) continue;
-      if (req.port != 0 && !ports_contain(pool.ports, req.port)) continue;
-      Decision d = allow("allowed by " + pool_label(pool));
-      d.pool = pool.name;
-      return d;
-    }
-    if (req.port == 0) {
-      return deny("no pool in " + source + " is open to " + caller + " for " +
-                  protocol_name(req.protocol));
-    }
-    return deny("port " + std::to_string(req.port) + " is in no pool open to " + caller + " for " +
-                protocol_name(req.protocol));
-  }
-
-  const std::string endpoint = format_endpoint(req.protocol, req.address, req.port);
-  std::optional<Decision> refusal;
-  for (const auto& rule : rules) {
-    if (!rule.protocols.has(req.protocol) || !ports_contain(rule.ports, req.port) ||
-        !address_set_grants(rule.addresses, req.address) || !rule.principals.matches(who)) {
-      continue;
-    }
-    if (!rule.modes.has(req.mode)) {
-      if (!refusal) {
-        refusal = deny(rule_label(rule) + " grants " + caller + " " + endpoint + " only in modes " +
-                       rule.modes.to_string() + ", not " + mode_name(req.mode));
-      }
-      continue;
-    }
-    if (rule.max_leases) {
-      size_t count = std::count_if(held.begin(), held.end(), [&](const HeldLease& h) {
-        return rule.protocols.has(h.protocol) && ports_contain(rule.ports, h.port) &&
-               address_set_grants(rule.addresses, h.address);
-      });
-      if (count >= *rule.max_leases) {
-        if (!refusal) {
-          refusal = deny(caller + " already holds " + std::to_string(count) + " leases under " +
-                             rule_label(rule) + ", its max_leases",
-                         ErrorCode::kLimitExceeded);
-        }
-        continue;
-      }
-    }
-    return allow("allowed by " + rule_label(rule));
-  }
-  if (refusal) return *refusal;
-  if (source == kEmbeddedSource && req.port < 1024) {
-    return deny(caller + " may not lease " + endpoint +
-                ": ports below 1024 are for root only under the embedded default policy (no "
-                "policy file; a rule in one can grant it)");
-  }
-  return deny("no rule in " + source + " grants " + caller + " " + endpoint + " (deny by default)");
+  if (req.port == 0 || req.from_pool) return pool_decision(*this, who, req);
+  return rule_decision(*this, who, req, held);
 }
 
 std::vector<const Pool*> Policy::pools_for(const Principal& who, Protocol p) const {
@@ -944,20 +943,28 @@ std::vector<PortRange> Policy::guarded_ports() const {
   return normalize_ports(std::move(all));
 }
 
-std::vector<std::string> Policy::lint() const {
-  std::vector<std::string> out;
-  for (size_t i = 0; i < reservations.size(); ++i) {
-    for (size_t j = i + 1; j < reservations.size(); ++j) {
-      const auto &a = reservations[i], &b = reservations[j];
-      if (!reservations_collide(a, b)) continue;
-      ProtocolSet both{a.protocols.tcp && b.protocols.tcp, a.protocols.udp && b.protocols.udp};
-      out.push_back(short_reservation_label(a) + " and " + short_reservation_label(b) +
-                    " both claim " + both.to_string() + " " +
-                    port_word(*first_common_ports(a.ports, b.ports)));
-    }
-  }
-  for (const auto& pool : pools) {
-    for (const auto& r : reservations) {
+namespace {
+
+// Calls f(a, b) for every two entries of a list, each pair once, in list order.
+template <typename T, typename F>
+void for_each_pair(const std::vector<T>& list, F&& f) {
+  for (size_t i = 0; i < list.size(); ++i)
+    for (size_t j = i + 1; j < list.size(); ++j) f(list[i], list[j]);
+}
+
+void lint_reservations(const Policy& p, std::vector<std::string>& out) {
+  for_each_pair(p.reservations, [&](const Reservation& a, const Reservation& b) {
+    if (!reservations_collide(a, b)) return;
+    ProtocolSet both{a.protocols.tcp && b.protocols.tcp, a.protocols.udp && b.protocols.udp};
+    out.push_back(short_reservation_label(a) + " and " + short_reservation_label(b) +
+                  " both claim " + both.to_string() + " " +
+                  port_word(*first_common_ports(a.ports, b.ports)));
+  });
+}
+
+void lint_pools(const Policy& p, std::vector<std::string>& out) {
+  for (const auto& pool : p.pools) {
+    for (const auto& r : p.reservations) {
       if (!pool.protocols.overlaps(r.protocols)) continue;
       if (auto common = first_common_ports(pool.ports, r.ports)) {
         out.push_back(pool_label(pool) + " contains " + port_word(*common) + " reserved by " +
@@ -966,55 +973,73 @@ std::vector<std::string> Policy::lint() const {
       }
     }
   }
-  for (size_t i = 0; i < pools.size(); ++i) {
-    for (size_t j = i + 1; j < pools.size(); ++j) {
-      const auto &a = pools[i], &b = pools[j];
-      if (!a.protocols.overlaps(b.protocols)) continue;
-      if (auto common = first_common_ports(a.ports, b.ports)) {
-        out.push_back(pool_label(a) + " and " + pool_label(b) + " overlap on " +
-                      port_word(*common));
-      }
+  for_each_pair(p.pools, [&](const Pool& a, const Pool& b) {
+    if (!a.protocols.overlaps(b.protocols)) return;
+    if (auto common = first_common_ports(a.ports, b.ports)) {
+      out.push_back(pool_label(a) + " and " + pool_label(b) + " overlap on " + port_word(*common));
     }
-  }
-  for (size_t i = 0; i < rules.size(); ++i) {
-    const auto& a = rules[i];
-    for (size_t j = i + 1; j < rules.size(); ++j) {
-      const auto& b = rules[j];
-      if (!a.protocols.overlaps(b.protocols)) continue;
-      auto common = first_common_ports(a.ports, b.ports);
-      if (!common) continue;
-      bool addresses_overlap = a.addresses.empty() || b.addresses.empty() ||
-                               std::any_of(a.addresses.begin(), a.addresses.end(), [&](auto& x) {
-                                 return address_set_grants(b.addresses, x);
-                               });
-      if (!addresses_overlap) continue;
-      auto who = shared_principal(a.principals, b.principals);
-      if (!who) continue;
-      bool same = a.modes.to_string() == b.modes.to_string() && a.max_leases == b.max_leases;
-      out.push_back(rule_label(a) + " and " + rule_label(b) + " both grant " + *who + " " +
-                    port_word(*common) +
-                    (same ? " (redundant)"
-                          : " with different modes or max_leases; either one suffices, since "
-                            "rules only grant"));
+  });
+}
+
+bool rule_addresses_overlap(const Rule& a, const Rule& b) {
+  return a.addresses.empty() || b.addresses.empty() ||
+         std::any_of(a.addresses.begin(), a.addresses.end(),
+                     [&](const IpAddress& x) { return address_set_grants(b.addresses, x); });
+}
+
+// Two rules granting one principal the same ports: one of them is redundant or misleading.
+std::optional<std::string> rule_overlap(const Rule& a, const Rule& b) {
+  if (!a.protocols.overlaps(b.protocols)) return std::nullopt;
+  auto common = first_common_ports(a.ports, b.ports);
+  if (!common || !rule_addresses_overlap(a, b)) return std::nullopt;
+  auto who = shared_principal(a.principals, b.principals);
+  if (!who) return std::nullopt;
+  bool same = a.modes.to_string() == b.modes.to_string() && a.max_leases == b.max_leases;
+  return rule_label(a) + " and " + rule_label(b) + " both grant " + *who + " " +
+         port_word(*common) +
+         (same ? " (redundant)"
+               : " with different modes or max_leases; either one suffices, since rules only "
+                 "grant");
+}
+
+void lint_rules(const Policy& p, std::vector<std::string>& out) {
+  // Each rule's own remark follows its overlaps, so that a rule's lines stay together.
+  for (size_t i = 0; i < p.rules.size(); ++i) {
+    const Rule& a = p.rules[i];
+    for (size_t j = i + 1; j < p.rules.size(); ++j) {
+      if (auto overlap = rule_overlap(a, p.rules[j])) out.push_back(std::move(*overlap));
     }
-    if (a.max_leases && *a.max_leases > limits.max_leases_per_uid) {
+    if (a.max_leases && *a.max_leases > p.limits.max_leases_per_uid) {
       out.push_back(rule_label(a) + " allows max_leases = " + std::to_string(*a.max_leases) +
                     ", more than [limits] max_leases_per_uid = " +
-                    std::to_string(limits.max_leases_per_uid) + "; the smaller limit applies");
+                    std::to_string(p.limits.max_leases_per_uid) + "; the smaller limit applies");
     }
   }
+}
+
+}  // namespace
+
+std::vector<std::string> Policy::lint() const {
+  std::vector<std::string> out;
+  lint_reservations(*this, out);
+  lint_pools(*this, out);
+  lint_rules(*this, out);
   return out;
 }
 
 // --- runtime reservations -------------------------------------------------------------------
 
+namespace {
+
+Error invalid_reservation_name(const std::string& name) {
+  return make_error(ErrorCode::kBadRequest,
+                    "invalid reservation name '" + name + "': " + std::string(kNameRule));
+}
+
+}  // namespace
+
 Result<void> Policy::add_reservation(Reservation r) {
-  if (!valid_name(r.name)) {
-    return make_error(ErrorCode::kBadRequest,
-                      "invalid reservation name '" + r.name +
-                          "': use 1-64 letters, digits and . _ - @, starting with a letter or "
-                          "digit");
-  }
+  if (!valid_name(r.name)) return invalid_reservation_name(r.name);
   if (r.ports.empty()) return make_error(ErrorCode::kBadRequest, "a reservation needs ports");
   for (const auto& other : reservations) {
     if (other.name == r.name) {
@@ -1058,102 +1083,75 @@ Result<Reservation> make_runtime_reservation(std::string_view name, std::string_
                                              std::span<const std::string> users,
                                              std::span<const std::string> groups, bool hold,
                                              const NameResolver& names) {
-  auto bad = [&](const std::string& why) {
-    return make_error(ErrorCode::kBadRequest,
-                      "invalid reservation target '" + std::string(target) + "': " + why);
-  };
   Reservation r;
   r.name = std::string(name);
   r.origin = Origin{std::string(kReserveCommand), 0};
   r.runtime = true;
   r.hold = hold;
-  if (!valid_name(name)) {
-    return make_error(ErrorCode::kBadRequest,
-                      "invalid reservation name '" + r.name +
-                          "': use 1-64 letters, digits and . _ - @, starting with a letter or "
-                          "digit");
-  }
-  size_t first = target.find(':'), last = target.rfind(':');
-  if (first == std::string_view::npos || first == last) {
-    return bad("expected PROTO:ADDRESS:PORT[-PORT]");
-  }
-  std::string_view proto = target.substr(0, first);
-  std::string_view addr = target.substr(first + 1, last - first - 1);
-  if (proto == "tcp") {
-    r.protocols = ProtocolSet{true, false};
-  } else if (proto == "udp") {
-    r.protocols = ProtocolSet{false, true};
-  } else if (proto != "both") {
-    return bad("unknown protocol '" + std::string(proto) + "' (tcp, udp or both)");
-  }
-  if (addr != "any" && addr != "*") {
-    auto a = IpAddress::parse(addr);
-    if (!a) return bad(a.error().message);
-    r.addresses.push_back(a.value());
-  }
-  auto ports = parse_port_range(target.substr(last + 1));
-  if (!ports) return bad(ports.error().message);
-  r.ports.push_back(ports.value());
-
+  if (!valid_name(name)) return invalid_reservation_name(r.name);
+  auto parsed = ReservationTarget::parse(target);
+  if (!parsed) return parsed.error();
+  r.protocols = ProtocolSet{parsed->tcp, parsed->udp};
+  if (parsed->address) r.addresses.push_back(*parsed->address);
+  r.ports.push_back(parsed->ports);
   for (bool user : {true, false}) {
     for (const auto& n : user ? users : groups) {
-      std::optional<uint32_t> id = user ? names.uid_of(n) : names.gid_of(n);
-      std::string label = n;
-      if (!id) {
-        id = parse_u32(n, static_cast<uint32_t>(kMaxId));
-        label.clear();
-      }
+      auto id = resolve_id(&names, user, n);
       if (!id) {
         return make_error(ErrorCode::kBadRequest,
                           std::string("unknown ") + (user ? "user" : "group") + " '" + n + "'");
       }
-      (user ? r.principals.users : r.principals.groups).push_back({*id, label});
+      (user ? r.principals.users : r.principals.groups).push_back(std::move(*id));
     }
   }
   return r;
 }
 
-std::string to_state_toml(std::span<const Reservation> runtime) {
-  toml::array list;
-  for (const auto& r : runtime) {
-    toml::table t;
-    t.insert("name", r.name);
-    t.insert("protocol", r.protocols.tcp && r.protocols.udp ? "both"
-                         : r.protocols.udp                  ? "udp"
-                                                            : "tcp");
-    if (r.addresses.empty()) {
-      t.insert("address", "any");
-    } else {
-      toml::array addrs;
-      for (const auto& a : r.addresses) addrs.push_back(a.to_string());
-      t.insert("address", std::move(addrs));
-    }
-    toml::array ports;
-    for (const auto& p : r.ports) ports.push_back(p.to_string());
-    t.insert("ports", std::move(ports));
-    if (r.principals.anyone || !r.principals.users.empty()) {
-      toml::array users;
-      if (r.principals.anyone) users.push_back("*");
-      for (const auto& u : r.principals.users) users.push_back(int64_t{u.id});
-      t.insert("users", std::move(users));
-    }
-    if (!r.principals.groups.empty()) {
-      toml::array groups;
-      for (const auto& g : r.principals.groups) groups.push_back(int64_t{g.id});
-      t.insert("groups", std::move(groups));
-    }
-    if (!r.principals.cgroups.empty()) {
-      toml::array cgroups;
-      for (const auto& c : r.principals.cgroups) cgroups.push_back(c);
-      t.insert("cgroups", std::move(cgroups));
-    }
-    toml::array modes;
-    for (Mode m : {Mode::kExclusive, Mode::kShared, Mode::kReuseport})
-      if (r.modes.has(m)) modes.push_back(mode_name(m));
-    t.insert("modes", std::move(modes));
-    t.insert("hold", r.hold);
-    list.push_back(std::move(t));
+namespace {
+
+template <typename List, typename F>
+toml::array toml_array(const List& list, F&& element) {
+  toml::array out;
+  for (const auto& x : list) out.push_back(element(x));
+  return out;
+}
+
+int64_t numeric_id(const Principals::Id& id) { return int64_t{id.id}; }
+
+toml::table state_table(const Reservation& r) {
+  toml::table t;
+  t.insert("name", r.name);
+  t.insert("protocol", r.protocols.tcp && r.protocols.udp ? "both"
+                       : r.protocols.udp                  ? "udp"
+                                                          : "tcp");
+  if (r.addresses.empty()) {
+    t.insert("address", "any");
+  } else {
+    t.insert("address", toml_array(r.addresses, [](const IpAddress& a) { return a.to_string(); }));
   }
+  t.insert("ports", toml_array(r.ports, [](const PortRange& p) { return p.to_string(); }));
+  if (r.principals.anyone || !r.principals.users.empty()) {
+    toml::array users;
+    if (r.principals.anyone) users.push_back("*");
+    for (const auto& u : r.principals.users) users.push_back(numeric_id(u));
+    t.insert("users", std::move(users));
+  }
+  if (!r.principals.groups.empty()) t.insert("groups", toml_array(r.principals.groups, numeric_id));
+  if (!r.principals.cgroups.empty()) {
+    t.insert("cgroups", toml_array(r.principals.cgroups, [](const std::string& c) { return c; }));
+  }
+  toml::array modes;
+  for (Mode m : {Mode::kExclusive, Mode::kShared, Mode::kReuseport})
+    if (r.modes.has(m)) modes.push_back(mode_name(m));
+  t.insert("modes", std::move(modes));
+  t.insert("hold", r.hold);
+  return t;
+}
+
+}  // namespace
+
+std::string to_state_toml(std::span<const Reservation> runtime) {
+  toml::array list = toml_array(runtime, state_table);
   toml::table root;
   root.insert("version", 1);
   if (!list.empty()) root.insert("reservation", std::move(list));

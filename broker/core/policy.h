@@ -34,20 +34,10 @@
 
 namespace portbroker::broker {
 
-// An inclusive range of ports; one port is first == last.
-struct PortRange {
-  uint16_t first = 0;
-  uint16_t last = 0;
-
-  bool contains(uint16_t port) const { return first <= port && port <= last; }
-  bool overlaps(const PortRange& o) const { return first <= o.last && o.first <= last; }
-  size_t size() const { return size_t{last} - first + 1; }
-  std::string to_string() const;  // "80" or "8000-8099"
-  bool operator==(const PortRange&) const = default;
-};
-
-// "80" or "8000-8099": 1..65535, first <= last, no spaces.
-Result<PortRange> parse_port_range(std::string_view text);
+// Port ranges and their grammar belong to the vocabulary the client shares (spec.hpp); the
+// broker has always spelled them broker::PortRange.
+using portbroker::parse_port_range;
+using portbroker::PortRange;
 
 // Sorted, with overlapping and adjacent ranges merged: the one spelling of a set of ports.
 std::vector<PortRange> normalize_ports(std::vector<PortRange> ranges);
@@ -245,10 +235,9 @@ Result<Policy> parse_policy(std::string_view toml_text, std::string_view file_na
 // 1024-65535 (any protocol, address, mode); pool "default" 20000-29999 for everyone.
 Policy embedded_default_policy();
 
-// `portbroker reserve NAME PROTO:ADDR:PORT[-PORT] [--user U]... [--group G]... [--hold]`.
-// PROTO is tcp, udp or both; ADDR is an IPv4 address, a bracketed IPv6 address, or "any";
-// users and groups are names or numeric ids. The result has runtime = true and an origin of
-// "portbroker reserve"; pass it to Policy::add_reservation.
+// `portbroker reserve NAME TARGET [--user U]... [--group G]... [--hold]`, TARGET as
+// ReservationTarget::parse reads it; users and groups are names or numeric ids. The result has
+// runtime = true and an origin of "portbroker reserve"; pass it to Policy::add_reservation.
 Result<Reservation> make_runtime_reservation(std::string_view name, std::string_view target,
                                              std::span<const std::string> users,
                                              std::span<const std::string> groups, bool hold,

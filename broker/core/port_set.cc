@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 
 namespace portbroker::broker {
 
@@ -17,13 +16,6 @@ std::string_view trim(std::string_view s) {
   size_t b = s.find_first_not_of(kBlanks);
   if (b == std::string_view::npos) return {};
   return s.substr(b, s.find_last_not_of(kBlanks) - b + 1);
-}
-
-std::optional<uint16_t> parse_port(std::string_view s) {
-  uint32_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || ec != std::errc() || p != s.data() + s.size() || v > 65535) return std::nullopt;
-  return static_cast<uint16_t>(v);
 }
 
 }  // namespace

@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -121,25 +120,20 @@ IpAddress address_from(int family, const uint32_t (&words)[4]) {
   return a;
 }
 
-// One SOCK_DIAG_BY_FAMILY dump for one address family, appended to `out`.
-Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, HolderScope scope,
-                         uint32_t seq, std::vector<PortHolder>& out) {
-  uint32_t states = ~0u;
-  if (protocol == Protocol::kTcp && scope == HolderScope::kBound) {
-    states = (1u << kListen) | (1u << kClose) | (1u << kBoundInactive);
-  }
-  std::vector<uint8_t> req = dump_request(family, protocol, port, states, seq);
+Result<void> send_to_kernel(int nl, const std::vector<uint8_t>& request) {
   sockaddr_nl kernel{};
   kernel.nl_family = AF_NETLINK;
   ssize_t sent;
   do {
-    sent = ::sendto(nl, req.data(), req.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
+    sent = ::sendto(nl, request.data(), request.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
                     sizeof(kernel));
   } while (sent < 0 && errno == EINTR);
   if (sent < 0) return errno_error(ErrorCode::kInternal, "sock_diag request", errno);
+  return {};
+}
 
-  // Dumps arrive in parts of up to a page or two each; 64 KiB never truncates one.
-  std::vector<char> buf(64 * 1024);
+// The next part of the dump into `buf`; returns its length.
+Result<size_t> receive_from_kernel(int nl, std::vector<char>& buf) {
   for (;;) {
     sockaddr_nl from{};
     iovec iov{buf.data(), buf.size()};
@@ -154,55 +148,98 @@ Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, H
     if (mh.msg_flags & MSG_TRUNC)
       return make_error(ErrorCode::kInternal, "sock_diag reply truncated");
     if (from.nl_pid != 0) continue;  // only the kernel speaks for the kernel
+    return static_cast<size_t>(n);
+  }
+}
 
-    int len = static_cast<int>(n);
+enum class DumpStep { kMore, kDone };
+
+// A dump that failed midway reports the error in its NLMSG_DONE.
+Result<DumpStep> dump_done(const nlmsghdr* h) {
+  if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(int))) {
+    int err = 0;
+    std::memcpy(&err, NLMSG_DATA(h), sizeof(err));
+    if (err < 0) return errno_error(ErrorCode::kInternal, "sock_diag dump", -err);
+  }
+  return DumpStep::kDone;
+}
+
+Result<DumpStep> dump_refused(const nlmsghdr* h, int family, Protocol protocol) {
+  if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
+    return make_error(ErrorCode::kInternal, "sock_diag: short error message");
+  }
+  const auto* e = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
+  if (e->error == 0) return DumpStep::kMore;
+  int err = -e->error;
+  if (family == AF_INET6 && err == EAFNOSUPPORT) return DumpStep::kDone;  // IPv6 disabled: none
+  if (err == ENOENT) {
+    return make_error(ErrorCode::kInternal,
+                      std::string("socket diagnostics for ") + protocol_name(protocol) +
+                          " are unavailable (is the " + protocol_name(protocol) +
+                          "_diag kernel module loaded?)");
+  }
+  return errno_error(ErrorCode::kInternal, "sock_diag dump", err);
+}
+
+std::optional<PortHolder> holder_from(const nlmsghdr* h, Protocol protocol, uint16_t port) {
+  if (h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return std::nullopt;
+  const auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+  if (m->idiag_family != AF_INET && m->idiag_family != AF_INET6) return std::nullopt;
+  // The bytecode already filtered; checking again costs nothing and survives a kernel that
+  // ignored it.
+  if (ntohs(m->id.idiag_sport) != port) return std::nullopt;
+  PortHolder holder;
+  holder.protocol = protocol;
+  holder.address = address_from(m->idiag_family, m->id.idiag_src);
+  holder.port = port;
+  if (m->id.idiag_dport != 0) {
+    holder.peer = address_from(m->idiag_family, m->id.idiag_dst);
+    holder.peer_port = ntohs(m->id.idiag_dport);
+  }
+  holder.state = state_name(m->idiag_state);
+  holder.uid = m->idiag_uid;
+  holder.inode = m->idiag_inode;
+  return holder;
+}
+
+Result<DumpStep> read_dump_message(const nlmsghdr* h, int family, Protocol protocol, uint16_t port,
+                                   std::vector<PortHolder>& out) {
+  switch (h->nlmsg_type) {
+    case NLMSG_DONE:
+      return dump_done(h);
+    case NLMSG_ERROR:
+      return dump_refused(h, family, protocol);
+    case SOCK_DIAG_BY_FAMILY:
+      if (auto holder = holder_from(h, protocol, port)) out.push_back(std::move(*holder));
+      break;
+    default:
+      break;
+  }
+  return DumpStep::kMore;
+}
+
+// One SOCK_DIAG_BY_FAMILY dump for one address family, appended to `out`.
+Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, HolderScope scope,
+                         uint32_t seq, std::vector<PortHolder>& out) {
+  uint32_t states = ~0u;
+  if (protocol == Protocol::kTcp && scope == HolderScope::kBound) {
+    states = (1u << kListen) | (1u << kClose) | (1u << kBoundInactive);
+  }
+  if (auto sent = send_to_kernel(nl, dump_request(family, protocol, port, states, seq)); !sent) {
+    return sent.error();
+  }
+  // Dumps arrive in parts of up to a page or two each; 64 KiB never truncates one.
+  std::vector<char> buf(64 * 1024);
+  for (;;) {
+    auto received = receive_from_kernel(nl, buf);
+    if (!received) return received.error();
+    int len = static_cast<int>(received.value());
     for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, len);
          h = NLMSG_NEXT(h, len)) {
       if (h->nlmsg_seq != seq) continue;
-      if (h->nlmsg_type == NLMSG_DONE) {
-        // A dump that failed midway reports the error here.
-        if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(int))) {
-          int err = 0;
-          std::memcpy(&err, NLMSG_DATA(h), sizeof(err));
-          if (err < 0) return errno_error(ErrorCode::kInternal, "sock_diag dump", -err);
-        }
-        return {};
-      }
-      if (h->nlmsg_type == NLMSG_ERROR) {
-        if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
-          return make_error(ErrorCode::kInternal, "sock_diag: short error message");
-        }
-        const auto* e = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
-        if (e->error == 0) continue;
-        int err = -e->error;
-        if (family == AF_INET6 && err == EAFNOSUPPORT) return {};  // IPv6 disabled: none
-        if (err == ENOENT) {
-          return make_error(ErrorCode::kInternal,
-                            std::string("socket diagnostics for ") + protocol_name(protocol) +
-                                " are unavailable (is the " + protocol_name(protocol) +
-                                "_diag kernel module loaded?)");
-        }
-        return errno_error(ErrorCode::kInternal, "sock_diag dump", err);
-      }
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-      if (h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
-      const auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
-      if (m->idiag_family != AF_INET && m->idiag_family != AF_INET6) continue;
-      // The bytecode already filtered; checking again costs nothing and survives a kernel
-      // that ignored it.
-      if (ntohs(m->id.idiag_sport) != port) continue;
-      PortHolder holder;
-      holder.protocol = protocol;
-      holder.address = address_from(m->idiag_family, m->id.idiag_src);
-      holder.port = port;
-      if (m->id.idiag_dport != 0) {
-        holder.peer = address_from(m->idiag_family, m->id.idiag_dst);
-        holder.peer_port = ntohs(m->id.idiag_dport);
-      }
-      holder.state = state_name(m->idiag_state);
-      holder.uid = m->idiag_uid;
-      holder.inode = m->idiag_inode;
-      out.push_back(std::move(holder));
+      auto step = read_dump_message(h, family, protocol, port, out);
+      if (!step) return step.error();
+      if (step.value() == DumpStep::kDone) return {};
     }
   }
 }
@@ -219,13 +256,6 @@ Dir open_dir_at(int dirfd, const char* name) {
   if (!d) return nullptr;
   (void)fd.release();  // the DIR owns it now
   return Dir(d);
-}
-
-std::optional<uint64_t> parse_decimal(std::string_view s) {
-  uint64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
-  return v;
 }
 
 // "socket:[12345]" -> 12345

@@ -1,6 +1,5 @@
 // `portbroker`: the command line for portbrokerd (leases, exec, reservations, diagnostics).
 #include <CLI/CLI.hpp>
-#include <charconv>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -38,15 +37,14 @@ int run_status(const std::string& socket_path, bool json) {
 
 int run_release(const std::string& socket_path, const std::string& id_text) {
   // Parsed here rather than by CLI11, which wraps "-1" into the largest uint64.
-  uint64_t id = 0;
-  auto [end, ec] = std::from_chars(id_text.data(), id_text.data() + id_text.size(), id);
-  if (id_text.empty() || ec != std::errc() || end != id_text.data() + id_text.size()) {
+  auto id = parse_decimal(id_text);
+  if (!id) {
     std::fprintf(stderr, "portbroker release: '%s' is not a lease ID\n", id_text.c_str());
     return kExitUsage;
   }
   auto client = Client::connect(socket_path);
   if (!client) return fail(client.error());
-  auto released = client->release(id);
+  auto released = client->release(*id);
   if (!released) return fail(released.error());
   return kExitOk;
 }
@@ -106,16 +104,14 @@ int run_upgrade(const std::string& socket_path) {
 }
 
 int run_who(const std::string& socket_path, const std::string& port_text, bool udp, bool json) {
-  uint32_t port = 0;
-  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (port_text.empty() || ec != std::errc() || end != port_text.data() + port_text.size() ||
-      port < 1 || port > 65535) {
+  auto port = parse_port(port_text);
+  if (!port || *port == 0) {
     std::fprintf(stderr, "portbroker who: '%s' is not a port (1-65535)\n", port_text.c_str());
     return kExitUsage;
   }
   auto client = Client::connect(socket_path);
   if (!client) return fail(client.error());
-  auto report = client->who(udp ? Protocol::kUdp : Protocol::kTcp, static_cast<uint16_t>(port));
+  auto report = client->who(udp ? Protocol::kUdp : Protocol::kTcp, *port);
   if (!report) return fail(report.error());
   return print(json ? who_to_json(*report).dump(2) + "\n" : format_who(*report));
 }

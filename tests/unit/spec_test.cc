@@ -91,6 +91,99 @@ TEST_CASE("format_endpoint brackets IPv6 only") {
   CHECK(format_endpoint(Protocol::kUdp, ip("::1"), 53) == "udp [::1]:53");
 }
 
+TEST_CASE("parse_decimal and parse_port take digits only") {
+  CHECK(parse_decimal("0") == 0u);
+  CHECK(parse_decimal("18446744073709551615") == UINT64_MAX);
+  CHECK(parse_decimal("4294967294", 4294967294) == 4294967294u);
+  CHECK_FALSE(parse_decimal("4294967295", 4294967294));
+  for (const char* bad :
+       {"", "-0", "-1", "+1", " 1", "1 ", "0x10", "1.0", "1e3", "a", "18446744073709551616"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(parse_decimal(bad));
+    CHECK_FALSE(parse_port(bad));
+  }
+  CHECK(parse_port("0") == 0);
+  CHECK(parse_port("65535") == 65535);
+  CHECK(parse_port("080") == 80);
+  CHECK_FALSE(parse_port("65536"));
+}
+
+TEST_CASE("parse_port_range names what is wrong") {
+  CHECK(parse_port_range("53").value() == PortRange{53, 53});
+  CHECK(parse_port_range("8000-8099").value() == PortRange{8000, 8099});
+  CHECK(PortRange{8000, 8099}.to_string() == "8000-8099");
+  CHECK(PortRange{53, 53}.to_string() == "53");
+  struct Case {
+    const char* text;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"0", "port 0 is out of range (1-65535)"},
+      {"1-70000", "port 70000 is out of range (1-65535)"},
+      {"90-80", "port range '90-80' is inverted (first > last)"},
+      {"80x", "'80x' is not a port or port range (PORT or FIRST-LAST)"},
+      {"80 - 90", "'80 - 90' is not a port or port range (PORT or FIRST-LAST)"},
+  };
+  for (const auto& c : cases) {
+    auto r = parse_port_range(c.text);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == ErrorCode::kBadRequest);
+    CHECK(r.error().message == c.message);
+  }
+}
+
+TEST_CASE("ReservationTarget reads PROTO:ADDRESS:PORT[-PORT]") {
+  auto tcp = ReservationTarget::parse("tcp:127.0.0.1:5432");
+  REQUIRE(tcp.ok());
+  CHECK(tcp->tcp);
+  CHECK_FALSE(tcp->udp);
+  CHECK(tcp->address == ip("127.0.0.1"));
+  CHECK(tcp->ports == PortRange{5432, 5432});
+
+  auto both = ReservationTarget::parse("both:any:8080-8090");
+  REQUIRE(both.ok());
+  CHECK(both->tcp);
+  CHECK(both->udp);
+  CHECK_FALSE(both->address);
+  CHECK(both->ports == PortRange{8080, 8090});
+
+  auto star = ReservationTarget::parse("udp:*:53");
+  REQUIRE(star.ok());
+  CHECK_FALSE(star->tcp);
+  CHECK(star->udp);
+  CHECK_FALSE(star->address);
+
+  auto v6 = ReservationTarget::parse("udp:[::1]:53");
+  REQUIRE(v6.ok());
+  CHECK(v6->address == ip("::1"));
+
+  struct Case {
+    const char* text;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"tcp:1.2.3.4",
+       "invalid reservation target 'tcp:1.2.3.4': expected PROTO:ADDRESS:PORT[-PORT]"},
+      {"sctp:any:1",
+       "invalid reservation target 'sctp:any:1': unknown protocol 'sctp' (tcp, udp or "
+       "both)"},
+      {"tcp:any:notaport",
+       "invalid reservation target 'tcp:any:notaport': 'notaport' is not a port or port range "
+       "(PORT or FIRST-LAST)"},
+      {"tcp:any:90-80",
+       "invalid reservation target 'tcp:any:90-80': port range '90-80' is inverted (first > last)"},
+      {"tcp:example.com:80",
+       "invalid reservation target 'tcp:example.com:80': 'example.com' is not an IPv4 or IPv6 "
+       "address"},
+  };
+  for (const auto& c : cases) {
+    auto r = ReservationTarget::parse(c.text);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == ErrorCode::kBadRequest);
+    CHECK(r.error().message == c.message);
+  }
+}
+
 TEST_CASE("parse_socket_spec accepts the documented forms") {
   struct Case {
     const char* text;

@@ -1,8 +1,11 @@
-// A socket request: what the CLI writes as `[NAME=]PROTO:ADDRESS:PORT[,OPTION...]`.
+// A socket request: what the CLI writes as `[NAME=]PROTO:ADDRESS:PORT[,OPTION...]`; the
+// reservation target `PROTO:ADDRESS:PORT[-PORT]`; and the numbers and ports inside both.
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <portbroker/result.hpp>
 #include <string>
@@ -28,6 +31,45 @@ struct IpAddress {
   bool operator<(const IpAddress& o) const {
     return family != o.family ? family < o.family : bytes < o.bytes;
   }
+};
+
+// A decimal whole number no larger than `max`: digits only (no sign, blank or "0x"), which is
+// how every number in portbroker's texts is written.
+std::optional<uint64_t> parse_decimal(std::string_view text,
+                                      uint64_t max = std::numeric_limits<uint64_t>::max());
+
+// A port number, 0 to 65535, written as parse_decimal reads it. Where 0 names no port (it asks
+// for a pool port in a socket spec), the caller refuses it.
+std::optional<uint16_t> parse_port(std::string_view text);
+
+// An inclusive range of ports; one port is first == last.
+struct PortRange {
+  uint16_t first = 0;
+  uint16_t last = 0;
+
+  bool contains(uint16_t port) const { return first <= port && port <= last; }
+  bool overlaps(const PortRange& o) const { return first <= o.last && o.first <= last; }
+  size_t size() const { return size_t{last} - first + 1; }
+  std::string to_string() const;  // "80" or "8000-8099"
+  // Spelled out: the installed headers serve C++17 applications too.
+  bool operator==(const PortRange& o) const { return first == o.first && last == o.last; }
+  bool operator!=(const PortRange& o) const { return !(*this == o); }
+};
+
+// "80" or "8000-8099": 1..65535, first <= last, no spaces.
+Result<PortRange> parse_port_range(std::string_view text);
+
+// What `portbroker reserve` reserves: `PROTO:ADDRESS:PORT[-PORT]`, PROTO tcp, udp or both,
+// ADDRESS an IPv4 address, a bracketed IPv6 address, or "any" (also "*"), e.g. `tcp:any:80`,
+// `both:[::1]:5000-5010`. The client checks it before sending and the daemon parses it again,
+// so both read it here.
+struct ReservationTarget {
+  bool tcp = false;
+  bool udp = false;
+  std::optional<IpAddress> address;  // none: any address
+  PortRange ports;
+
+  static Result<ReservationTarget> parse(std::string_view text);
 };
 
 struct SocketOptions {
