@@ -455,34 +455,36 @@ Result<DecodeSummary> decode_records(
 
 // --- JournalState --------------------------------------------------------------------------
 
-Result<void> JournalState::check(const Record& r) const {
-  if (const auto* g = std::get_if<LeaseGranted>(&r)) {
-    if (g->lease == 0 || g->binding == 0 || g->lease == g->binding) {
-      return state_error("lease granted with ids " + std::to_string(g->lease) + " (lease) and " +
-                         std::to_string(g->binding) + " (binding)");
-    }
-    if (leases_.count(g->lease) != 0 || bindings_.count(g->lease) != 0) {
-      return state_error(lease_name(g->lease) + " granted, but its id is already in use");
-    }
-    if (leases_.count(g->binding) != 0) {
-      return state_error(lease_name(g->lease) + " granted on binding " +
-                         std::to_string(g->binding) + ", which is a lease id");
-    }
-    auto b = bindings_.find(g->binding);
-    if (b == bindings_.end()) return {};
-    const JournalBinding& binding = b->second;
-    const std::string joins =
-        lease_name(g->lease) + " cannot join binding " + std::to_string(g->binding);
-    if (binding.mode == Mode::kExclusive) return state_error(joins + ": it is exclusive");
-    if (binding.mode != g->mode || !endpoints_equal(binding.endpoint, g->endpoint)) {
-      return state_error(joins + ": another endpoint or mode");
-    }
-    if (g->mode != Mode::kReuseport && g->cookie != 0 && g->cookie != binding.cookie) {
-      return state_error(joins + " with another socket (cookie " + std::to_string(g->cookie) +
-                         ", not " + std::to_string(binding.cookie) + ")");
-    }
-    return {};
+Result<void> JournalState::check_granted(const LeaseGranted* g) const {
+  if (g->lease == 0 || g->binding == 0 || g->lease == g->binding) {
+    return state_error("lease granted with ids " + std::to_string(g->lease) + " (lease) and " +
+                       std::to_string(g->binding) + " (binding)");
   }
+  if (leases_.count(g->lease) != 0 || bindings_.count(g->lease) != 0) {
+    return state_error(lease_name(g->lease) + " granted, but its id is already in use");
+  }
+  if (leases_.count(g->binding) != 0) {
+    return state_error(lease_name(g->lease) + " granted on binding " + std::to_string(g->binding) +
+                       ", which is a lease id");
+  }
+  auto b = bindings_.find(g->binding);
+  if (b == bindings_.end()) return {};
+  const JournalBinding& binding = b->second;
+  const std::string joins =
+      lease_name(g->lease) + " cannot join binding " + std::to_string(g->binding);
+  if (binding.mode == Mode::kExclusive) return state_error(joins + ": it is exclusive");
+  if (binding.mode != g->mode || !endpoints_equal(binding.endpoint, g->endpoint)) {
+    return state_error(joins + ": another endpoint or mode");
+  }
+  if (g->mode != Mode::kReuseport && g->cookie != 0 && g->cookie != binding.cookie) {
+    return state_error(joins + " with another socket (cookie " + std::to_string(g->cookie) +
+                       ", not " + std::to_string(binding.cookie) + ")");
+  }
+  return {};
+}
+
+Result<void> JournalState::check(const Record& r) const {
+  if (const auto* g = std::get_if<LeaseGranted>(&r)) return check_granted(g);
   if (const auto* e = std::get_if<LeaseEnded>(&r)) {
     if (leases_.count(e->lease) == 0) return state_error(lease_name(e->lease) + " is not live");
     return {};

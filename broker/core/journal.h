@@ -186,6 +186,7 @@ class JournalState {
   bool operator==(const JournalState& o) const { return snapshot(0) == o.snapshot(0); }
 
  private:
+  Result<void> check_granted(const LeaseGranted* g) const;
   void raise_next_id(uint64_t id);
   void raise_next_session(uint64_t session);
 

@@ -15,11 +15,6 @@
 
 namespace portbroker::broker {
 
-// One number per protocol and port: the key of every table indexed by port.
-inline uint32_t port_key(Protocol p, uint16_t port) {
-  return (static_cast<uint32_t>(p) << 16) | port;
-}
-
 struct Endpoint {
   Protocol protocol = Protocol::kTcp;
   IpAddress address;

@@ -3,7 +3,6 @@
 // live holders themselves (pidfd_getfd), always recognised by SO_COOKIE. Part of LeaseService.
 #include <netinet/in.h>
 #include <sys/socket.h>
-
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,6 +29,20 @@ std::string lease_line(const journal::JournalLease& l, const journal::JournalBin
   return "lease " + std::to_string(l.id) + " (" +
          format_endpoint(b.endpoint.protocol, b.endpoint.address, b.endpoint.port) + ", pid " +
          std::to_string(l.holder.pid) + " " + l.holder.comm + ")";
+}
+
+// After a crash: the broker's copies, back from the holders that have them.
+void take_back_copies(std::map<std::pair<pid_t, uint64_t>, LiveHolder>& holders,
+                      Inheritance& inherited, RestoreReport& report) {
+  for (auto& [key, h] : holders) {
+    if (!h.alive || h.cookies.empty()) continue;
+    auto taken = take_sockets_from(key.first, h.pidfd.get(), h.cookies);
+    if (!taken) {
+      report.lines.push_back("pid " + std::to_string(key.first) + ": " + taken.error().message);
+      continue;
+    }
+    for (auto& [cookie, fd] : *taken) inherited.sockets.try_emplace(cookie, std::move(fd));
+  }
 }
 
 }  // namespace
@@ -63,21 +76,12 @@ void LeaseService::restore_leases(const journal::JournalState& st, Inheritance& 
       if (!passed_on && !lingering) holder_of(l).cookies.insert(socket_cookie_of(l));
     } else {
       ++report.dropped;
-      report.lines.push_back(lease_line(l, st.bindings().at(l.binding)) +
-                             (lingering ? ": lingering, and its socket did not survive"
-                                        : ": its holder is gone"));
+      report.lines.push_back(
+          lease_line(l, st.bindings().at(l.binding)) +
+          (lingering ? ": lingering, and its socket did not survive" : ": its holder is gone"));
     }
   }
-  // After a crash: copies back from the holders that have them.
-  for (auto& [key, h] : holders) {
-    if (!h.alive || h.cookies.empty()) continue;
-    auto taken = take_sockets_from(key.first, h.pidfd.get(), h.cookies);
-    if (!taken) {
-      report.lines.push_back("pid " + std::to_string(key.first) + ": " + taken.error().message);
-      continue;
-    }
-    for (auto& [cookie, fd] : *taken) inherited.sockets.try_emplace(cookie, std::move(fd));
-  }
+  take_back_copies(holders, inherited, report);
 
   std::unordered_set<uint64_t> restored_bindings;
   std::map<uint64_t, OrphanSession> orphans;
@@ -86,7 +90,7 @@ void LeaseService::restore_leases(const journal::JournalState& st, Inheritance& 
     if (restored_bindings.insert(jb.id).second) {
       registry_.restore_binding(Binding{jb.id, jb.endpoint, jb.mode, jb.options, jb.owner_uid, {}});
     }
-    Lease lease{l->id,       l->binding,  l->name,  l->session,           l->holder,
+    Lease lease{l->id,         l->binding,  l->name,  l->session,           l->holder,
                 l->created_ms, l->linger_s, l->token, l->lingering_until_ms};
     registry_.restore_lease(std::move(lease));
     const uint64_t cookie = socket_cookie_of(*l);
