@@ -455,74 +455,102 @@ Result<DecodeSummary> decode_records(
 
 // --- JournalState --------------------------------------------------------------------------
 
+namespace {
+
+// One check per record kind (JournalState::check dispatches), on the state's public view.
+
+Result<void> check_record(const JournalState&, const Checkpoint&) { return {}; }
+
+Result<void> check_record(const JournalState& s, const LeaseGranted& g) {
+  if (g.lease == 0 || g.binding == 0 || g.lease == g.binding) {
+    return state_error("lease granted with ids " + std::to_string(g.lease) + " (lease) and " +
+                       std::to_string(g.binding) + " (binding)");
+  }
+  if (s.leases().count(g.lease) != 0 || s.bindings().count(g.lease) != 0) {
+    return state_error(lease_name(g.lease) + " granted, but its id is already in use");
+  }
+  if (s.leases().count(g.binding) != 0) {
+    return state_error(lease_name(g.lease) + " granted on binding " + std::to_string(g.binding) +
+                       ", which is a lease id");
+  }
+  auto b = s.bindings().find(g.binding);
+  if (b == s.bindings().end()) return {};
+  const JournalBinding& binding = b->second;
+  const std::string joins =
+      lease_name(g.lease) + " cannot join binding " + std::to_string(g.binding);
+  if (binding.mode == Mode::kExclusive) return state_error(joins + ": it is exclusive");
+  if (binding.mode != g.mode || !endpoints_equal(binding.endpoint, g.endpoint)) {
+    return state_error(joins + ": another endpoint or mode");
+  }
+  if (g.mode != Mode::kReuseport && g.cookie != 0 && g.cookie != binding.cookie) {
+    return state_error(joins + " with another socket (cookie " + std::to_string(g.cookie) +
+                       ", not " + std::to_string(binding.cookie) + ")");
+  }
+  return {};
+}
+
+Result<const JournalLease*> live_lease(const JournalState& s, uint64_t id) {
+  auto it = s.leases().find(id);
+  if (it == s.leases().end()) return state_error(lease_name(id) + " is not live");
+  return &it->second;
+}
+
+Result<void> check_record(const JournalState& s, const LeaseEnded& e) {
+  if (auto l = live_lease(s, e.lease); !l) return l.error();
+  return {};
+}
+
+Result<void> check_record(const JournalState& s, const LeaseLingering& r) {
+  auto l = live_lease(s, r.lease);
+  if (!l) return l.error();
+  if ((*l)->lingering_until_ms != 0) {
+    return state_error(lease_name(r.lease) + " is already lingering");
+  }
+  // 0 means "not lingering" in the registry.
+  if (r.until_ms == 0) return state_error(lease_name(r.lease) + " lingers until time 0");
+  return {};
+}
+
+Result<void> check_record(const JournalState& s, const LeaseReclaimed& r) {
+  auto l = live_lease(s, r.lease);
+  if (!l) return l.error();
+  if ((*l)->lingering_until_ms == 0) {
+    return state_error(lease_name(r.lease) + " is reclaimed but was not lingering");
+  }
+  if (r.session == 0) return state_error(lease_name(r.lease) + " is reclaimed by session 0");
+  return {};
+}
+
+Result<void> check_record(const JournalState&, const HoldAdded&) { return {}; }
+
+Result<void> check_record(const JournalState& s, const HoldRemoved& h) {
+  if (s.holds().count(key_of(h.protocol, h.address, h.port)) == 0) {
+    return state_error("hold on " + format_endpoint(h.protocol, h.address, h.port) +
+                       " removed, but it is not held");
+  }
+  return {};
+}
+
+Result<void> check_record(const JournalState&, const GuardPorts& p) {
+  for (const PortRange& range : p.ports) {
+    if (range.first > range.last) {
+      return state_error("guard port range " + std::to_string(range.first) + "-" +
+                         std::to_string(range.last) + " is reversed");
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<void> JournalState::check(const Record& r) const {
-  if (const auto* g = std::get_if<LeaseGranted>(&r)) {
-    if (g->lease == 0 || g->binding == 0 || g->lease == g->binding) {
-      return state_error("lease granted with ids " + std::to_string(g->lease) + " (lease) and " +
-                         std::to_string(g->binding) + " (binding)");
-    }
-    if (leases_.count(g->lease) != 0 || bindings_.count(g->lease) != 0) {
-      return state_error(lease_name(g->lease) + " granted, but its id is already in use");
-    }
-    if (leases_.count(g->binding) != 0) {
-      return state_error(lease_name(g->lease) + " granted on binding " +
-                         std::to_string(g->binding) + ", which is a lease id");
-    }
-    auto b = bindings_.find(g->binding);
-    if (b == bindings_.end()) return {};
-    const JournalBinding& binding = b->second;
-    const std::string joins =
-        lease_name(g->lease) + " cannot join binding " + std::to_string(g->binding);
-    if (binding.mode == Mode::kExclusive) return state_error(joins + ": it is exclusive");
-    if (binding.mode != g->mode || !endpoints_equal(binding.endpoint, g->endpoint)) {
-      return state_error(joins + ": another endpoint or mode");
-    }
-    if (g->mode != Mode::kReuseport && g->cookie != 0 && g->cookie != binding.cookie) {
-      return state_error(joins + " with another socket (cookie " + std::to_string(g->cookie) +
-                         ", not " + std::to_string(binding.cookie) + ")");
-    }
-    return {};
-  }
-  if (const auto* e = std::get_if<LeaseEnded>(&r)) {
-    if (leases_.count(e->lease) == 0) return state_error(lease_name(e->lease) + " is not live");
-    return {};
-  }
-  if (const auto* l = std::get_if<LeaseLingering>(&r)) {
-    auto it = leases_.find(l->lease);
-    if (it == leases_.end()) return state_error(lease_name(l->lease) + " is not live");
-    if (it->second.lingering_until_ms != 0) {
-      return state_error(lease_name(l->lease) + " is already lingering");
-    }
-    // 0 means "not lingering" in the registry.
-    if (l->until_ms == 0) return state_error(lease_name(l->lease) + " lingers until time 0");
-    return {};
-  }
-  if (const auto* c = std::get_if<LeaseReclaimed>(&r)) {
-    auto it = leases_.find(c->lease);
-    if (it == leases_.end()) return state_error(lease_name(c->lease) + " is not live");
-    if (it->second.lingering_until_ms == 0) {
-      return state_error(lease_name(c->lease) + " is reclaimed but was not lingering");
-    }
-    if (c->session == 0) return state_error(lease_name(c->lease) + " is reclaimed by session 0");
-    return {};
-  }
-  if (const auto* h = std::get_if<HoldRemoved>(&r)) {
-    if (holds_.count(key_of(h->protocol, h->address, h->port)) == 0) {
-      return state_error("hold on " + format_endpoint(h->protocol, h->address, h->port) +
-                         " removed, but it is not held");
-    }
-    return {};
-  }
-  if (const auto* p = std::get_if<GuardPorts>(&r)) {
-    for (const PortRange& range : p->ports) {
-      if (range.first > range.last) {
-        return state_error("guard port range " + std::to_string(range.first) + "-" +
-                           std::to_string(range.last) + " is reversed");
-      }
-    }
-    return {};
-  }
-  return {};  // Checkpoint and HoldAdded apply to any state
+  return std::visit([this](const auto& rec) { return check_record(*this, rec); }, r);
+}
+
+Result<void> JournalState::apply(const Record& r) {
+  if (auto ok = check(r); !ok) return ok;
+  std::visit([this](const auto& rec) { change(rec); }, r);
+  return {};
 }
 
 void JournalState::raise_next_id(uint64_t id) { next_id_ = std::max(next_id_, id + 1); }
@@ -530,65 +558,64 @@ void JournalState::raise_next_session(uint64_t session) {
   next_session_ = std::max(next_session_, session + 1);
 }
 
-Result<void> JournalState::apply(const Record& r) {
-  if (auto ok = check(r); !ok) return ok;
-  std::visit(
-      [this](const auto& rec) {
-        using T = std::decay_t<decltype(rec)>;
-        if constexpr (std::is_same_v<T, Checkpoint>) {
-          generation_ = rec.generation;
-          next_id_ = std::max(next_id_, rec.next_id);
-          next_session_ = std::max(next_session_, rec.next_session);
-        } else if constexpr (std::is_same_v<T, LeaseGranted>) {
-          auto [b, created] = bindings_.try_emplace(rec.binding);
-          JournalBinding& binding = b->second;
-          if (created) {
-            binding = JournalBinding{
-                rec.binding, rec.endpoint,  rec.mode,
-                rec.options, rec.owner_uid, rec.mode == Mode::kReuseport ? 0 : rec.cookie,
-                {}};
-          }
-          binding.leases.push_back(rec.lease);
-          leases_.emplace(
-              rec.lease, JournalLease{rec.lease, rec.binding, rec.name, rec.session, rec.holder,
-                                      rec.holder_start_time, rec.created_ms, rec.linger_s,
-                                      rec.token, 0, rec.mode == Mode::kReuseport ? rec.cookie : 0});
-          raise_next_id(std::max(rec.lease, rec.binding));
-          if (rec.session != 0) raise_next_session(rec.session);
-        } else if constexpr (std::is_same_v<T, LeaseEnded>) {
-          auto it = leases_.find(rec.lease);
-          auto b = bindings_.find(it->second.binding);
-          auto& members = b->second.leases;
-          members.erase(std::remove(members.begin(), members.end(), rec.lease), members.end());
-          if (members.empty()) bindings_.erase(b);
-          leases_.erase(it);
-          raise_next_id(rec.lease);
-        } else if constexpr (std::is_same_v<T, LeaseLingering>) {
-          JournalLease& l = leases_.at(rec.lease);
-          l.session = 0;
-          l.lingering_until_ms = rec.until_ms;
-        } else if constexpr (std::is_same_v<T, LeaseReclaimed>) {
-          JournalLease& l = leases_.at(rec.lease);
-          l.session = rec.session;
-          l.holder = rec.holder;
-          l.holder_start_time = rec.holder_start_time;
-          l.lingering_until_ms = 0;
-          if (rec.cookie != 0) {
-            JournalBinding& b = bindings_.at(l.binding);
-            (b.mode == Mode::kReuseport ? l.cookie : b.cookie) = rec.cookie;
-          }
-          raise_next_session(rec.session);
-        } else if constexpr (std::is_same_v<T, HoldAdded>) {
-          holds_[key_of(rec.protocol, rec.address, rec.port)] = rec;
-        } else if constexpr (std::is_same_v<T, HoldRemoved>) {
-          holds_.erase(key_of(rec.protocol, rec.address, rec.port));
-        } else if constexpr (std::is_same_v<T, GuardPorts>) {
-          guard_ports_ = rec.ports;
-        }
-      },
-      r);
-  return {};
+void JournalState::change(const Checkpoint& r) {
+  generation_ = r.generation;
+  next_id_ = std::max(next_id_, r.next_id);
+  next_session_ = std::max(next_session_, r.next_session);
 }
+
+void JournalState::change(const LeaseGranted& r) {
+  const bool reuseport = r.mode == Mode::kReuseport;
+  auto [b, created] = bindings_.try_emplace(r.binding);
+  JournalBinding& binding = b->second;
+  if (created) {
+    binding = JournalBinding{
+        r.binding, r.endpoint, r.mode, r.options, r.owner_uid, reuseport ? 0 : r.cookie, {}};
+  }
+  binding.leases.push_back(r.lease);
+  leases_.emplace(r.lease,
+                  JournalLease{r.lease, r.binding, r.name, r.session, r.holder, r.holder_start_time,
+                               r.created_ms, r.linger_s, r.token, 0, reuseport ? r.cookie : 0});
+  raise_next_id(std::max(r.lease, r.binding));
+  if (r.session != 0) raise_next_session(r.session);
+}
+
+void JournalState::change(const LeaseEnded& r) {
+  auto it = leases_.find(r.lease);
+  auto b = bindings_.find(it->second.binding);
+  auto& members = b->second.leases;
+  members.erase(std::remove(members.begin(), members.end(), r.lease), members.end());
+  if (members.empty()) bindings_.erase(b);
+  leases_.erase(it);
+  raise_next_id(r.lease);
+}
+
+void JournalState::change(const LeaseLingering& r) {
+  JournalLease& l = leases_.at(r.lease);
+  l.session = 0;
+  l.lingering_until_ms = r.until_ms;
+}
+
+void JournalState::change(const LeaseReclaimed& r) {
+  JournalLease& l = leases_.at(r.lease);
+  l.session = r.session;
+  l.holder = r.holder;
+  l.holder_start_time = r.holder_start_time;
+  l.lingering_until_ms = 0;
+  if (r.cookie != 0) {
+    JournalBinding& b = bindings_.at(l.binding);
+    (b.mode == Mode::kReuseport ? l.cookie : b.cookie) = r.cookie;
+  }
+  raise_next_session(r.session);
+}
+
+void JournalState::change(const HoldAdded& r) { holds_[key_of(r.protocol, r.address, r.port)] = r; }
+
+void JournalState::change(const HoldRemoved& r) {
+  holds_.erase(key_of(r.protocol, r.address, r.port));
+}
+
+void JournalState::change(const GuardPorts& r) { guard_ports_ = r.ports; }
 
 std::string JournalState::snapshot(uint64_t generation) const {
   std::string out;

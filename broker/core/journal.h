@@ -186,6 +186,15 @@ class JournalState {
   bool operator==(const JournalState& o) const { return snapshot(0) == o.snapshot(0); }
 
  private:
+  // Each applies one record that check() accepted.
+  void change(const Checkpoint& r);
+  void change(const LeaseGranted& r);
+  void change(const LeaseEnded& r);
+  void change(const LeaseLingering& r);
+  void change(const LeaseReclaimed& r);
+  void change(const HoldAdded& r);
+  void change(const HoldRemoved& r);
+  void change(const GuardPorts& r);
   void raise_next_id(uint64_t id);
   void raise_next_session(uint64_t session);
 
