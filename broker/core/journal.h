@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -112,19 +113,24 @@ constexpr size_t kMaxRecordBytes = size_t{1} << 20;
 // Appends `r`, framed, to `out`.
 void encode_record(const Record& r, std::string& out);
 std::string encode_record(const Record& r);
+// Appends one frame holding every record of `records` (a multi-socket acquire must be recorded
+// all or none): its checksum covers them all, so a torn batch is dropped whole. Decoding hands
+// them out one by one, as if each were framed alone.
+void encode_batch(std::span<const Record> records, std::string& out);
 
 struct DecodeSummary {
-  size_t records = 0;
+  size_t records = 0;      // a batch counts its records
   size_t valid_bytes = 0;  // where the last whole record ends; truncate a log here
   size_t torn_bytes = 0;   // an incomplete last record (a write cut short), ignored
 };
 
+using RecordFn = std::function<Result<void>(Record&&, size_t offset)>;
+
 // Calls `fn` with each record of `data` in order and the offset of its frame. A torn last
-// record is not an error (see DecodeSummary::torn_bytes); a bad checksum, a malformed payload
+// frame is not an error (see DecodeSummary::torn_bytes); a bad checksum, a malformed payload
 // or an unknown record kind is, and names its offset. An error from `fn` stops decoding and is
 // returned with the offset prefixed.
-Result<DecodeSummary> decode_records(
-    std::string_view data, const std::function<Result<void>(Record&&, size_t offset)>& fn);
+Result<DecodeSummary> decode_records(std::string_view data, const RecordFn& fn);
 
 struct JournalLease {
   uint64_t id = 0;
@@ -166,6 +172,8 @@ class JournalState {
   // Whether `r` applies to this state (ending a lease that is not live, joining a binding on
   // another endpoint... are errors), without changing anything.
   Result<void> check(const Record& r) const;
+  // Whether `records` apply one after the other (a batch), without changing anything.
+  Result<void> check(std::span<const Record> records) const;
   // check(), then the change; on error nothing changed.
   Result<void> apply(const Record& r);
 
