@@ -168,6 +168,7 @@ class Reader {
   std::optional<int> opt_int() {
     bool present = boolean();
     int v = i32();
+    if (!present && v != 0) ok_ = false;  // one encoding per value: decoding never loses bytes
     return present ? std::optional<int>(v) : std::nullopt;
   }
   std::optional<bool> opt_bool() {
