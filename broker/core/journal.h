@@ -104,10 +104,10 @@ const char* record_kind_name(const Record& r);
 
 // Framing: u32 payload length, u32 crc32 of the payload (zlib's), payload; all little-endian. The
 // payload is a kind byte and the fields in fixed-width little-endian, strings u32-length
-// prefixed.
+// prefixed; a batch's is kind 9 and its records' own frames.
 constexpr size_t kFrameHeaderBytes = 8;
 // Far above the largest legitimate record (a guard list of every other port is 128 KiB), so a
-// length field beyond it is corruption, not a torn write.
+// length field beyond it is corruption, not a torn write. A batch must fit too.
 constexpr size_t kMaxRecordBytes = size_t{1} << 20;
 
 // Appends `r`, framed, to `out`.
