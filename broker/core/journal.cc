@@ -24,6 +24,8 @@ enum class Kind : uint8_t {
   kHoldRemoved = 7,
   kGuardPorts = 8,
 };
+// Not a record: a frame holding several records' frames, written all or none.
+constexpr uint8_t kBatchKind = 9;
 
 template <typename T>
 constexpr Kind kind_of() {
@@ -166,6 +168,7 @@ class Reader {
   std::optional<int> opt_int() {
     bool present = boolean();
     int v = i32();
+    if (!present && v != 0) ok_ = false;  // one encoding per value: decoding never loses bytes
     return present ? std::optional<int>(v) : std::nullopt;
   }
   std::optional<bool> opt_bool() {
@@ -394,22 +397,84 @@ const char* record_kind_name(const Record& r) {
   return kNames[r.index()];
 }
 
-void encode_record(const Record& r, std::string& out) {
+namespace {
+
+// Appends one frame around the payload `fill` appends.
+template <typename Fill>
+void frame(std::string& out, Fill&& fill) {
   size_t start = out.size();
   // Most records fit in 256 bytes: one allocation rather than a few, growth still geometric.
   if (out.capacity() - start < 256) out.reserve(2 * out.capacity() + 256);
   out.append(kFrameHeaderBytes, '\0');
-  Writer w(out);
-  std::visit(
-      [&](const auto& rec) {
-        w.u8(static_cast<uint8_t>(kind_of<std::decay_t<decltype(rec)>>()));
-        write_fields(w, rec);
-      },
-      r);
+  fill();
   std::string_view payload(out.data() + start + kFrameHeaderBytes,
                            out.size() - start - kFrameHeaderBytes);
   store_le(out.data() + start, payload.size(), 4);
   store_le(out.data() + start + 4, crc_of(payload), 4);
+}
+
+// The frame at the start of `data`, whole and checked, or why not. `torn` is set (and no
+// error returned) when `data` ends inside it.
+Result<std::string_view> next_frame(std::string_view data, bool& torn) {
+  torn = false;
+  if (data.size() < kFrameHeaderBytes) {
+    torn = true;
+    return std::string_view();
+  }
+  size_t len = get_le(data.data(), 4);
+  auto crc = static_cast<uint32_t>(get_le(data.data() + 4, 4));
+  if (len == 0 || len > kMaxRecordBytes) {
+    return make_error(ErrorCode::kInternal, "impossible record length " + std::to_string(len));
+  }
+  if (data.size() - kFrameHeaderBytes < len) {
+    torn = true;
+    return std::string_view();
+  }
+  std::string_view payload = data.substr(kFrameHeaderBytes, len);
+  if (crc_of(payload) != crc) return make_error(ErrorCode::kInternal, "bad checksum");
+  return payload;
+}
+
+// Hands the records of one checked payload to `fn`: the record, or each record of a batch.
+Result<size_t> deliver(std::string_view payload, size_t offset, const RecordFn& fn) {
+  if (static_cast<uint8_t>(payload[0]) != kBatchKind) {
+    auto rec = decode_payload(payload);
+    if (!rec) return rec.error();
+    if (auto done = fn(std::move(rec).value(), offset); !done) return done.error();
+    return size_t{1};
+  }
+  std::string_view inner = payload.substr(1);
+  size_t count = 0;
+  while (!inner.empty()) {
+    bool torn = false;
+    auto sub = next_frame(inner, torn);
+    if (torn) return make_error(ErrorCode::kInternal, "malformed batch");
+    if (!sub) return make_error(ErrorCode::kInternal, "in a batch: " + sub.error().message);
+    if (static_cast<uint8_t>((*sub)[0]) == kBatchKind) {
+      return make_error(ErrorCode::kInternal, "a batch inside a batch");
+    }
+    auto rec = decode_payload(*sub);
+    if (!rec) return rec.error();
+    if (auto done = fn(std::move(rec).value(), offset); !done) return done.error();
+    inner.remove_prefix(kFrameHeaderBytes + sub->size());
+    ++count;
+  }
+  if (count == 0) return make_error(ErrorCode::kInternal, "empty batch");
+  return count;
+}
+
+}  // namespace
+
+void encode_record(const Record& r, std::string& out) {
+  frame(out, [&] {
+    Writer w(out);
+    std::visit(
+        [&](const auto& rec) {
+          w.u8(static_cast<uint8_t>(kind_of<std::decay_t<decltype(rec)>>()));
+          write_fields(w, rec);
+        },
+        r);
+  });
 }
 
 std::string encode_record(const Record& r) {
@@ -418,36 +483,32 @@ std::string encode_record(const Record& r) {
   return out;
 }
 
-Result<DecodeSummary> decode_records(
-    std::string_view data, const std::function<Result<void>(Record&&, size_t offset)>& fn) {
+void encode_batch(std::span<const Record> records, std::string& out) {
+  frame(out, [&] {
+    out.push_back(static_cast<char>(kBatchKind));
+    for (const Record& r : records) encode_record(r, out);
+  });
+}
+
+Result<DecodeSummary> decode_records(std::string_view data, const RecordFn& fn) {
   DecodeSummary summary;
   size_t off = 0;
   while (off < data.size()) {
-    size_t rest = data.size() - off;
     auto at = [&](const std::string& what) {
       return make_error(ErrorCode::kInternal, "at offset " + std::to_string(off) + ": " + what);
     };
-    if (rest < kFrameHeaderBytes) {
-      summary.torn_bytes = rest;
+    bool torn = false;
+    auto payload = next_frame(data.substr(off), torn);
+    if (torn) {
+      // Only the last write can have been cut short; one that stops mid-frame is torn.
+      summary.torn_bytes = data.size() - off;
       break;
     }
-    size_t len = get_le(data.data() + off, 4);
-    uint32_t crc = static_cast<uint32_t>(get_le(data.data() + off + 4, 4));
-    if (len == 0 || len > kMaxRecordBytes) {
-      return at("impossible record length " + std::to_string(len));
-    }
-    if (rest < kFrameHeaderBytes + len) {
-      // Only the last write can have been cut short; one that stops mid-record is torn.
-      summary.torn_bytes = rest;
-      break;
-    }
-    std::string_view payload = data.substr(off + kFrameHeaderBytes, len);
-    if (crc_of(payload) != crc) return at("bad checksum");
-    auto rec = decode_payload(payload);
-    if (!rec) return at(rec.error().message);
-    if (auto done = fn(std::move(rec).value(), off); !done) return at(done.error().message);
-    off += kFrameHeaderBytes + len;
-    ++summary.records;
+    if (!payload) return at(payload.error().message);
+    auto delivered = deliver(*payload, off, fn);
+    if (!delivered) return at(delivered.error().message);
+    summary.records += *delivered;
+    off += kFrameHeaderBytes + payload->size();
   }
   summary.valid_bytes = off;
   return summary;
@@ -455,76 +516,146 @@ Result<DecodeSummary> decode_records(
 
 // --- JournalState --------------------------------------------------------------------------
 
-Result<void> JournalState::check_granted(const LeaseGranted* g) const {
-  if (g->lease == 0 || g->binding == 0 || g->lease == g->binding) {
-    return state_error("lease granted with ids " + std::to_string(g->lease) + " (lease) and " +
-                       std::to_string(g->binding) + " (binding)");
+namespace {
+
+// One check per record kind (JournalState::check dispatches), on the state's public view.
+
+Result<void> check_record(const JournalState&, const Checkpoint&) { return {}; }
+
+Result<void> check_record(const JournalState& s, const LeaseGranted& g) {
+  if (g.lease == 0 || g.binding == 0 || g.lease == g.binding) {
+    return state_error("lease granted with ids " + std::to_string(g.lease) + " (lease) and " +
+                       std::to_string(g.binding) + " (binding)");
   }
-  if (leases_.count(g->lease) != 0 || bindings_.count(g->lease) != 0) {
-    return state_error(lease_name(g->lease) + " granted, but its id is already in use");
+  if (s.leases().count(g.lease) != 0 || s.bindings().count(g.lease) != 0) {
+    return state_error(lease_name(g.lease) + " granted, but its id is already in use");
   }
-  if (leases_.count(g->binding) != 0) {
-    return state_error(lease_name(g->lease) + " granted on binding " + std::to_string(g->binding) +
+  if (s.leases().count(g.binding) != 0) {
+    return state_error(lease_name(g.lease) + " granted on binding " + std::to_string(g.binding) +
                        ", which is a lease id");
   }
-  auto b = bindings_.find(g->binding);
-  if (b == bindings_.end()) return {};
+  auto b = s.bindings().find(g.binding);
+  if (b == s.bindings().end()) return {};
   const JournalBinding& binding = b->second;
   const std::string joins =
-      lease_name(g->lease) + " cannot join binding " + std::to_string(g->binding);
+      lease_name(g.lease) + " cannot join binding " + std::to_string(g.binding);
   if (binding.mode == Mode::kExclusive) return state_error(joins + ": it is exclusive");
-  if (binding.mode != g->mode || !endpoints_equal(binding.endpoint, g->endpoint)) {
+  if (binding.mode != g.mode || !endpoints_equal(binding.endpoint, g.endpoint)) {
     return state_error(joins + ": another endpoint or mode");
   }
-  if (g->mode != Mode::kReuseport && g->cookie != 0 && g->cookie != binding.cookie) {
-    return state_error(joins + " with another socket (cookie " + std::to_string(g->cookie) +
+  if (g.mode != Mode::kReuseport && g.cookie != 0 && g.cookie != binding.cookie) {
+    return state_error(joins + " with another socket (cookie " + std::to_string(g.cookie) +
                        ", not " + std::to_string(binding.cookie) + ")");
   }
   return {};
 }
 
+Result<const JournalLease*> live_lease(const JournalState& s, uint64_t id) {
+  auto it = s.leases().find(id);
+  if (it == s.leases().end()) return state_error(lease_name(id) + " is not live");
+  return &it->second;
+}
+
+Result<void> check_record(const JournalState& s, const LeaseEnded& e) {
+  if (auto l = live_lease(s, e.lease); !l) return l.error();
+  return {};
+}
+
+Result<void> check_record(const JournalState& s, const LeaseLingering& r) {
+  auto l = live_lease(s, r.lease);
+  if (!l) return l.error();
+  if ((*l)->lingering_until_ms != 0) {
+    return state_error(lease_name(r.lease) + " is already lingering");
+  }
+  // 0 means "not lingering" in the registry.
+  if (r.until_ms == 0) return state_error(lease_name(r.lease) + " lingers until time 0");
+  return {};
+}
+
+Result<void> check_record(const JournalState& s, const LeaseReclaimed& r) {
+  auto l = live_lease(s, r.lease);
+  if (!l) return l.error();
+  if ((*l)->lingering_until_ms == 0) {
+    return state_error(lease_name(r.lease) + " is reclaimed but was not lingering");
+  }
+  if (r.session == 0) return state_error(lease_name(r.lease) + " is reclaimed by session 0");
+  return {};
+}
+
+Result<void> check_record(const JournalState&, const HoldAdded&) { return {}; }
+
+Result<void> check_record(const JournalState& s, const HoldRemoved& h) {
+  if (s.holds().count(key_of(h.protocol, h.address, h.port)) == 0) {
+    return state_error("hold on " + format_endpoint(h.protocol, h.address, h.port) +
+                       " removed, but it is not held");
+  }
+  return {};
+}
+
+Result<void> check_record(const JournalState&, const GuardPorts& p) {
+  for (const PortRange& range : p.ports) {
+    if (range.first > range.last) {
+      return state_error("guard port range " + std::to_string(range.first) + "-" +
+                         std::to_string(range.last) + " is reversed");
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<void> JournalState::check(const Record& r) const {
-  if (const auto* g = std::get_if<LeaseGranted>(&r)) return check_granted(g);
-  if (const auto* e = std::get_if<LeaseEnded>(&r)) {
-    if (leases_.count(e->lease) == 0) return state_error(lease_name(e->lease) + " is not live");
-    return {};
-  }
-  if (const auto* l = std::get_if<LeaseLingering>(&r)) {
-    auto it = leases_.find(l->lease);
-    if (it == leases_.end()) return state_error(lease_name(l->lease) + " is not live");
-    if (it->second.lingering_until_ms != 0) {
-      return state_error(lease_name(l->lease) + " is already lingering");
+  return std::visit([this](const auto& rec) { return check_record(*this, rec); }, r);
+}
+
+Result<void> JournalState::check(std::span<const Record> records) const {
+  if (records.size() == 1) return check(records[0]);
+  // Later records of a batch may depend on earlier ones (a join of a binding the batch
+  // creates), so they are applied to a scratch state. It holds only what the records name:
+  // the checks look at nothing else, and a batch stays cheap beside 15,000 leases.
+  JournalState scratch;
+  auto copy_binding = [&](uint64_t id) {
+    if (auto b = bindings_.find(id); b != bindings_.end()) scratch.bindings_.insert(*b);
+  };
+  auto copy_id = [&](uint64_t id) {
+    copy_binding(id);
+    if (auto l = leases_.find(id); l != leases_.end()) {
+      scratch.leases_.insert(*l);
+      copy_binding(l->second.binding);
     }
-    // 0 means "not lingering" in the registry.
-    if (l->until_ms == 0) return state_error(lease_name(l->lease) + " lingers until time 0");
-    return {};
-  }
-  if (const auto* c = std::get_if<LeaseReclaimed>(&r)) {
-    auto it = leases_.find(c->lease);
-    if (it == leases_.end()) return state_error(lease_name(c->lease) + " is not live");
-    if (it->second.lingering_until_ms == 0) {
-      return state_error(lease_name(c->lease) + " is reclaimed but was not lingering");
+  };
+  auto copy_hold = [&](Protocol p, const IpAddress& a, uint16_t port) {
+    if (auto h = holds_.find(key_of(p, a, port)); h != holds_.end()) scratch.holds_.insert(*h);
+  };
+  for (const Record& r : records) {
+    if (const auto* g = std::get_if<LeaseGranted>(&r)) {
+      copy_id(g->lease);
+      copy_id(g->binding);
+    } else if (const auto* e = std::get_if<LeaseEnded>(&r)) {
+      copy_id(e->lease);
+    } else if (const auto* l = std::get_if<LeaseLingering>(&r)) {
+      copy_id(l->lease);
+    } else if (const auto* c = std::get_if<LeaseReclaimed>(&r)) {
+      copy_id(c->lease);
+    } else if (const auto* h = std::get_if<HoldAdded>(&r)) {
+      copy_hold(h->protocol, h->address, h->port);
+    } else if (const auto* u = std::get_if<HoldRemoved>(&r)) {
+      copy_hold(u->protocol, u->address, u->port);
     }
-    if (c->session == 0) return state_error(lease_name(c->lease) + " is reclaimed by session 0");
-    return {};
   }
-  if (const auto* h = std::get_if<HoldRemoved>(&r)) {
-    if (holds_.count(key_of(h->protocol, h->address, h->port)) == 0) {
-      return state_error("hold on " + format_endpoint(h->protocol, h->address, h->port) +
-                         " removed, but it is not held");
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (auto ok = scratch.apply(records[i]); !ok) {
+      return state_error("record " + std::to_string(i + 1) + " of " +
+                         std::to_string(records.size()) + ": " + ok.error().message);
     }
-    return {};
   }
-  if (const auto* p = std::get_if<GuardPorts>(&r)) {
-    for (const PortRange& range : p->ports) {
-      if (range.first > range.last) {
-        return state_error("guard port range " + std::to_string(range.first) + "-" +
-                           std::to_string(range.last) + " is reversed");
-      }
-    }
-    return {};
-  }
-  return {};  // Checkpoint and HoldAdded apply to any state
+  return {};
+}
+
+Result<void> JournalState::apply(const Record& r) {
+  if (auto ok = check(r); !ok) return ok;
+  std::visit([this](const auto& rec) { change(rec); }, r);
+  return {};
 }
 
 void JournalState::raise_next_id(uint64_t id) { next_id_ = std::max(next_id_, id + 1); }
@@ -532,65 +663,64 @@ void JournalState::raise_next_session(uint64_t session) {
   next_session_ = std::max(next_session_, session + 1);
 }
 
-Result<void> JournalState::apply(const Record& r) {
-  if (auto ok = check(r); !ok) return ok;
-  std::visit(
-      [this](const auto& rec) {
-        using T = std::decay_t<decltype(rec)>;
-        if constexpr (std::is_same_v<T, Checkpoint>) {
-          generation_ = rec.generation;
-          next_id_ = std::max(next_id_, rec.next_id);
-          next_session_ = std::max(next_session_, rec.next_session);
-        } else if constexpr (std::is_same_v<T, LeaseGranted>) {
-          auto [b, created] = bindings_.try_emplace(rec.binding);
-          JournalBinding& binding = b->second;
-          if (created) {
-            binding = JournalBinding{
-                rec.binding, rec.endpoint,  rec.mode,
-                rec.options, rec.owner_uid, rec.mode == Mode::kReuseport ? 0 : rec.cookie,
-                {}};
-          }
-          binding.leases.push_back(rec.lease);
-          leases_.emplace(
-              rec.lease, JournalLease{rec.lease, rec.binding, rec.name, rec.session, rec.holder,
-                                      rec.holder_start_time, rec.created_ms, rec.linger_s,
-                                      rec.token, 0, rec.mode == Mode::kReuseport ? rec.cookie : 0});
-          raise_next_id(std::max(rec.lease, rec.binding));
-          if (rec.session != 0) raise_next_session(rec.session);
-        } else if constexpr (std::is_same_v<T, LeaseEnded>) {
-          auto it = leases_.find(rec.lease);
-          auto b = bindings_.find(it->second.binding);
-          auto& members = b->second.leases;
-          members.erase(std::remove(members.begin(), members.end(), rec.lease), members.end());
-          if (members.empty()) bindings_.erase(b);
-          leases_.erase(it);
-          raise_next_id(rec.lease);
-        } else if constexpr (std::is_same_v<T, LeaseLingering>) {
-          JournalLease& l = leases_.at(rec.lease);
-          l.session = 0;
-          l.lingering_until_ms = rec.until_ms;
-        } else if constexpr (std::is_same_v<T, LeaseReclaimed>) {
-          JournalLease& l = leases_.at(rec.lease);
-          l.session = rec.session;
-          l.holder = rec.holder;
-          l.holder_start_time = rec.holder_start_time;
-          l.lingering_until_ms = 0;
-          if (rec.cookie != 0) {
-            JournalBinding& b = bindings_.at(l.binding);
-            (b.mode == Mode::kReuseport ? l.cookie : b.cookie) = rec.cookie;
-          }
-          raise_next_session(rec.session);
-        } else if constexpr (std::is_same_v<T, HoldAdded>) {
-          holds_[key_of(rec.protocol, rec.address, rec.port)] = rec;
-        } else if constexpr (std::is_same_v<T, HoldRemoved>) {
-          holds_.erase(key_of(rec.protocol, rec.address, rec.port));
-        } else if constexpr (std::is_same_v<T, GuardPorts>) {
-          guard_ports_ = rec.ports;
-        }
-      },
-      r);
-  return {};
+void JournalState::change(const Checkpoint& r) {
+  generation_ = r.generation;
+  next_id_ = std::max(next_id_, r.next_id);
+  next_session_ = std::max(next_session_, r.next_session);
 }
+
+void JournalState::change(const LeaseGranted& r) {
+  const bool reuseport = r.mode == Mode::kReuseport;
+  auto [b, created] = bindings_.try_emplace(r.binding);
+  JournalBinding& binding = b->second;
+  if (created) {
+    binding = JournalBinding{
+        r.binding, r.endpoint, r.mode, r.options, r.owner_uid, reuseport ? 0 : r.cookie, {}};
+  }
+  binding.leases.push_back(r.lease);
+  leases_.emplace(r.lease,
+                  JournalLease{r.lease, r.binding, r.name, r.session, r.holder, r.holder_start_time,
+                               r.created_ms, r.linger_s, r.token, 0, reuseport ? r.cookie : 0});
+  raise_next_id(std::max(r.lease, r.binding));
+  if (r.session != 0) raise_next_session(r.session);
+}
+
+void JournalState::change(const LeaseEnded& r) {
+  auto it = leases_.find(r.lease);
+  auto b = bindings_.find(it->second.binding);
+  auto& members = b->second.leases;
+  members.erase(std::remove(members.begin(), members.end(), r.lease), members.end());
+  if (members.empty()) bindings_.erase(b);
+  leases_.erase(it);
+  raise_next_id(r.lease);
+}
+
+void JournalState::change(const LeaseLingering& r) {
+  JournalLease& l = leases_.at(r.lease);
+  l.session = 0;
+  l.lingering_until_ms = r.until_ms;
+}
+
+void JournalState::change(const LeaseReclaimed& r) {
+  JournalLease& l = leases_.at(r.lease);
+  l.session = r.session;
+  l.holder = r.holder;
+  l.holder_start_time = r.holder_start_time;
+  l.lingering_until_ms = 0;
+  if (r.cookie != 0) {
+    JournalBinding& b = bindings_.at(l.binding);
+    (b.mode == Mode::kReuseport ? l.cookie : b.cookie) = r.cookie;
+  }
+  raise_next_session(r.session);
+}
+
+void JournalState::change(const HoldAdded& r) { holds_[key_of(r.protocol, r.address, r.port)] = r; }
+
+void JournalState::change(const HoldRemoved& r) {
+  holds_.erase(key_of(r.protocol, r.address, r.port));
+}
+
+void JournalState::change(const GuardPorts& r) { guard_ports_ = r.ports; }
 
 std::string JournalState::snapshot(uint64_t generation) const {
   std::string out;

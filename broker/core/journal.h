@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -103,28 +104,33 @@ const char* record_kind_name(const Record& r);
 
 // Framing: u32 payload length, u32 crc32 of the payload (zlib's), payload; all little-endian. The
 // payload is a kind byte and the fields in fixed-width little-endian, strings u32-length
-// prefixed.
+// prefixed; a batch's is kind 9 and its records' own frames.
 constexpr size_t kFrameHeaderBytes = 8;
 // Far above the largest legitimate record (a guard list of every other port is 128 KiB), so a
-// length field beyond it is corruption, not a torn write.
+// length field beyond it is corruption, not a torn write. A batch must fit too.
 constexpr size_t kMaxRecordBytes = size_t{1} << 20;
 
 // Appends `r`, framed, to `out`.
 void encode_record(const Record& r, std::string& out);
 std::string encode_record(const Record& r);
+// Appends one frame holding every record of `records` (a multi-socket acquire must be recorded
+// all or none): its checksum covers them all, so a torn batch is dropped whole. Decoding hands
+// them out one by one, as if each were framed alone.
+void encode_batch(std::span<const Record> records, std::string& out);
 
 struct DecodeSummary {
-  size_t records = 0;
+  size_t records = 0;      // a batch counts its records
   size_t valid_bytes = 0;  // where the last whole record ends; truncate a log here
   size_t torn_bytes = 0;   // an incomplete last record (a write cut short), ignored
 };
 
+using RecordFn = std::function<Result<void>(Record&&, size_t offset)>;
+
 // Calls `fn` with each record of `data` in order and the offset of its frame. A torn last
-// record is not an error (see DecodeSummary::torn_bytes); a bad checksum, a malformed payload
+// frame is not an error (see DecodeSummary::torn_bytes); a bad checksum, a malformed payload
 // or an unknown record kind is, and names its offset. An error from `fn` stops decoding and is
 // returned with the offset prefixed.
-Result<DecodeSummary> decode_records(
-    std::string_view data, const std::function<Result<void>(Record&&, size_t offset)>& fn);
+Result<DecodeSummary> decode_records(std::string_view data, const RecordFn& fn);
 
 struct JournalLease {
   uint64_t id = 0;
@@ -166,6 +172,8 @@ class JournalState {
   // Whether `r` applies to this state (ending a lease that is not live, joining a binding on
   // another endpoint... are errors), without changing anything.
   Result<void> check(const Record& r) const;
+  // Whether `records` apply one after the other (a batch), without changing anything.
+  Result<void> check(std::span<const Record> records) const;
   // check(), then the change; on error nothing changed.
   Result<void> apply(const Record& r);
 
@@ -186,7 +194,15 @@ class JournalState {
   bool operator==(const JournalState& o) const { return snapshot(0) == o.snapshot(0); }
 
  private:
-  Result<void> check_granted(const LeaseGranted* g) const;
+  // Each applies one record that check() accepted.
+  void change(const Checkpoint& r);
+  void change(const LeaseGranted& r);
+  void change(const LeaseEnded& r);
+  void change(const LeaseLingering& r);
+  void change(const LeaseReclaimed& r);
+  void change(const HoldAdded& r);
+  void change(const HoldRemoved& r);
+  void change(const GuardPorts& r);
   void raise_next_id(uint64_t id);
   void raise_next_session(uint64_t session);
 

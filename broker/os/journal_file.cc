@@ -158,19 +158,35 @@ Result<void> JournalFile::replay_log() {
 }
 
 Result<void> JournalFile::append(const Record& record) {
-  if (std::holds_alternative<Checkpoint>(record)) {
-    return make_error(ErrorCode::kInternal, "checkpoints are written by compaction only");
+  return append(std::span<const Record>(&record, 1));
+}
+
+Result<void> JournalFile::append(std::span<const Record> records) {
+  if (records.empty()) return {};
+  for (const Record& r : records) {
+    if (std::holds_alternative<Checkpoint>(r)) {
+      return make_error(ErrorCode::kInternal, "checkpoints are written by compaction only");
+    }
   }
-  if (auto ok = state_.check(record); !ok) {
+  if (auto ok = state_.check(records); !ok) {
     return make_error(ErrorCode::kInternal, std::string("journal record refused (") +
-                                                journal::record_kind_name(record) +
+                                                journal::record_kind_name(records[0]) +
+                                                (records.size() > 1 ? ", ..." : "") +
                                                 "): " + ok.error().message);
+  }
+  frame_.clear();  // keeps its capacity: no allocation per append
+  if (records.size() == 1) {
+    journal::encode_record(records[0], frame_);
+  } else {
+    journal::encode_batch(records, frame_);
+  }
+  if (frame_.size() > journal::kFrameHeaderBytes + journal::kMaxRecordBytes) {
+    return make_error(ErrorCode::kInternal, "journal batch of " + std::to_string(records.size()) +
+                                                " records is too large for one frame");
   }
   if (!log_fd_) {
     if (auto ok = compact(); !ok) return ok;
   }
-  frame_.clear();  // keeps its capacity: no allocation per append
-  journal::encode_record(record, frame_);
   size_t done = 0;
   while (done < frame_.size()) {
     // One write(2) in the common case; the loop only learns the errno of a short write.
@@ -184,7 +200,7 @@ Result<void> JournalFile::append(const Record& record) {
     done += static_cast<size_t>(n);
   }
   log_bytes_ += frame_.size();
-  (void)state_.apply(record);  // checked above
+  for (const Record& r : records) (void)state_.apply(r);  // checked above
   return {};
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,10 @@ class JournalFile {
   // is written (kInternal), and a failed write is cut back off the log. ENOSPC and EDQUOT give
   // kResourceExhausted, other errors kInternal, each naming the file and the errno.
   Result<void> append(const journal::Record& record);
+  // The same for several records, written all or none in one frame (encode_batch): a crash
+  // or a failed write never leaves part of them. Checked as a sequence, so a later record may
+  // depend on an earlier one.
+  Result<void> append(std::span<const journal::Record> records);
 
   // Writes a snapshot of state() and starts a new, empty log. On failure the journal on disk
   // still holds exactly state(), and the next append() retries the compaction first.

@@ -9,9 +9,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -111,6 +113,32 @@ TEST_CASE("a record that does not apply is refused before it is written") {
   REQUIRE_FALSE(checkpoint.ok());
   CHECK(j.log_bytes() == before);
   CHECK(file_size(j.log_path()) == before);
+}
+
+TEST_CASE("a batch is appended all or none") {
+  TempDir tmp;
+  JournalState expected;
+  const std::vector<Record> batch = {pbtest::sample_granted(2, 1, Mode::kShared),
+                                     pbtest::sample_granted(3, 1, Mode::kShared),
+                                     LeaseLingering{3, 100}};
+  {
+    JournalFile j = open_ok(tmp.journal());
+    auto ok = j.append(batch);
+    REQUIRE_MESSAGE(ok.ok(), (ok.ok() ? "" : ok.error().message));
+    for (const Record& r : batch) REQUIRE(expected.apply(r));
+    CHECK(j.state() == expected);
+    const size_t before = j.log_bytes();
+    const std::vector<Record> bad = {LeaseEnded{2}, LeaseEnded{2}};
+    auto refused = j.append(bad);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().message ==
+          "journal record refused (lease ended, ...): record 2 of 2: lease 2 is not live");
+    CHECK(j.log_bytes() == before);
+    CHECK(j.state() == expected);
+  }
+  JournalFile j = open_ok(tmp.journal());
+  CHECK(j.state() == expected);
+  CHECK(j.state().leases().at(3).lingering_until_ms == 100);
 }
 
 TEST_CASE("a torn last record is ignored, reported and cut off so later appends are sound") {
@@ -312,21 +340,25 @@ std::string fill_tiny_tmpfs(const std::string& mountpoint) {
     if (!opened) return "open: " + opened.error().message;
     JournalFile j = std::move(opened).value();
     pbtest::HistoryMaker maker(14);
-    const auto history = maker.make(5000);
-    for (const Record& r : history) {
-      auto ok = j.append(r);
+    const auto history = maker.make(6000);
+    // Single records and batches of 2 and 3 in turn: a batch is acknowledged whole or not.
+    for (size_t i = 0, n = 1; i < history.size(); i += n, n = n % 3 + 1) {
+      std::span<const Record> part(history.data() + i, std::min(n, history.size() - i));
+      auto ok = j.append(part);
       if (!ok) {
         error_message = ok.error().message;
         error_code = ok.error().code;
         if (!(j.state() == acknowledged)) return "the failed append changed the state";
         if (file_size(j.log_path()) != j.log_bytes()) return "the failed append left bytes";
-        if (j.append(r)) return "an append succeeded on a full file system";
+        if (j.append(part)) return "an append succeeded on a full file system";
         break;
       }
-      if (!acknowledged.apply(r)) return "the history does not apply";
+      for (const Record& r : part) {
+        if (!acknowledged.apply(r)) return "the history does not apply";
+      }
     }
   }
-  if (error_message.empty()) return "5000 records fit in 64 KiB";
+  if (error_message.empty()) return "6000 records fit in 64 KiB";
   const std::string want = "cannot append to " + dir + "/journal.log: No space left on device";
   if (error_message != want) return "error \"" + error_message + "\", want \"" + want + "\"";
   if (error_code != ErrorCode::kResourceExhausted) return "error code is not kResourceExhausted";
