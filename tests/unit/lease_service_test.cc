@@ -13,9 +13,8 @@
 
 #include <array>
 #include <cerrno>
-#include <climits>
+#include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <initializer_list>
 #include <optional>
@@ -535,6 +534,25 @@ TEST_SUITE("lease_service") {
     CHECK(bindable(Protocol::kTcp, "127.0.0.1", 8100));
   }
 
+  TEST_CASE("shared: another uid may not join the group") {
+    Sandbox sandbox;
+    Service s;
+    s.open(1, 1000, 4242);
+    s.open(2, 1001, 5000);
+    s.open(3, 0, 1);
+    const Grant a = s.grant(1, {"tcp:127.0.0.1:8101,shared"})[0];
+    auto join = specs({"tcp:127.0.0.1:8101,shared"});
+    AcquireOutcome refused = s.svc.acquire(2, join);
+    REQUIRE(refused.error);
+    CHECK(refused.error->code == ErrorCode::kConflict);
+    CHECK_MESSAGE(contains(refused.error->message, "only uid 1000"), refused.error->message);
+    CHECK(s.svc.registry().lease_count() == 1);
+
+    // Root may (it could have made the socket itself).
+    const Grant r = s.grant(3, {"tcp:127.0.0.1:8101,shared"})[0];
+    CHECK(cookie(r.fd) == cookie(a.fd));
+  }
+
   TEST_CASE("reuseport: a socket per member in one group; one leaving keeps the other serving") {
     Sandbox sandbox;
     Service s;
@@ -738,6 +756,29 @@ ports = "8160-8169"
     s.release(1, g.lease);
     CHECK(s.svc.port_held(Protocol::kTcp, 8140));
     CHECK_FALSE(bindable(Protocol::kTcp, "127.0.0.1", 8140, true));
+  }
+
+  TEST_CASE("held: an option that fails on the held socket leaves it held, not leased") {
+    Sandbox sandbox;
+    Service s(policy_from(kHeldPolicy));
+    s.open(1, 1000, 4242);
+    // keepalive still applies after bind, so the held socket itself gets it: the first
+    // setsockopt() of the acquire.
+    s.sys.fail(Call::kSetsockopt, ENOMEM);
+    auto one = specs({"tcp:0.0.0.0:8140,keepalive"});
+    AcquireOutcome out = s.svc.acquire(1, one);
+    REQUIRE(out.error);
+    CHECK(out.error->code == ErrorCode::kInvalidOption);
+    CHECK_MESSAGE(contains(out.error->message, "keepalive"), out.error->message);
+    CHECK_FALSE(s.sys.faults_pending());
+    CHECK(s.svc.registry().lease_count() == 0);
+    CHECK(s.svc.port_held(Protocol::kTcp, 8140));
+
+    // And the next try gets it.
+    const size_t binds = s.sys.calls(Call::kBind);
+    const Grant g = s.grant(1, {"tcp:0.0.0.0:8140,keepalive"})[0];
+    CHECK(s.sys.calls(Call::kBind) == binds);
+    CHECK(int_option(g.fd, SOL_SOCKET, SO_KEEPALIVE) == 1);
   }
 
   TEST_CASE("held: a lease on one address parks the held socket; it listens again after") {
