@@ -476,6 +476,43 @@ TEST_SUITE("lease_service") {
     CHECK(bindable(Protocol::kTcp, "127.0.0.1", 8090));
   }
 
+  TEST_CASE("linger: a holder at its lease limit still takes its lingering lease back") {
+    Sandbox sandbox;
+    TempDir dir;
+    FaultySysCalls sys;
+    ServiceConfig config = Service::config_in(dir);
+    Policy policy = default_policy();
+    SUBCASE("the daemon's limit") { config.max_leases_per_uid = 1; }
+    SUBCASE("the policy's [limits]") {
+      policy = policy_from(
+          "[limits]\nmax_leases_per_uid = 1\n[[rule]]\nusers = [\"*\"]\n"
+          "ports = \"8094-8095\"\n");
+    }
+    SUBCASE("a rule's max_leases") {
+      policy = policy_from("[[rule]]\nusers = [\"*\"]\nports = \"8094-8095\"\nmax_leases = 1\n");
+    }
+    LeaseService svc(config, std::move(policy), sys);
+    svc.start();
+    svc.open_session(1, Holder{4242, 1000, 1000, "web", ""}, Principal{1000, 1000, {}, ""}, -1);
+    auto web = specs({"tcp:127.0.0.1:8094,linger=30"});
+    AcquireOutcome first = svc.acquire(1, web);
+    REQUIRE_FALSE(first.error);
+    svc.end_session(1);
+
+    svc.open_session(2, Holder{4243, 1000, 1000, "web", ""}, Principal{1000, 1000, {}, ""}, -1);
+    web = specs({"tcp:127.0.0.1:8094,linger=30"});
+    AcquireOutcome back = svc.acquire(2, web);
+    REQUIRE_MESSAGE(!back.error, (back.error ? back.error->message : ""));
+    CHECK(back.granted[0].reclaimed);
+    CHECK(back.granted[0].lease == first.granted[0].lease);
+
+    // The limit itself still holds.
+    auto another = specs({"tcp:127.0.0.1:8095"});
+    AcquireOutcome refused = svc.acquire(2, another);
+    REQUIRE(refused.error);
+    CHECK(refused.error->code == ErrorCode::kLimitExceeded);
+  }
+
   TEST_CASE("linger: a token reclaim by another uid that is rolled back leaves the lease its own") {
     Sandbox sandbox;
     Service s;
