@@ -886,6 +886,25 @@ ports = "8160-8169"
     CHECK_FALSE(bindable(protocol, "127.0.0.1", port, true));
   }
 
+  TEST_CASE("held: a reuseport group on a held port takes more members; held again after") {
+    Sandbox sandbox;
+    Service s(policy_from(kHeldPolicy));
+    s.open(1, 1000, 4242);
+    s.open(2, 1000, 4243);
+    const Grant a = s.grant(1, {"tcp:0.0.0.0:8140,reuseport"})[0];
+    const Grant b = s.grant(2, {"tcp:0.0.0.0:8140,reuseport"})[0];
+    CHECK(cookie(a.fd) != cookie(b.fd));
+    CHECK(listening(a.fd));
+    CHECK(listening(b.fd));
+    CHECK_FALSE(s.svc.port_held(Protocol::kTcp, 8140));
+
+    s.release(1, a.lease);
+    CHECK(serves(b.fd, 8140));
+    s.release(2, b.lease);
+    CHECK(s.svc.port_held(Protocol::kTcp, 8140));
+    CHECK(s.svc.hold_failures().empty());
+  }
+
   TEST_CASE("held: an acquire that fails on a held port leaves the port held") {
     Sandbox sandbox;
     Service s(policy_from(kHeldPolicy));
