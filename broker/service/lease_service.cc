@@ -204,9 +204,10 @@ LeaseService::SessionEnd LeaseService::end_session(uint64_t session) {
   return out;
 }
 
-std::vector<HeldLease> LeaseService::held_by(uint32_t uid) const {
+std::vector<HeldLease> LeaseService::held_by(uint32_t uid, uint64_t except) const {
   std::vector<HeldLease> out;
   for (uint64_t id : registry_.lease_ids_of_uid(uid)) {
+    if (id == except) continue;
     const Lease* l = registry_.find_lease(id);
     const Binding* b = l ? registry_.find_binding(l->binding) : nullptr;
     if (b) out.push_back(HeldLease{b->endpoint.protocol, b->endpoint.address, b->endpoint.port});
@@ -214,12 +215,12 @@ std::vector<HeldLease> LeaseService::held_by(uint32_t uid) const {
   return out;
 }
 
-Result<void> LeaseService::authorize(const Session& s, const SocketSpec& spec,
-                                     bool from_pool) const {
+Result<void> LeaseService::authorize(const Session& s, const SocketSpec& spec, bool from_pool,
+                                     uint64_t reclaiming) const {
   const Principal& who = s.principal;
   // Unrestricted root is never limited, so its (possibly many) leases need not be listed.
   std::vector<HeldLease> held;
-  if (!(who.uid == 0 && policy_.daemon.root_unrestricted)) held = held_by(who.uid);
+  if (!(who.uid == 0 && policy_.daemon.root_unrestricted)) held = held_by(who.uid, reclaiming);
   Request req{spec.protocol, spec.address, spec.port, spec.mode, from_pool};
   Decision d = policy_.check(who, req, held);
   if (!d) return make_error(d.code, d.reason);
@@ -274,10 +275,15 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
   const Session& s = sit->second;
   const UidLimits lim = limits_for(s.holder.uid);
   const size_t held = registry_.leases_of_uid(s.holder.uid);
-  if (held + specs.size() > lim.leases) {
+  // A restarted holder at its limit still takes back what it left lingering: that adds none.
+  const auto more =
+      static_cast<size_t>(std::count_if(specs.begin(), specs.end(), [&](const SocketSpec& spec) {
+        return !own_reclaimable(s, spec);
+      }));
+  if (held + more > lim.leases) {
     out.error = make_error(ErrorCode::kLimitExceeded,
                            "uid " + std::to_string(s.holder.uid) + " holds " +
-                               std::to_string(held) + " leases; " + std::to_string(specs.size()) +
+                               std::to_string(held) + " leases; " + std::to_string(more) +
                                " more would pass the limit of " + std::to_string(lim.leases));
     out.whole_request = true;
     return out;
@@ -329,7 +335,9 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
 Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, SocketSpec& spec,
                                         int64_t now_ms, Holder& lingered_for) {
   const Holder& h = s.holder;
-  if (auto ok = authorize(s, spec, false); !ok) return ok.error();
+  if (auto ok = authorize(s, spec, false, own_reclaimable(s, spec).value_or(0)); !ok) {
+    return ok.error();
+  }
   Endpoint ep{spec.protocol, spec.address, spec.port, is_dual_stack(spec, !dual_stack_default_)};
 
   if (spec.port != 0) {
@@ -392,6 +400,16 @@ Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, Sock
                           ": the broker lost its copy of the socket at a restart");
   }
   return Grant{lease, fd, false};
+}
+
+std::optional<uint64_t> LeaseService::own_reclaimable(const Session& s,
+                                                      const SocketSpec& spec) const {
+  if (spec.port == 0) return std::nullopt;
+  Endpoint ep{spec.protocol, spec.address, spec.port, is_dual_stack(spec, !dual_stack_default_)};
+  auto id = registry_.find_reclaimable(ep, spec.mode, s.holder.uid, spec.token);
+  // Found by token, another uid's lease would become this uid's: one more after all.
+  if (!id || registry_.find_lease(*id)->holder.uid != s.holder.uid) return std::nullopt;
+  return id;
 }
 
 Result<bool> LeaseService::release(uint64_t session, uint64_t lease_id) {

@@ -189,9 +189,14 @@ class LeaseService {
   // `lingered_for`: on a reclaim, the holder the lease lingered for (a rollback gives it back).
   Result<Grant> acquire_one(const Session& s, uint64_t session, SocketSpec& spec, int64_t now_ms,
                             Holder& lingered_for);
-  Result<void> authorize(const Session& s, const SocketSpec& spec, bool from_pool) const;
+  // `reclaiming`: the session's own lingering lease the spec takes back, not counted as held.
+  Result<void> authorize(const Session& s, const SocketSpec& spec, bool from_pool,
+                         uint64_t reclaiming = 0) const;
   Result<UniqueFd> allocate_from_pools(const Session& s, SocketSpec& spec, Endpoint& ep);
-  std::vector<HeldLease> held_by(uint32_t uid) const;
+  std::vector<HeldLease> held_by(uint32_t uid, uint64_t except = 0) const;
+  // The lingering lease of the session's own uid that `spec` would take back: taking it back
+  // adds no lease to what the uid holds.
+  std::optional<uint64_t> own_reclaimable(const Session& s, const SocketSpec& spec) const;
   void refresh_comms(const Endpoint& ep);
   // Ends one lease and closes (after shutdown, so a copy held elsewhere stops serving) the
   // socket that only it used. `journal` false: the lease was never recorded.

@@ -13,9 +13,8 @@
 
 #include <array>
 #include <cerrno>
-#include <climits>
+#include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <initializer_list>
 #include <optional>
@@ -477,6 +476,43 @@ TEST_SUITE("lease_service") {
     CHECK(bindable(Protocol::kTcp, "127.0.0.1", 8090));
   }
 
+  TEST_CASE("linger: a holder at its lease limit still takes its lingering lease back") {
+    Sandbox sandbox;
+    TempDir dir;
+    FaultySysCalls sys;
+    ServiceConfig config = Service::config_in(dir);
+    Policy policy = default_policy();
+    SUBCASE("the daemon's limit") { config.max_leases_per_uid = 1; }
+    SUBCASE("the policy's [limits]") {
+      policy = policy_from(
+          "[limits]\nmax_leases_per_uid = 1\n[[rule]]\nusers = [\"*\"]\n"
+          "ports = \"8094-8095\"\n");
+    }
+    SUBCASE("a rule's max_leases") {
+      policy = policy_from("[[rule]]\nusers = [\"*\"]\nports = \"8094-8095\"\nmax_leases = 1\n");
+    }
+    LeaseService svc(config, std::move(policy), sys);
+    svc.start();
+    svc.open_session(1, Holder{4242, 1000, 1000, "web", ""}, Principal{1000, 1000, {}, ""}, -1);
+    auto web = specs({"tcp:127.0.0.1:8094,linger=30"});
+    AcquireOutcome first = svc.acquire(1, web);
+    REQUIRE_FALSE(first.error);
+    svc.end_session(1);
+
+    svc.open_session(2, Holder{4243, 1000, 1000, "web", ""}, Principal{1000, 1000, {}, ""}, -1);
+    web = specs({"tcp:127.0.0.1:8094,linger=30"});
+    AcquireOutcome back = svc.acquire(2, web);
+    REQUIRE_MESSAGE(!back.error, (back.error ? back.error->message : ""));
+    CHECK(back.granted[0].reclaimed);
+    CHECK(back.granted[0].lease == first.granted[0].lease);
+
+    // The limit itself still holds.
+    auto another = specs({"tcp:127.0.0.1:8095"});
+    AcquireOutcome refused = svc.acquire(2, another);
+    REQUIRE(refused.error);
+    CHECK(refused.error->code == ErrorCode::kLimitExceeded);
+  }
+
   TEST_CASE("linger: a token reclaim by another uid that is rolled back leaves the lease its own") {
     Sandbox sandbox;
     Service s;
@@ -533,6 +569,25 @@ TEST_SUITE("lease_service") {
     CHECK(s.svc.registry().binding_count() == 0);
     CHECK(connect_to(8100) == ECONNREFUSED);
     CHECK(bindable(Protocol::kTcp, "127.0.0.1", 8100));
+  }
+
+  TEST_CASE("shared: another uid may not join the group") {
+    Sandbox sandbox;
+    Service s;
+    s.open(1, 1000, 4242);
+    s.open(2, 1001, 5000);
+    s.open(3, 0, 1);
+    const Grant a = s.grant(1, {"tcp:127.0.0.1:8101,shared"})[0];
+    auto join = specs({"tcp:127.0.0.1:8101,shared"});
+    AcquireOutcome refused = s.svc.acquire(2, join);
+    REQUIRE(refused.error);
+    CHECK(refused.error->code == ErrorCode::kConflict);
+    CHECK_MESSAGE(contains(refused.error->message, "only uid 1000"), refused.error->message);
+    CHECK(s.svc.registry().lease_count() == 1);
+
+    // Root may (it could have made the socket itself).
+    const Grant r = s.grant(3, {"tcp:127.0.0.1:8101,shared"})[0];
+    CHECK(cookie(r.fd) == cookie(a.fd));
   }
 
   TEST_CASE("reuseport: a socket per member in one group; one leaving keeps the other serving") {
@@ -740,6 +795,29 @@ ports = "8160-8169"
     CHECK_FALSE(bindable(Protocol::kTcp, "127.0.0.1", 8140, true));
   }
 
+  TEST_CASE("held: an option that fails on the held socket leaves it held, not leased") {
+    Sandbox sandbox;
+    Service s(policy_from(kHeldPolicy));
+    s.open(1, 1000, 4242);
+    // keepalive still applies after bind, so the held socket itself gets it: the first
+    // setsockopt() of the acquire.
+    s.sys.fail(Call::kSetsockopt, ENOMEM);
+    auto one = specs({"tcp:0.0.0.0:8140,keepalive"});
+    AcquireOutcome out = s.svc.acquire(1, one);
+    REQUIRE(out.error);
+    CHECK(out.error->code == ErrorCode::kInvalidOption);
+    CHECK_MESSAGE(contains(out.error->message, "keepalive"), out.error->message);
+    CHECK_FALSE(s.sys.faults_pending());
+    CHECK(s.svc.registry().lease_count() == 0);
+    CHECK(s.svc.port_held(Protocol::kTcp, 8140));
+
+    // And the next try gets it.
+    const size_t binds = s.sys.calls(Call::kBind);
+    const Grant g = s.grant(1, {"tcp:0.0.0.0:8140,keepalive"})[0];
+    CHECK(s.sys.calls(Call::kBind) == binds);
+    CHECK(int_option(g.fd, SOL_SOCKET, SO_KEEPALIVE) == 1);
+  }
+
   TEST_CASE("held: a lease on one address parks the held socket; it listens again after") {
     Sandbox sandbox;
     Service s(policy_from(kHeldPolicy));
@@ -806,6 +884,25 @@ ports = "8160-8169"
     REQUIRE(notices.size() == 1);
     CHECK(notices[0].level == Notice::kInfo);
     CHECK_FALSE(bindable(protocol, "127.0.0.1", port, true));
+  }
+
+  TEST_CASE("held: a reuseport group on a held port takes more members; held again after") {
+    Sandbox sandbox;
+    Service s(policy_from(kHeldPolicy));
+    s.open(1, 1000, 4242);
+    s.open(2, 1000, 4243);
+    const Grant a = s.grant(1, {"tcp:0.0.0.0:8140,reuseport"})[0];
+    const Grant b = s.grant(2, {"tcp:0.0.0.0:8140,reuseport"})[0];
+    CHECK(cookie(a.fd) != cookie(b.fd));
+    CHECK(listening(a.fd));
+    CHECK(listening(b.fd));
+    CHECK_FALSE(s.svc.port_held(Protocol::kTcp, 8140));
+
+    s.release(1, a.lease);
+    CHECK(serves(b.fd, 8140));
+    s.release(2, b.lease);
+    CHECK(s.svc.port_held(Protocol::kTcp, 8140));
+    CHECK(s.svc.hold_failures().empty());
   }
 
   TEST_CASE("held: an acquire that fails on a held port leaves the port held") {
