@@ -492,7 +492,7 @@ TEST_SUITE("lease_service") {
       policy = policy_from("[[rule]]\nusers = [\"*\"]\nports = \"8094-8095\"\nmax_leases = 1\n");
     }
     LeaseService svc(config, std::move(policy), sys);
-    svc.start();
+    REQUIRE(svc.start().ok());
     svc.open_session(1, Holder{4242, 1000, 1000, "web", ""}, Principal{1000, 1000, {}, ""}, -1);
     auto web = specs({"tcp:127.0.0.1:8094,linger=30"});
     AcquireOutcome first = svc.acquire(1, web);
