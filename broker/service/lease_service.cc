@@ -112,12 +112,15 @@ std::vector<std::pair<int, std::string>> LeaseService::handover_fds() const {
 Result<void> LeaseService::record(const journal::Record& r) {
   if (!journal_) return {};
   if (auto ok = journal_->append(r); !ok) return ok;
-  if (journal_->compaction_due()) {
-    if (auto compacted = journal_->compact(); !compacted) {
-      notice(Notice::kWarn, "journal not compacted: " + compacted.error().message);
-    }
-  }
+  compact_if_due();
   return {};
+}
+
+void LeaseService::compact_if_due() {
+  if (!journal_ || !journal_->compaction_due()) return;
+  if (auto compacted = journal_->compact(); !compacted) {
+    notice(Notice::kWarn, "journal not compacted: " + compacted.error().message);
+  }
 }
 
 void LeaseService::record_or_warn(const journal::Record& r) {
@@ -292,44 +295,53 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
   std::vector<Holder> lingered_for(specs.size());  // per grant, when it was a reclaim
   for (size_t i = 0; i < specs.size(); ++i) {
     auto grant = acquire_one(s, session, specs[i], now, lingered_for[i]);
-    if (grant) {
-      // Recorded before anyone hears of it; a lease the journal could not take is not granted.
-      const Lease& l = *registry_.find_lease(grant->lease);
-      auto recorded =
-          grant->reclaimed
-              ? record(journal::LeaseReclaimed{l.id, session, l.holder, s.start_time, 0})
-              : record(granted_record(grant->lease, s));
-      if (!recorded) {
-        if (grant->reclaimed) {
-          registry_.unreclaim(grant->lease, std::move(lingered_for[i]), grant->lingered_until_ms);
-        } else {
-          end_lease(grant->lease, false);
-        }
-        grant = make_error(recorded.error().code,
-                           "cannot record the lease: " + recorded.error().message);
-      }
-    }
     if (!grant) {
-      // All or nothing: undo what this request already did, newest first.
-      for (size_t k = out.granted.size(); k-- > 0;) {
-        const Grant& g = out.granted[k];
-        // A lingering lease taken back goes back to lingering rather than ending, for the
-        // holder it lingered for: a token reclaim by another uid must not keep it on that uid.
-        if (g.reclaimed) {
-          registry_.unreclaim(g.lease, std::move(lingered_for[k]), g.lingered_until_ms);
-          record_or_warn(journal::LeaseLingering{g.lease, g.lingered_until_ms});
-        } else {
-          end_lease(g.lease);
-        }
-      }
-      out.granted.clear();
+      roll_back(out.granted, lingered_for);
       out.error = grant.error();
       out.failed_index = i;
       return out;
     }
     out.granted.push_back(*grant);
   }
+  // Recorded, all grants in one batch, before anyone hears of them: what the journal cannot
+  // take is not granted.
+  if (journal_) {
+    std::vector<journal::Record> records;
+    records.reserve(out.granted.size());
+    for (const Grant& g : out.granted) {
+      const Lease& l = *registry_.find_lease(g.lease);
+      if (g.reclaimed) {
+        records.emplace_back(journal::LeaseReclaimed{l.id, session, l.holder, s.start_time, 0});
+      } else {
+        records.push_back(granted_record(g.lease, s));
+      }
+    }
+    if (auto recorded = journal_->append(records); !recorded) {
+      roll_back(out.granted, lingered_for);
+      out.error =
+          make_error(recorded.error().code, "cannot record the lease: " + recorded.error().message +
+                                                "; nothing was leased");
+      out.whole_request = true;
+      return out;
+    }
+    compact_if_due();
+  }
   return out;
+}
+
+void LeaseService::roll_back(std::vector<Grant>& granted, std::vector<Holder>& lingered_for) {
+  // All or nothing: undo what the request did, newest first. Nothing of it was journaled.
+  for (size_t k = granted.size(); k-- > 0;) {
+    const Grant& g = granted[k];
+    // A lingering lease taken back goes back to lingering rather than ending, for the holder
+    // it lingered for: a token reclaim by another uid must not keep it on that uid.
+    if (g.reclaimed) {
+      registry_.unreclaim(g.lease, std::move(lingered_for[k]), g.lingered_until_ms);
+    } else {
+      end_lease(g.lease, false);
+    }
+  }
+  granted.clear();
 }
 
 Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, SocketSpec& spec,

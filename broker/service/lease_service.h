@@ -207,6 +207,8 @@ class LeaseService {
   // The journal: a record before the change is acknowledged. Without a journal, always ok.
   Result<void> record(const journal::Record& r);
   void record_or_warn(const journal::Record& r);
+  void compact_if_due();
+  void roll_back(std::vector<Grant>& granted, std::vector<Holder>& lingered_for);
   journal::Record granted_record(uint64_t lease, const Session& s) const;
   void restore_leases(const journal::JournalState& st, Inheritance& inherited,
                       RestoreReport& report);
