@@ -575,7 +575,8 @@ Result<void> check_record(const JournalState& s, const LeaseLingering& r) {
 Result<void> check_record(const JournalState& s, const LeaseReclaimed& r) {
   auto l = live_lease(s, r.lease);
   if (!l) return l.error();
-  if ((*l)->lingering_until_ms == 0) {
+  // A live lease "reclaimed" by its own session: the session passed to another process.
+  if ((*l)->lingering_until_ms == 0 && (*l)->session != r.session) {
     return state_error(lease_name(r.lease) + " is reclaimed but was not lingering");
   }
   if (r.session == 0) return state_error(lease_name(r.lease) + " is reclaimed by session 0");

@@ -64,6 +64,9 @@ struct LeaseLingering {
   int64_t until_ms = 0;
 };
 
+// A lingering lease taken back by a new session, or a live lease whose session passed to
+// another process (the first exited, leaving the connection to a child): same session, new
+// holder.
 struct LeaseReclaimed {
   uint64_t lease = 0;
   uint64_t session = 0;

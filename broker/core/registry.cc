@@ -145,6 +145,20 @@ uint64_t Registry::add_lease(uint64_t binding, std::string name, uint64_t sessio
   return id;
 }
 
+void Registry::rehome(uint64_t lease_id, Holder holder) {
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end()) return;
+  Lease& l = it->second;
+  if (l.holder.uid != holder.uid) {
+    if (auto u = by_uid_.find(l.holder.uid); u != by_uid_.end()) {
+      erase_value(u->second, lease_id);
+      if (u->second.empty()) by_uid_.erase(u);
+    }
+    by_uid_[holder.uid].push_back(lease_id);
+  }
+  l.holder = std::move(holder);
+}
+
 void Registry::restore_binding(Binding b) {
   const uint64_t id = b.id;
   b.leases.clear();

@@ -110,6 +110,9 @@ class Registry {
 
   // Bindings that overlap `ep` (what plan() would name in a conflict).
   std::vector<uint64_t> overlapping(const Endpoint& ep) const;
+  // The session's holder is now another process (the first exited, leaving the connection to
+  // a child): the lease is that process's.
+  void rehome(uint64_t lease_id, Holder holder);
   // A holder may exec (portbroker exec does): lets the server keep the shown command current.
   void set_comm(uint64_t lease_id, const std::string& comm);
 

@@ -136,6 +136,65 @@ Result<void> Server::restore(Inheritance passed) {
   return {};
 }
 
+void Server::search_new_holders() {
+  for (auto& [id, s] : sessions_) {
+    if (s->closing || s->searching || !s->pidfd || pidfd_alive(s->pidfd.get())) continue;
+    auto* search = new HolderSearch;
+    search->req.data = search;
+    search->server = this;
+    search->session = id;
+    search->gone = s->holder.pid;
+    search->conn.reset(SysCalls::real().dup_cloexec(s->conn.get()));
+    if (!search->conn) {
+      delete search;
+      continue;
+    }
+    s->searching = true;
+    ++deferred_in_flight_;
+    int rc = uv_queue_work(
+        loop_, &search->req,
+        [](uv_work_t* req) {
+          auto* w = static_cast<HolderSearch*>(req->data);
+          if (auto found = unix_peer_processes(w->conn.get())) w->found = std::move(found).value();
+        },
+        [](uv_work_t* req, int) {
+          std::unique_ptr<HolderSearch> w(static_cast<HolderSearch*>(req->data));
+          --w->server->deferred_in_flight_;
+          try {
+            w->server->adopt_new_holder(*w);
+          } catch (const std::exception& e) {
+            spdlog::error("looking for a session's new holder failed: {}", e.what());
+          }
+        });
+    if (rc != 0) {
+      --deferred_in_flight_;
+      s->searching = false;
+      delete search;
+    }
+  }
+}
+
+void Server::adopt_new_holder(HolderSearch& search) {
+  auto it = sessions_.find(search.session);
+  if (it == sessions_.end()) return;
+  Session& s = *it->second;
+  s.searching = false;
+  const pid_t self = ::getpid();
+  for (const SocketOwner& owner : search.found) {
+    if (owner.pid == self) continue;
+    UniqueFd pidfd = open_process(owner.pid, process_start_time(owner.pid));
+    if (!pidfd) continue;  // gone already
+    s.holder.pid = owner.pid;
+    s.holder.comm = owner.comm;
+    s.holder.cgroup = read_cgroup(owner.pid);
+    s.pidfd = std::move(pidfd);
+    service_.rehome_session(s.id, s.holder, s.pidfd.get());
+    spdlog::info("pid={} uid={} now holds session {} (pid {} exited)", owner.pid, s.holder.uid,
+                 s.id, search.gone);
+    return;
+  }
+}
+
 void Server::watch_orphan(OrphanSession o) {
   auto w = std::make_unique<HolderWatch>();
   w->server = this;
@@ -231,6 +290,7 @@ void Server::on_sweep(uv_timer_t* t) {
       spdlog::info("lingering lease {} ended: its holder did not come back", id);
     }
     self->service_.retry_holds();
+    self->search_new_holders();
     self->log_notices();
   } catch (const std::exception& e) {
     spdlog::error("sweep failed: {}", e.what());

@@ -95,6 +95,11 @@ class Server {
   Inheritance take_over(std::vector<NamedFd> inherited, bool& have_control);
   Result<void> restore(Inheritance passed);
   struct HolderWatch;
+  struct HolderSearch;
+  // Sessions whose process exited while their connection lives on (in a child it forked):
+  // find who holds them now, off the loop.
+  void search_new_holders();
+  void adopt_new_holder(HolderSearch& search);
   void watch_orphan(OrphanSession o);
   static void on_upgrade_timer(uv_timer_t* t);
   void read_requests(Session& s);

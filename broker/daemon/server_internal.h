@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "broker/daemon/server.h"
+#include "broker/os/sockdiag.h"
 #include "ipc/codec.h"
 #include "ipc/portbroker.capnp.h"
 #include "ipc/wire.h"
@@ -42,10 +43,21 @@ struct Server::Session {
   bool closing = false;
   bool spoke = false;         // has sent at least one record
   bool deferred = false;      // a reply is being prepared off the loop; read nothing meanwhile
+  bool searching = false;     // looking for the process that now holds the connection
   uint64_t connected_at = 0;  // uv_now() at accept
   // A reply the socket had no room for; while it waits, the session is not read.
   kj::Array<capnp::word> pending;
   std::vector<UniqueFd> pending_fds;
+};
+
+// The search, off the loop, for the process that now holds a session's connection.
+struct Server::HolderSearch {
+  uv_work_t req{};
+  Server* server = nullptr;
+  uint64_t session = 0;
+  pid_t gone = 0;
+  UniqueFd conn;  // our own reference: the session may close meanwhile
+  std::vector<SocketOwner> found;
 };
 
 // A request whose reply needs work off the loop.

@@ -5,9 +5,12 @@
 #include <fcntl.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -342,6 +345,55 @@ Result<void> attach_processes(std::vector<PortHolder>& holders) {
 }
 
 }  // namespace
+
+Result<std::vector<SocketOwner>> unix_peer_processes(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return errno_error(ErrorCode::kInternal, "fstat", errno);
+  UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!nl) return errno_error(ErrorCode::kInternal, "socket(NETLINK_SOCK_DIAG)", errno);
+  struct {
+    nlmsghdr h;
+    unix_diag_req r;
+  } req{};
+  req.h.nlmsg_len = sizeof(req);
+  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.h.nlmsg_flags = NLM_F_REQUEST;
+  req.h.nlmsg_seq = 1;
+  req.r.sdiag_family = AF_UNIX;
+  req.r.udiag_states = ~0u;
+  req.r.udiag_ino = static_cast<uint32_t>(st.st_ino);
+  req.r.udiag_show = UDIAG_SHOW_PEER;
+  req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  if (::send(nl.get(), &req, sizeof(req), 0) < 0) {
+    return errno_error(ErrorCode::kInternal, "unix socket diagnostics", errno);
+  }
+  alignas(nlmsghdr) char buf[8192];
+  ssize_t n = ::recv(nl.get(), buf, sizeof(buf), 0);
+  if (n < 0) return errno_error(ErrorCode::kInternal, "unix socket diagnostics", errno);
+  PortHolder peer;
+  for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, static_cast<size_t>(n));
+       h = NLMSG_NEXT(h, n)) {
+    if (h->nlmsg_type == NLMSG_ERROR) {
+      const auto* err = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
+      return errno_error(ErrorCode::kInternal, "unix socket diagnostics", -err->error);
+    }
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+    const auto* m = static_cast<const unix_diag_msg*>(NLMSG_DATA(h));
+    auto len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof(*m)));
+    for (auto* a = reinterpret_cast<rtattr*>(const_cast<unix_diag_msg*>(m) + 1); RTA_OK(a, len);
+         a = RTA_NEXT(a, len)) {
+      if (a->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(a) >= sizeof(uint32_t)) {
+        uint32_t ino = 0;
+        std::memcpy(&ino, RTA_DATA(a), sizeof(ino));
+        peer.inode = ino;
+      }
+    }
+  }
+  if (peer.inode == 0) return std::vector<SocketOwner>{};
+  std::vector<PortHolder> one{std::move(peer)};
+  if (auto r = attach_processes(one); !r) return r.error();
+  return std::move(one.front().processes);
+}
 
 Result<std::vector<PortHolder>> find_port_holders(Protocol protocol, uint16_t port,
                                                   HolderScope scope) {

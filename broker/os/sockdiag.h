@@ -55,6 +55,10 @@ enum class HolderScope {
 // done only when some socket has an inode. Ordered: listening/bound first, then by family.
 // Errors: kInternal naming the failing step ("socket diagnostics for udp are unavailable" when
 // the kernel lacks udp_diag).
+// The processes that hold the other end of a connected Unix socket `fd` (one /proc scan): who
+// really holds a session when the process that opened it has exited and left it to a child.
+Result<std::vector<SocketOwner>> unix_peer_processes(int fd);
+
 Result<std::vector<PortHolder>> find_port_holders(Protocol protocol, uint16_t port,
                                                   HolderScope scope = HolderScope::kAll);
 

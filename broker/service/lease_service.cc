@@ -175,6 +175,27 @@ void LeaseService::detach() {
   sessions_.clear();
 }
 
+void LeaseService::rehome_session(uint64_t session, const Holder& holder, int pidfd) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  Session& s = it->second;
+  // Only who holds it changes: what the session may do stays decided by the identity the
+  // kernel gave at connect (an fd passed to a more privileged process gains nothing).
+  s.holder = holder;
+  s.pidfd = pidfd;
+  s.start_time = process_start_time(holder.pid);
+  std::vector<journal::Record> records;
+  for (uint64_t id : registry_.leases_of_session(session)) {
+    registry_.rehome(id, holder);
+    records.emplace_back(journal::LeaseReclaimed{id, session, holder, s.start_time, 0});
+  }
+  if (journal_ && !records.empty()) {
+    if (auto ok = journal_->append(records); !ok) {
+      notice(Notice::kWarn, "journal: new holder not recorded: " + ok.error().message);
+    }
+  }
+}
+
 UidLimits LeaseService::limits_for(uint32_t uid) const {
   if (uid == 0) return config_.root_limits;
   return UidLimits{config_.max_connections_per_uid.value_or(policy_.limits.max_connections_per_uid),

@@ -164,6 +164,11 @@ class LeaseService {
 
   std::vector<Notice> take_notices() { return std::exchange(notices_, {}); }
 
+  // The process that opened `session` exited, leaving the connection to `holder` (pinned by
+  // `pidfd`, borrowed): the session's leases are now that process's. Its uid and gid stay
+  // the connecting process's (SO_PEERCRED), and so does what the session may do.
+  void rehome_session(uint64_t session, const Holder& holder, int pidfd);
+
  private:
   struct Session {
     Holder holder;

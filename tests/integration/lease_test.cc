@@ -404,3 +404,33 @@ TEST_CASE("churn: many clients acquiring and releasing from a small pool") {
     return l.ok() && l->empty();
   }));
 }
+
+TEST_CASE("a lease's holder is the live process: a server that forks and exits hands it on") {
+  FdLeakCheck fds;
+  Daemon d({.args = {"--request-timeout", "0.2"}});  // a sweep every 50 ms
+  // sh takes the session over from `portbroker exec` (same pid), forks sleep, and exits: the
+  // session's connection lives on in sleep only.
+  CommandResult started = run_cli(d, {"exec", "--listen", "tcp:127.0.0.1:18730", "--", "sh", "-c",
+                                      "sleep 30 >/dev/null 2>&1 </dev/null & exit 0"});
+  REQUIRE_MESSAGE(started.status.ok(), started.describe());
+  pid_t child = 0;
+  REQUIRE(d.wait_until([&](portbroker::Client& c) {
+    auto l = c.list();
+    if (!l.ok() || l->size() != 1) return false;
+    if (l->front().holder.comm != "sleep") return false;
+    child = l->front().holder.pid;
+    return true;
+  }));
+  CHECK(read_file("/proc/" + std::to_string(child) + "/comm") == "sleep\n");
+  // A conflict names it too.
+  portbroker::Client c = d.connect();
+  auto refused = c.acquire("tcp:127.0.0.1:18730");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(contains(refused.error().message, "pid " + std::to_string(child) + " (sleep"));
+  // And the lease ends with it.
+  REQUIRE(::kill(child, SIGKILL) == 0);
+  CHECK(d.wait_until([&](portbroker::Client& cl) {
+    auto l = cl.list();
+    return l.ok() && l->empty();
+  }));
+}
