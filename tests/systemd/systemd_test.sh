@@ -86,6 +86,10 @@ build_dir=$1 source_dir=$2 scratch=$3 systemd_bin=$4  # $5: the daemon, relative
 mount --make-rprivate /
 mount -t tmpfs tmpfs /run
 mkdir -p /run/pbtest/build /run/pbtest/out /run/systemd/system/portbroker.service.d
+# The shipped unit, running the built daemon (read before /tmp, where a checkout may live, is
+# covered below).
+sed 's|^ExecStart=[^ ]*|ExecStart=/run/pbtest/portbrokerd|' \
+  "$source_dir/packaging/portbroker.service" >/run/systemd/system/portbroker.service
 # The build and a log directory stay reachable under /run after /tmp is covered below.
 mount --bind "$build_dir" /run/pbtest/build
 mount --bind "$scratch" /run/pbtest/out
@@ -96,9 +100,8 @@ mount -t tmpfs tmpfs /var/tmp
 mount -t proc proc /proc
 # Only our cgroup subtree (the cgroup namespace's root), as the unified hierarchy.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# A copy: the unit's PrivateTmp= would hide a build under /tmp from the service.
 cp "/run/pbtest/build/$5" /run/pbtest/portbrokerd
-sed 's|^ExecStart=[^ ]*|ExecStart=/run/pbtest/portbrokerd|' \
-  "$source_dir/packaging/portbroker.service" >/run/systemd/system/portbroker.service
 # No journald in this boot: the daemon's output goes to a file the test prints on failure.
 printf '[Unit]\nDefaultDependencies=no\n[Service]\nStandardOutput=append:/run/pbtest/out/daemon.log\nStandardError=inherit\n' \
   >/run/systemd/system/portbroker.service.d/test.conf
@@ -123,7 +126,9 @@ until sd=$(pgrep -P "$unshare_pid" -x systemd); do
   [ $SECONDS -lt $deadline ] || fail "systemd did not start"
   sleep 0.05
 done
-ns() { nsenter -t "$sd" -m -p -n "$@"; }
+# In the namespace, with the library found under /run/pbtest/build (the binaries' RUNPATH names
+# the build directory, which the namespace's /tmp covers when a checkout lives there).
+ns() { nsenter -t "$sd" -m -p -n env LD_LIBRARY_PATH=/run/pbtest/build "$@"; }
 systemctl_ns() { timeout 60 nsenter -t "$sd" -m -p systemctl "$@"; }
 until ns test -S /run/systemd/private; do
   [ $SECONDS -lt $deadline ] || fail "systemd's manager did not come up"
