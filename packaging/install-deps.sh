@@ -10,6 +10,7 @@ packages=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   libcap-dev libsystemd-dev libdeflate-dev
   iproute2 procps util-linux clang-format clang-tidy
+  systemd  # tests/systemd boots it, in private namespaces
 )
 
 missing=()

@@ -64,6 +64,13 @@ Result<RestoreReport> LeaseService::start(Inheritance inherited) {
       notice(Notice::kWarn, "journal not compacted: " + compacted.error().message);
     }
   }
+  // What was passed on but no lease claims (its holder died while no daemon ran) is not ours
+  // to keep: out of the fd store too, or the service manager's copy would keep its port bound
+  // for good, and nobody could lease it again.
+  for (const auto& [cookie, fd] : inherited.sockets) {
+    fd_store_.remove("sock-" + std::to_string(cookie));
+  }
+  inherited.sockets.clear();
   adopt_holds(std::move(inherited.holds));
   sync_held();
   apply_guard();
@@ -204,8 +211,8 @@ UidLimits LeaseService::limits_for(uint32_t uid) const {
 
 void LeaseService::open_session(uint64_t session, const Holder& holder, const Principal& principal,
                                 int pidfd) {
-  sessions_[session] =
-      Session{holder, principal, pidfd, journal_ ? process_start_time(holder.pid) : 0};
+  sessions_[session] = Session{holder, principal, pidfd,
+                               config_.journal_dir.empty() ? 0 : process_start_time(holder.pid)};
 }
 
 LeaseService::SessionEnd LeaseService::end_session(uint64_t session) {

@@ -67,6 +67,7 @@ void LeaseService::restore_leases(const journal::JournalState& st, Inheritance& 
     return b.mode == Mode::kReuseport ? l.cookie : b.cookie;
   };
   std::vector<const journal::JournalLease*> keep;
+  std::vector<uint64_t> dropped;
   for (const auto& [id, l] : st.leases()) {
     const bool lingering = l.lingering_until_ms != 0;
     const bool connected = !lingering && sessions_.count(l.session) != 0;
@@ -76,6 +77,7 @@ void LeaseService::restore_leases(const journal::JournalState& st, Inheritance& 
       if (!passed_on && !lingering) holder_of(l).cookies.insert(socket_cookie_of(l));
     } else {
       ++report.dropped;
+      dropped.push_back(id);
       report.lines.push_back(
           lease_line(l, st.bindings().at(l.binding)) +
           (lingering ? ": lingering, and its socket did not survive" : ": its holder is gone"));
@@ -120,8 +122,9 @@ void LeaseService::restore_leases(const journal::JournalState& st, Inheritance& 
     }
   }
   for (auto& [id, o] : orphans) report.orphans.push_back(std::move(o));
-  // What was passed on but no lease claims is not ours to keep.
-  inherited.sockets.clear();
+  // Last, as it changes `st`: a lease that did not come back has ended, or every later start
+  // would find it in the journal and end it again.
+  for (uint64_t id : dropped) record_or_warn(journal::LeaseEnded{id});
 }
 
 void LeaseService::adopt_holds(std::vector<UniqueFd> holds) {

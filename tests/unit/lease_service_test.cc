@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "broker/core/policy.h"
+#include "broker/os/handover.h"
+#include "broker/os/journal_file.h"
 #include "common/netns.h"
 #include "portbroker/fd.hpp"
 
@@ -961,5 +963,31 @@ ports = "8160-8169"
                            std::pair{Protocol::kTcp, 8140}, std::pair{Protocol::kUdp, 8150}}) {
       CHECK(bindable(p, "127.0.0.1", static_cast<uint16_t>(port)));
     }
+  }
+
+  TEST_CASE("journal: a session passed on before start records its holder's start time") {
+    // The daemon opens the sessions the fd store passed on before the service starts (and
+    // opens its journal): their later leases must still name the holder by pid + start time,
+    // or a restart without the fd store would take a live holder for gone.
+    Sandbox sandbox;
+    TempDir dir;
+    REQUIRE(!dir.path().empty());
+    ServiceConfig config = Service::config_in(dir);
+    config.journal_dir = dir.path() + "/journal";
+    FaultySysCalls sys;
+    const int pid = static_cast<int>(::getpid());
+    {
+      LeaseService svc(config, default_policy(), sys);
+      svc.open_session(7, Holder{pid, 1000, 1000, "self", ""}, Principal{1000, 1000, {}, ""}, -1);
+      REQUIRE(svc.start().ok());
+      auto want = specs({"tcp:127.0.0.1:8170"});
+      AcquireOutcome out = svc.acquire(7, want);
+      REQUIRE_MESSAGE(!out.error, (out.error ? out.error->message : ""));
+    }
+    auto journal = JournalFile::open(config.journal_dir);
+    REQUIRE(journal.ok());
+    REQUIRE(journal->state().leases().size() == 1);
+    CHECK(journal->state().leases().begin()->second.holder_start_time == process_start_time(pid));
+    CHECK(journal->state().leases().begin()->second.holder_start_time != 0);
   }
 }
