@@ -731,6 +731,7 @@ TEST_CASE("the fd store: leases, sessions and lingering leases survive the daemo
   REQUIRE(before.size() == 6);
   Child prober = start_prober({kExclusive, kShared, kReuseport});
   REQUIRE(prober.read_line() == "up");
+  Child binder = start_binder(kHeld);
   if (sig == SIGKILL) {
     d->kill_hard();
   } else {
@@ -747,6 +748,10 @@ TEST_CASE("the fd store: leases, sessions and lingering leases survive the daemo
 
   const nlohmann::json after = listing(*d);
   CHECK_MESSAGE(after == before, "before:\n" << before.dump(1) << "\nafter:\n" << after.dump(1));
+  // The held port was never free: its socket waited in the store.
+  auto [attempts, bound] = stop_binder(binder);
+  CHECK_MESSAGE(bound == 0, "the held port " << kHeld << " was bound from outside " << bound
+                                             << " time(s) in " << attempts << " attempts");
   CHECK_MESSAGE(outside_bind_errno(kHeld, "0.0.0.0", false) == EADDRINUSE,
                 "the held port is not held after the restart");
 
