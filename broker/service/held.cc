@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "broker/os/handover.h"
 #include "broker/os/socket_factory.h"
 #include "broker/service/lease_service.h"
 
@@ -66,6 +67,7 @@ Result<void> LeaseService::hold_port(const Reservation& r, Protocol p, uint16_t 
       continue;
     }
     want.fd = std::move(fd).value();
+    store_hold(want.fd.get());
     entry.sockets.push_back(std::move(want));
   }
   if (!failed) {
@@ -104,7 +106,10 @@ void LeaseService::drop_stale_holds() {
          policy_.reservations_at(port_key_protocol(it->first), port_key_port(it->first))) {
       if (r->hold && r->name == it->second.reservation) keep = true;
     }
-    if (!keep) hold_failures_.erase(it->first);
+    if (!keep) {
+      hold_failures_.erase(it->first);
+      for (const HeldSocket& h : it->second.sockets) unstore_hold(h);
+    }
     it = keep ? std::next(it) : held_.erase(it);
   }
 }
@@ -157,6 +162,7 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
     // The held socket itself: nothing is released and rebound, so there is no window.
     if (auto applied = apply_late_options(sys_, h->fd.get(), spec); !applied)
       return applied.error();
+    unstore_hold(*h);  // before the lease stores it under its own name
     UniqueFd fd = std::move(h->fd);
     socks.erase(h);
     return fd;
@@ -167,14 +173,19 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
   auto in_the_way = [&](const HeldSocket& h) {
     return endpoints_overlap(held_endpoint(spec.protocol, h, spec.port), ep);
   };
+  auto drop_in_the_way = [&](const HeldSocket& h) {
+    if (!in_the_way(h)) return false;
+    unstore_hold(h);
+    return true;
+  };
   for (HeldSocket& h : socks) {
     if (tcp && in_the_way(h) && !h.parked && sys_.shutdown(h.fd.get(), SHUT_RD) == 0)
       h.parked = true;
   }
-  if (!tcp) std::erase_if(socks, in_the_way);
+  if (!tcp) std::erase_if(socks, drop_in_the_way);
   auto fd = make_bound_socket(sys_, spec, spec.port);
   if (!fd && fd.error().code == ErrorCode::kInUseOutside) {
-    std::erase_if(socks, in_the_way);  // e.g. the request has no SO_REUSEADDR
+    std::erase_if(socks, drop_in_the_way);  // e.g. the request has no SO_REUSEADDR
     fd = make_bound_socket(sys_, spec, spec.port);
   }
   // With SO_REUSEADDR off, a parked socket refuses every other bind of its address, even
@@ -201,6 +212,20 @@ void LeaseService::rehold_if_reserved(const Endpoint& ep, UniqueFd old) {
     (void)hold_port(*r, ep.protocol, ep.port);
     if (it != held_.end()) unpark(it->second);  // those that waited for `old` to go
     break;
+  }
+}
+
+void LeaseService::store_hold(int fd) {
+  if (!fd_store_.enabled()) return;
+  if (auto stored = fd_store_.store(fd, "hold-" + std::to_string(socket_cookie(fd)), false);
+      !stored) {
+    notice(Notice::kWarn, stored.error().message);
+  }
+}
+
+void LeaseService::unstore_hold(const HeldSocket& h) {
+  if (fd_store_.enabled() && h.fd) {
+    fd_store_.remove("hold-" + std::to_string(socket_cookie(h.fd.get())));
   }
 }
 

@@ -169,6 +169,9 @@ void LeaseService::stop() {
   std::vector<uint64_t> all;
   for (const auto& [id, s] : sessions_) all.push_back(id);
   for (uint64_t id : all) end_session(id);
+  for (const auto& [key, entry] : held_) {
+    for (const HeldSocket& h : entry.sockets) unstore_hold(h);
+  }
   held_.clear();
   for (Notice& n : guard_.remove()) notices_.push_back(std::move(n));
 }

@@ -225,6 +225,10 @@ class LeaseService {
   // (the port was taken outside) is retried until it succeeds.
   std::vector<Error> sync_held(const std::string& only = {}, bool from_sweep = false);
   void drop_stale_holds();
+  // Held sockets live in the fd store too (FDPOLL=0: a parked one is not listening), so that a
+  // held port stays held through a restart under systemd; each leaves it as it leaves held_.
+  void store_hold(int fd);
+  void unstore_hold(const HeldSocket& h);
   void hold_one_port(const Reservation& r, uint16_t port, std::vector<Error>& failures);
   Result<UniqueFd> bind_reserved(const SocketSpec& spec);
   Result<void> hold_port(const Reservation& r, Protocol p, uint16_t port);

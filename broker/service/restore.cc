@@ -167,6 +167,9 @@ void LeaseService::adopt_holds(std::vector<UniqueFd> holds) {
       entry.sockets.push_back(std::move(h));
       break;
     }
+    // No reservation holds it any more: it leaves the fd store as it is closed.
+    if (fd && fd_store_.enabled())
+      fd_store_.remove("hold-" + std::to_string(socket_cookie(fd.get())));
   }
 }
 

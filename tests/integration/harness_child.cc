@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -153,8 +154,20 @@ Child ChildAccess::spawn(const SpawnPlan& plan, const SpawnOptions& opts) {
 
   std::vector<std::string> argv = plan.argv;
   std::vector<char*> c_argv = c_strings(argv);
-  std::vector<std::string> env = build_env(opts);
+  SpawnOptions with_listen = opts;
+  if (!opts.listen_fds.empty()) {
+    std::string names;
+    for (const auto& [fd, name] : opts.listen_fds) names += (names.empty() ? "" : ":") + name;
+    with_listen.env["LISTEN_FDS"] = std::to_string(opts.listen_fds.size());
+    with_listen.env["LISTEN_FDNAMES"] = names;
+    with_listen.env.erase("LISTEN_PID");
+    with_listen.unset_env.push_back("LISTEN_PID");
+  }
+  std::vector<std::string> env = build_env(with_listen);
+  // The child writes its own pid here after the fork, without allocating.
+  std::string listen_pid(32, '\0');
   std::vector<char*> c_env = c_strings(env);
+  if (!opts.listen_fds.empty()) c_env.insert(c_env.end() - 1, listen_pid.data());
   const bool is_lambda = static_cast<bool>(plan.fn);
 
   const pid_t parent = ::getpid();
@@ -176,6 +189,23 @@ Child ChildAccess::spawn(const SpawnPlan& plan, const SpawnOptions& opts) {
     if (!die_with_parent(parent, SIGKILL)) return 125;
     if (!opts.name.empty()) ::prctl(PR_SET_NAME, opts.name.c_str());
     std::vector<int> keep = {0, 1, 2};
+    if (!is_lambda && !opts.listen_fds.empty()) {
+      // Copies above every number in use first, then into place at 3, 4, ...: a copy made
+      // straight to 3 + i could land on a source not yet copied. stdio is already in place.
+      const int n = static_cast<int>(opts.listen_fds.size());
+      std::vector<int> high;
+      for (const auto& [fd, name] : opts.listen_fds) {
+        int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3 + n + 1024);
+        if (copy < 0) child_die(errno_text("F_DUPFD listen fd"));
+        high.push_back(copy);
+      }
+      for (int i = 0; i < n; ++i) {
+        if (::dup2(high[static_cast<size_t>(i)], 3 + i) < 0) child_die(errno_text("dup2"));
+        keep.push_back(3 + i);
+      }
+      std::snprintf(listen_pid.data(), listen_pid.size(), "LISTEN_PID=%d",
+                    static_cast<int>(::getpid()));
+    }
     for (int fd : opts.keep_fds) {
       keep.push_back(fd);
       ::fcntl(fd, F_SETFD, 0);

@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "harness_files.h"
@@ -26,6 +27,9 @@ struct SpawnOptions {
   std::vector<int> keep_fds;         // extra fds to keep open in the child (at the same numbers)
   std::optional<long> nofile_limit;  // RLIMIT_NOFILE for the child
   std::string output_path;           // stdout+stderr to this file instead of an anonymous memfd
+  // Command only: these fds become the child's 3, 4, ... with LISTEN_FDS, LISTEN_FDNAMES and
+  // LISTEN_PID (the child's own pid, set after the fork) exactly as systemd passes them.
+  std::vector<std::pair<int, std::string>> listen_fds;
 };
 
 // What a lambda child sees.
@@ -60,6 +64,9 @@ class Child {
   int pidfd() const { return pidfd_.get(); }  // readable once the child has exited
   // Next line from the child (without '\n'); nullopt on EOF or after `timeout`.
   std::optional<std::string> read_line(std::chrono::milliseconds timeout = kDefaultTimeout);
+  // The fd read_line() reads, for poll()ing many children at once (drain read_line(0ms) first:
+  // it may hold whole lines already read).
+  int event_fd() const { return events_.get(); }
   void send_line(const std::string& line);
   void close_input();  // EOF on the child's command pipe
   // Waits for exit; past the deadline the child is SIGKILLed and timed_out is set.

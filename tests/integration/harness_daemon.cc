@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "harness.h"
+#include "harness_fdstore.h"
 
 namespace pbtest {
 
@@ -68,8 +69,11 @@ Daemon::Daemon(DaemonOptions opts) {
   int serial = ++g_daemon_serial;
   socket_path_ = opts.socket_path.empty() ? dir_->file("portbroker.sock") : opts.socket_path;
   log_path_ = dir_->file("portbrokerd." + std::to_string(serial) + ".log");
-  std::string notify_path = dir_->file("notify." + std::to_string(serial) + ".sock");
-  UniqueFd notify = make_notify_socket(notify_path);
+  manager_ = opts.manager;
+  if (manager_ == nullptr) {
+    notify_path_ = dir_->file("notify." + std::to_string(serial) + ".sock");
+    notify_ = make_notify_socket(notify_path_);
+  }
   // Without a config file the daemon applies its embedded default policy; an explicit path
   // keeps it off the host's /etc/portbroker.
   std::string config = dir_->file("portbroker.toml");
@@ -80,8 +84,15 @@ Daemon::Daemon(DaemonOptions opts) {
                                    config,        "--log-level",       opts.log_level};
   argv.insert(argv.end(), opts.args.begin(), opts.args.end());
   SpawnOptions so;
-  so.env["NOTIFY_SOCKET"] = notify_path;
   so.unset_env = {"PORTBROKER_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"};
+  if (manager_ != nullptr) {
+    argv.push_back("--fd-store");
+    manager_->drain();
+    so.listen_fds = manager_->listen_fds();
+    so.env["NOTIFY_SOCKET"] = manager_->notify_path();
+  } else {
+    so.env["NOTIFY_SOCKET"] = notify_path_;
+  }
   so.output_path = log_path_;
   so.nofile_limit = opts.nofile_limit;
   proc_.emplace(Child::exec(argv, so));
@@ -90,8 +101,9 @@ Daemon::Daemon(DaemonOptions opts) {
 
   std::string cmdline;
   for (const auto& a : argv) cmdline += a + " ";
-  ReadyOutcome r = wait_ready(notify.get(), proc_->pidfd(), std::chrono::seconds(30));
-  ::unlink(notify_path.c_str());
+  ReadyOutcome r = manager_ != nullptr
+                       ? manager_->wait_ready(proc_->pidfd(), std::chrono::seconds(30))
+                       : wait_ready(notify_.get(), proc_->pidfd(), std::chrono::seconds(30));
   if (r != ReadyOutcome::kReady) {
     stopped_ = true;
     ExitStatus st = proc_->wait(std::chrono::seconds(5));
@@ -119,6 +131,14 @@ Daemon::~Daemon() {
   if (!stopped_ && std::uncaught_exceptions() == 0 && alive()) check_no_fd_leak();
   stop();
   unregister_for_failure_log();
+  if (!notify_path_.empty()) ::unlink(notify_path_.c_str());
+}
+
+bool Daemon::wait_ready_again(std::chrono::milliseconds timeout) {
+  if (!proc_ || stopped_) return false;
+  ReadyOutcome r = manager_ != nullptr ? manager_->wait_ready(proc_->pidfd(), timeout)
+                                       : wait_ready(notify_.get(), proc_->pidfd(), timeout);
+  return r == ReadyOutcome::kReady;
 }
 
 std::string Daemon::log() const { return read_file(log_path_); }
@@ -198,8 +218,14 @@ void Daemon::stop(int sig) {
   ExitStatus st = proc_->wait(std::chrono::seconds(20));
   CHECK_MESSAGE(st.ok(),
                 "portbrokerd did not exit cleanly on signal " << sig << ": " << st.describe());
-  CHECK_MESSAGE(!path_exists(socket_path_),
-                "portbrokerd left its socket file " << socket_path_ << " behind on signal " << sig);
+  if (manager_ != nullptr) {
+    CHECK_MESSAGE(path_exists(socket_path_),
+                  "portbrokerd under an fd store removed its socket file " << socket_path_
+                                                                           << " on signal " << sig);
+  } else {
+    CHECK_MESSAGE(!path_exists(socket_path_), "portbrokerd left its socket file "
+                                                  << socket_path_ << " behind on signal " << sig);
+  }
 }
 
 void Daemon::wait_stopped() {

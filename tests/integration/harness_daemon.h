@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -19,6 +20,8 @@
 
 namespace pbtest {
 
+class ServiceManager;
+
 struct DaemonOptions {
   std::vector<std::string> args;  // extra command-line arguments
   const TempDir* dir = nullptr;   // share a directory (e.g. to restart on the same socket)
@@ -26,6 +29,10 @@ struct DaemonOptions {
   std::optional<long> nofile_limit;
   std::string config_text;  // written to <dir>/portbroker.toml when set; else no config file
   std::string socket_path;  // default: <dir>/portbroker.sock
+  // Plays systemd (harness_fdstore.h): the daemon runs with --fd-store, NOTIFY_SOCKET is the
+  // manager's, and what the manager keeps is passed as LISTEN_FDS. Its control socket file then
+  // outlives a SIGTERM, as it must for the next daemon.
+  ServiceManager* manager = nullptr;
 };
 
 // One running portbrokerd, in its own 0755 temp dir with its log in a file there. The constructor
@@ -68,9 +75,17 @@ class Daemon {
   bool wait_port_unleased(uint16_t port);
   std::vector<portbroker::LeaseInfo> leases();
 
+  // A daemon that restored leases at start holds their sockets in its first count: give it the
+  // idle count of its predecessor (the fds it held with no lease) to check against instead.
+  const std::map<int, std::string>& fd_baseline() const { return baseline_fds_; }
+  void set_fd_baseline(std::map<int, std::string> fds) { baseline_fds_ = std::move(fds); }
+
   // CHECKs the daemon holds exactly the fds it held once ready (after letting it process every
   // pending disconnect), and that it still answers a status request.
   void check_no_fd_leak();
+
+  // After `portbroker upgrade` or SIGUSR2: waits for the re-executed daemon's READY=1.
+  bool wait_ready_again(std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
   // Signals it (SIGTERM by default) and waits; CHECKs a clean exit and the socket file removed.
   // Idempotent.
@@ -88,6 +103,9 @@ class Daemon {
   const TempDir* dir_ = nullptr;
   std::string socket_path_;
   std::string log_path_;
+  std::string notify_path_;
+  UniqueFd notify_;  // kept for readiness after an upgrade
+  ServiceManager* manager_ = nullptr;
   pid_t pid_ = -1;
   std::optional<Child> proc_;
   bool stopped_ = false;
