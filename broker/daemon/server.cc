@@ -73,7 +73,7 @@ Result<void> Server::start() {
     auto fd = listen_control_socket(config_.socket_path, kListenBacklog);
     if (!fd) return fd.error();
     listen_fd_ = std::move(fd).value();
-    if (auto stored = fd_store_.store(listen_fd_.get(), "control"); !stored) {
+    if (auto stored = fd_store_.store(listen_fd_.get(), kControlFdName); !stored) {
       spdlog::warn("{}", stored.error().message);
     }
   }
@@ -102,16 +102,18 @@ Inheritance Server::take_over(std::vector<NamedFd> inherited, bool& have_control
   Inheritance passed;
   size_t sessions = 0;
   for (NamedFd& nfd : inherited) {
-    const std::string& name = nfd.name;
-    if (name == "control" && !have_control) {
+    uint64_t session = 0;
+    const FdKind kind = classify_fd_name(nfd.name, &session);
+    if (kind == FdKind::kControl && !have_control) {
       have_control = true;
       listen_fd_ = std::move(nfd.fd);
-    } else if (name.rfind("session-", 0) == 0) {
-      add_session(std::move(nfd.fd), std::strtoull(name.c_str() + 8, nullptr, 10));
+    } else if (kind == FdKind::kSession) {
+      add_session(std::move(nfd.fd), session);
       ++sessions;
-    } else if (name.rfind("hold", 0) == 0) {
+    } else if (kind == FdKind::kHold) {
       passed.holds.push_back(std::move(nfd.fd));
     } else if (uint64_t cookie = socket_cookie(nfd.fd.get()); cookie != 0) {
+      // A lease socket, known by its cookie whatever its name.
       passed.sockets.emplace(cookie, std::move(nfd.fd));
     }
   }
@@ -374,7 +376,7 @@ void Server::add_session(UniqueFd conn, uint64_t id) {
   s->principal.groups = std::move(peer->groups);
   service_.open_session(s->id, s->holder, s->principal, s->pidfd.get());
   if (fd_store_.enabled()) {
-    if (auto stored = fd_store_.store(s->conn.get(), "session-" + std::to_string(s->id)); !stored) {
+    if (auto stored = fd_store_.store(s->conn.get(), session_fd_name(s->id)); !stored) {
       spdlog::warn("{}", stored.error().message);
     }
   }
@@ -491,7 +493,7 @@ void Server::close_session(Session& s) {
   if (s.closing) return;
   s.closing = true;
   auto ended = service_.end_session(s.id);
-  if (fd_store_.enabled() && !detaching_) fd_store_.remove("session-" + std::to_string(s.id));
+  if (fd_store_.enabled() && !detaching_) fd_store_.remove(session_fd_name(s.id));
   if (ended.released + ended.lingering > 0) {
     spdlog::info("pid={} uid={} session ended; released {} lease(s), {} lingering", s.holder.pid,
                  s.holder.uid, ended.released, ended.lingering);

@@ -54,9 +54,8 @@ Result<void> Server::upgrade() {
     return make_error(ErrorCode::kInternal, "cannot find the daemon's own binary to re-execute");
   }
   std::vector<std::pair<int, std::string>> fds;
-  fds.emplace_back(listen_fd_.get(), "control");
-  for (const auto& [id, s] : sessions_)
-    fds.emplace_back(s->conn.get(), "session-" + std::to_string(id));
+  fds.emplace_back(listen_fd_.get(), kControlFdName);
+  for (const auto& [id, s] : sessions_) fds.emplace_back(s->conn.get(), session_fd_name(id));
   for (auto& fd : service_.handover_fds()) fds.push_back(std::move(fd));
 
   // Everything is copied above all the numbers in use first, then put in place at 3, 4, ...:

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -76,6 +77,39 @@ Result<std::unordered_map<uint64_t, UniqueFd>> take_sockets_from(
   }
   if (ec) return errno_error(ErrorCode::kNotFound, "cannot list " + dir, ec.value());
   return out;
+}
+
+namespace {
+
+std::string hex(uint64_t v) {
+  char buf[17];
+  int n = std::snprintf(buf, sizeof(buf), "%llx", static_cast<unsigned long long>(v));
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+}  // namespace
+
+std::string session_fd_name(uint64_t session) { return "c" + std::to_string(session); }
+std::string socket_fd_name(uint64_t cookie) { return "s" + hex(cookie); }
+std::string hold_fd_name(uint64_t cookie) { return "h" + hex(cookie); }
+
+FdKind classify_fd_name(const std::string& name, uint64_t* session) {
+  if (name == kControlFdName) return FdKind::kControl;
+  if (name.size() < 2) return FdKind::kUnknown;
+  const bool digits = name.find_first_not_of("0123456789", 1) == std::string::npos;
+  const bool hexdigits = name.find_first_not_of("0123456789abcdef", 1) == std::string::npos;
+  switch (name[0]) {
+    case 'c':
+      if (!digits) return FdKind::kUnknown;
+      *session = std::strtoull(name.c_str() + 1, nullptr, 10);
+      return *session != 0 ? FdKind::kSession : FdKind::kUnknown;
+    case 's':
+      return hexdigits ? FdKind::kSocket : FdKind::kUnknown;
+    case 'h':
+      return hexdigits ? FdKind::kHold : FdKind::kUnknown;
+    default:
+      return FdKind::kUnknown;
+  }
 }
 
 std::vector<NamedFd> take_inherited_fds() {

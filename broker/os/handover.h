@@ -32,6 +32,18 @@ UniqueFd open_process(pid_t pid, uint64_t start_time);
 Result<std::unordered_map<uint64_t, UniqueFd>> take_sockets_from(
     pid_t pid, int pidfd, const std::unordered_set<uint64_t>& wanted);
 
+// What each fd passed to the next daemon is, by its name. The names are short because the
+// service manager passes every one of them in a single environment variable, LISTEN_FDNAMES,
+// which the kernel limits to 128 KiB: "control", "c<session id>", "s<SO_COOKIE, hex>" for a
+// lease socket, "h<SO_COOKIE, hex>" for a held reservation's socket.
+enum class FdKind { kControl, kSession, kSocket, kHold, kUnknown };
+inline constexpr const char* kControlFdName = "control";
+std::string session_fd_name(uint64_t session);
+std::string socket_fd_name(uint64_t cookie);
+std::string hold_fd_name(uint64_t cookie);
+// The kind of a name, and for a session its id.
+FdKind classify_fd_name(const std::string& name, uint64_t* session);
+
 struct NamedFd {
   UniqueFd fd;
   std::string name;

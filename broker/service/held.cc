@@ -217,15 +217,14 @@ void LeaseService::rehold_if_reserved(const Endpoint& ep, UniqueFd old) {
 
 void LeaseService::store_hold(int fd) {
   if (!fd_store_.enabled()) return;
-  if (auto stored = fd_store_.store(fd, "hold-" + std::to_string(socket_cookie(fd)), false);
-      !stored) {
+  if (auto stored = fd_store_.store(fd, hold_fd_name(socket_cookie(fd)), false); !stored) {
     notice(Notice::kWarn, stored.error().message);
   }
 }
 
 void LeaseService::unstore_hold(const HeldSocket& h) {
   if (fd_store_.enabled() && h.fd) {
-    fd_store_.remove("hold-" + std::to_string(socket_cookie(h.fd.get())));
+    fd_store_.remove(hold_fd_name(socket_cookie(h.fd.get())));
   }
 }
 

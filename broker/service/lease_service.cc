@@ -68,7 +68,7 @@ Result<RestoreReport> LeaseService::start(Inheritance inherited) {
   // to keep: out of the fd store too, or the service manager's copy would keep its port bound
   // for good, and nobody could lease it again.
   for (const auto& [cookie, fd] : inherited.sockets) {
-    fd_store_.remove("sock-" + std::to_string(cookie));
+    fd_store_.remove(socket_fd_name(cookie));
   }
   inherited.sockets.clear();
   adopt_holds(std::move(inherited.holds));
@@ -88,7 +88,7 @@ int LeaseService::keep(std::unordered_map<uint64_t, KeptSocket>& table, uint64_t
   const int raw = fd.get();
   const uint64_t cookie = socket_cookie(raw);
   if (fd_store_.enabled()) {
-    if (auto stored = fd_store_.store(raw, "sock-" + std::to_string(cookie)); !stored) {
+    if (auto stored = fd_store_.store(raw, socket_fd_name(cookie)); !stored) {
       notice(Notice::kWarn, stored.error().message);
     }
   }
@@ -100,7 +100,7 @@ UniqueFd LeaseService::release_kept(std::unordered_map<uint64_t, KeptSocket>& ta
   auto it = table.find(key);
   if (it == table.end()) return {};
   UniqueFd fd = std::move(it->second.fd);
-  if (fd_store_.enabled()) fd_store_.remove("sock-" + std::to_string(it->second.cookie));
+  if (fd_store_.enabled()) fd_store_.remove(socket_fd_name(it->second.cookie));
   table.erase(it);
   return fd;
 }
@@ -108,10 +108,13 @@ UniqueFd LeaseService::release_kept(std::unordered_map<uint64_t, KeptSocket>& ta
 std::vector<std::pair<int, std::string>> LeaseService::handover_fds() const {
   std::vector<std::pair<int, std::string>> out;
   for (const auto* table : {&binding_sockets_, &member_sockets_}) {
-    for (const auto& [key, kept] : *table) out.emplace_back(kept.fd.get(), "sock");
+    for (const auto& [key, kept] : *table)
+      out.emplace_back(kept.fd.get(), socket_fd_name(kept.cookie));
   }
   for (const auto& [key, entry] : held_) {
-    for (const HeldSocket& h : entry.sockets) out.emplace_back(h.fd.get(), "hold");
+    for (const HeldSocket& h : entry.sockets) {
+      out.emplace_back(h.fd.get(), hold_fd_name(socket_cookie(h.fd.get())));
+    }
   }
   return out;
 }

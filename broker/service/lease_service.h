@@ -114,7 +114,7 @@ class LeaseService {
   // Sessions: a control connection's identity. `pidfd` (borrowed; may be -1) pins the process.
   void open_session(uint64_t session, const Holder& holder, const Principal& principal, int pidfd);
   // The sockets the daemon must keep across its own restarts, for an upgrade in place: every
-  // copy it holds, named for the next daemon ("sock", "hold").
+  // copy it holds, named for the next daemon (see FdKind).
   std::vector<std::pair<int, std::string>> handover_fds() const;
   struct SessionEnd {
     size_t released = 0;

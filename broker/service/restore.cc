@@ -168,8 +168,7 @@ void LeaseService::adopt_holds(std::vector<UniqueFd> holds) {
       break;
     }
     // No reservation holds it any more: it leaves the fd store as it is closed.
-    if (fd && fd_store_.enabled())
-      fd_store_.remove("hold-" + std::to_string(socket_cookie(fd.get())));
+    if (fd && fd_store_.enabled()) fd_store_.remove(hold_fd_name(socket_cookie(fd.get())));
   }
 }
 
