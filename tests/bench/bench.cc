@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,6 +35,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -327,8 +329,31 @@ struct Accumulated {
   }
 };
 
-// `dir`: the daemon's directory (its socket, and so its journal, and its state); `pool` for
-// port-0 requests: daemons running side by side get pools of their own.
+// The journals' root on a tmpfs, as in production (/run/portbroker): the scratch directory is on
+// /tmp, which may be a disk. Empty when there is no tmpfs at /dev/shm: journals then go next to
+// the daemons' sockets.
+std::string g_runtime_root;
+
+void remove_runtime_root() {
+  if (g_runtime_root.empty()) return;
+  std::error_code ec;
+  std::filesystem::remove_all(g_runtime_root, ec);
+  g_runtime_root.clear();
+}
+
+void make_runtime_root() {
+  struct statfs fs {};
+  constexpr long kTmpfsMagic = 0x01021994;
+  if (::statfs("/dev/shm", &fs) != 0 || static_cast<long>(fs.f_type) != kTmpfsMagic) return;
+  std::string tmpl = "/dev/shm/pb-bench-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) return;
+  g_runtime_root = tmpl;
+  std::atexit(remove_runtime_root);  // die() exits too; forked children _exit
+}
+
+// `dir`: the daemon's directory (its socket and its state; its journal too unless on the tmpfs
+// root, in a directory of the same name); `pool` for port-0 requests: daemons running side by
+// side get pools of their own.
 std::vector<std::string> daemon_args(const Options& o, const std::string& dir,
                                      const std::string& pool = "20000-29999") {
   std::string leases = std::to_string(o.held + static_cast<size_t>(o.clients) * 4 + 1000);
@@ -346,6 +371,14 @@ std::vector<std::string> daemon_args(const Options& o, const std::string& dir,
       "--log-level",
       "warn",
   };
+  if (!g_runtime_root.empty()) {
+    std::string name = dir.substr(dir.rfind('/') + 1);
+    std::string runtime = g_runtime_root + "/" + name;
+    if (::mkdir(runtime.c_str(), 0755) != 0 && errno != EEXIST) {
+      die("mkdir %s: %s", runtime.c_str(), std::strerror(errno));
+    }
+    args.insert(args.end(), {"--runtime-dir", runtime});
+  }
   args.insert(args.end(), o.daemon_args.begin(), o.daemon_args.end());
   return args;
 }
@@ -956,6 +989,7 @@ int run(const Options& o) {
         nofile, o.held);
   }
   TempDir dir;
+  if (!o.floor_only) make_runtime_root();
   std::string load_before = loadavg();
   FloorResults f;
   std::optional<DaemonResults> d;
@@ -964,7 +998,9 @@ int run(const Options& o) {
   if (d) measure_restarts(o, dir, rr);
   std::string pinning = (o.cpu < 0 ? "sequential phases not pinned"
                                    : "sequential phases on CPU " + std::to_string(o.cpu)) +
-                        ", nice " + std::to_string(nice_value);
+                        ", nice " + std::to_string(nice_value) +
+                        (g_runtime_root.empty() ? ", journals in the scratch dir on /tmp"
+                                                : ", journals on tmpfs (/dev/shm)");
   char machine[400];
   std::snprintf(machine, sizeof(machine),
                 "%ld CPUs, loadavg %s -> %s, %zu iterations (+%zu warm-up), %d clients x %.1f s, "
@@ -973,6 +1009,7 @@ int run(const Options& o) {
                 o.iterations, o.warmup, o.clients, o.duration, o.held, rlimit_text().c_str(),
                 o.restarts, pinning.c_str());
   report(o, machine, f, d ? &*d : nullptr, &rr);
+  remove_runtime_root();
   return 0;
 }
 
