@@ -74,21 +74,79 @@ TempDir::TempDir() : pbtest::common::TempDir(make_temp_dir()) { g_temp_dir = pat
 
 TempDir::~TempDir() { g_temp_dir.clear(); }
 
+namespace {
+
+// In the child, before exec: `fds` moved to 3, 4, ... in order (inheritable), every other fd
+// from 3 on closed. The numbers may overlap the targets in any way; an fd that sits on another
+// one's target is moved above the range first. Returns false (errno set) on failure.
+bool place_listen_fds(std::vector<int> fds) {
+  const int base = 3;
+  const int n = static_cast<int>(fds.size());
+  std::vector<int> occupant(fds.size(), -1);  // target slot -> index of the fd now on it
+  for (int i = 0; i < n; ++i) {
+    if (fds[i] >= base && fds[i] < base + n) occupant[fds[i] - base] = i;
+  }
+  for (int i = 0; i < n; ++i) {
+    const int target = base + i;
+    if (fds[i] == target) continue;
+    if (int j = occupant[i]; j >= 0) {
+      int moved = ::fcntl(target, F_DUPFD, base + n);
+      if (moved < 0) return false;
+      fds[j] = moved;
+    }
+    if (::dup2(fds[i], target) < 0) return false;
+    if (fds[i] >= base && fds[i] < base + n) occupant[fds[i] - base] = -1;
+    ::close(fds[i]);
+    fds[i] = target;
+    occupant[i] = i;
+  }
+  for (int i = 0; i < n; ++i) ::fcntl(base + i, F_SETFD, 0);  // those already in place, too
+  ::close_range(static_cast<unsigned>(base + n), ~0U, 0);
+  return true;
+}
+
+}  // namespace
+
 DaemonProcess::DaemonProcess(const std::string& binary, const std::string& dir,
-                             std::vector<std::string> args) {
+                             std::vector<std::string> args, const DaemonLaunch& launch) {
   socket_path_ = dir + "/portbroker.sock";
-  std::string notify_path = dir + "/notify.sock";
-  auto notify = pbtest::bind_notify_socket(notify_path);
-  if (!notify) die("%s", notify.error().message.c_str());
+  const bool own_notify = launch.notify_path.empty();
+  std::string notify_path = own_notify ? dir + "/notify.sock" : launch.notify_path;
+  portbroker::UniqueFd notify;
+  if (own_notify) {
+    auto bound = pbtest::bind_notify_socket(notify_path);
+    if (!bound) die("%s", bound.error().message.c_str());
+    notify = std::move(bound).value();
+  }
 
   std::vector<std::string> argv_s{binary, "--socket", socket_path_};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<int> listen;
+  std::string names;
+  for (const auto& [fd, name] : launch.listen_fds) {
+    listen.push_back(fd);
+    names += (names.empty() ? "" : ":") + name;
+  }
+  const uint64_t t0 = now_ns();
   auto forked = pbtest::fork_child([&]() -> int {
     // SIGTERM, not SIGKILL: the daemon then removes its socket file on its way out.
     if (!pbtest::die_with_parent(g_main_pid, SIGTERM)) return 1;
     ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
     int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, 0);
+    if (devnull >= 0) {
+      ::dup2(devnull, 0);
+      if (devnull != 0) ::close(devnull);
+    }
+    if (!listen.empty()) {
+      if (!place_listen_fds(listen)) {
+        std::fprintf(stderr, "portbroker_bench: passing %zu fds: %s\n", listen.size(),
+                     std::strerror(errno));
+        return 127;
+      }
+      ::setenv("LISTEN_FDS", std::to_string(listen.size()).c_str(), 1);
+      ::setenv("LISTEN_FDNAMES", names.c_str(), 1);
+      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+    }
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -102,8 +160,17 @@ DaemonProcess::DaemonProcess(const std::string& binary, const std::string& dir,
   if (!pidfd) die("%s", pidfd.error().message.c_str());
   pidfd_ = std::move(pidfd).value();
 
-  auto ready = pbtest::wait_ready(notify->get(), pidfd_.get(), std::chrono::seconds(15));
-  ::unlink(notify_path.c_str());
+  pbtest::ReadyOutcome ready;
+  if (own_notify) {
+    ready = pbtest::wait_ready(notify.get(), pidfd_.get(), std::chrono::seconds(15));
+    ::unlink(notify_path.c_str());
+  } else {
+    ready = launch.wait_ready(pidfd_.get()) ? pbtest::ReadyOutcome::kReady
+            : pbtest::wait_fd(pidfd_.get(), POLLIN, pbtest::Clock::now())
+                ? pbtest::ReadyOutcome::kExited
+                : pbtest::ReadyOutcome::kTimeout;
+  }
+  start_seconds_ = static_cast<double>(now_ns() - t0) / 1e9;
   if (ready == pbtest::ReadyOutcome::kTimeout)
     die("portbrokerd did not report READY=1 within 15 s");
   if (ready == pbtest::ReadyOutcome::kExited) {
@@ -128,6 +195,13 @@ int DaemonProcess::stop() {
   pbtest::ExitStatus st = pbtest::reap(std::exchange(pid_, -1));
   pidfd_.reset();
   return st.shell_code();
+}
+
+void DaemonProcess::crash() {
+  if (pid_ < 0) return;
+  ::kill(pid_, SIGKILL);
+  pbtest::reap(std::exchange(pid_, -1));
+  pidfd_.reset();
 }
 
 DaemonProcess::~DaemonProcess() { stop(); }

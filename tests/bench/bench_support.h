@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/temp_dir.h"
@@ -42,10 +43,21 @@ class TempDir : public pbtest::common::TempDir {
   ~TempDir();
 };
 
+// How a daemon is started beyond its arguments: the fds it inherits (LISTEN_FDS from 3 on, named
+// by LISTEN_FDNAMES, LISTEN_PID set in the child), and who reads its NOTIFY_SOCKET.
+struct DaemonLaunch {
+  std::vector<std::pair<int, std::string>> listen_fds;  // not owned: the child gets copies
+  // Empty: the daemon gets a notify socket of its own, read until READY=1 and then closed.
+  // Otherwise the path of a notify socket read by someone else, and how to wait for READY=1.
+  std::string notify_path;
+  std::function<bool(int pidfd)> wait_ready;  // false: the daemon exited first or timed out
+};
+
 // portbrokerd as a child process, started with NOTIFY_SOCKET and waited for until READY=1.
 class DaemonProcess {
  public:
-  DaemonProcess(const std::string& binary, const std::string& dir, std::vector<std::string> args);
+  DaemonProcess(const std::string& binary, const std::string& dir, std::vector<std::string> args,
+                const DaemonLaunch& launch = {});
   ~DaemonProcess();
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
@@ -56,11 +68,16 @@ class DaemonProcess {
   int open_fds() const;
   // SIGTERM, then waits (SIGKILL after 5 s); returns the exit code, or 128 + the signal.
   int stop();
+  // SIGKILL, as a crash: nothing of the daemon's own clean-up runs. Waits until it is reaped.
+  void crash();
+  // From just before fork to READY=1 on the notify socket, in seconds.
+  double start_seconds() const { return start_seconds_; }
 
  private:
   pid_t pid_ = -1;
   portbroker::UniqueFd pidfd_;
   std::string socket_path_;
+  double start_seconds_ = 0;
 };
 
 // Latency samples in nanoseconds and what is reported about them.
