@@ -665,7 +665,8 @@ TEST_CASE("a full journal refuses an acquire clearly and grants nothing; earlier
     REQUIRE(send_all(conn.get(), "hello\n"));
     CHECK(recv_line(conn.get()) == "first");
     conn.reset();
-    const auto* l = lease_on(d.leases(), 18950);
+    const auto leases = d.leases();  // kept: `l` points into it
+    const auto* l = lease_on(leases, 18950);
     REQUIRE(l != nullptr);
     CHECK(l->holder.pid == first.child.pid());
 
