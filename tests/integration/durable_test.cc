@@ -73,6 +73,20 @@ const portbroker::LeaseInfo* lease_on(const std::vector<portbroker::LeaseInfo>& 
   return nullptr;
 }
 
+// A lease on kLingering whose holder died: the daemon keeps it, lingering.
+void leave_lingering(Daemon& d) {
+  {
+    Holder gone = spawn_holder(d, "tcp:127.0.0.1:18903,linger=60");
+    gone.child.kill(SIGKILL);
+    gone.child.wait();
+  }
+  REQUIRE(d.wait_until([](portbroker::Client& c) {
+    auto l = c.list();
+    const auto* lease = l.ok() ? lease_on(*l, kLingering) : nullptr;
+    return lease != nullptr && lease->state == "lingering";
+  }));
+}
+
 size_t leases_on(const std::vector<portbroker::LeaseInfo>& leases, uint16_t port) {
   return static_cast<size_t>(
       std::count_if(leases.begin(), leases.end(), [&](const auto& l) { return l.port == port; }));
@@ -211,16 +225,7 @@ void restart_scenario(Restart how) {
   Holder rp2 = spawn_holder(*d, "tcp:127.0.0.1:18902,reuseport");
   for (Holder* h : {&ex, &sh1, &sh2, &rp1, &rp2})
     h->child.send_line("serve " + std::to_string(h->lease.port));
-  {
-    Holder gone = spawn_holder(*d, "tcp:127.0.0.1:18903,linger=60");
-    gone.child.kill(SIGKILL);
-    gone.child.wait();
-  }
-  REQUIRE(d->wait_until([](portbroker::Client& c) {
-    auto l = c.list();
-    const auto* lease = l.ok() ? lease_on(*l, kLingering) : nullptr;
-    return lease != nullptr && lease->state == "lingering";
-  }));
+  leave_lingering(*d);
   // A session that lives across an upgrade, with a lease of its own.
   std::optional<portbroker::Client> session;
   session.emplace(d->connect());
@@ -702,16 +707,7 @@ TEST_CASE("the fd store: leases, sessions and lingering leases survive the daemo
   Holder rp = spawn_holder(*d, "tcp:127.0.0.1:18902,reuseport");
   for (Holder* h : {&ex, &sh1, &sh2, &rp})
     h->child.send_line("serve " + std::to_string(h->lease.port));
-  {
-    Holder gone = spawn_holder(*d, "tcp:127.0.0.1:18903,linger=60");
-    gone.child.kill(SIGKILL);
-    gone.child.wait();
-  }
-  REQUIRE(d->wait_until([](portbroker::Client& c) {
-    auto l = c.list();
-    const auto* lease = l.ok() ? lease_on(*l, kLingering) : nullptr;
-    return lease != nullptr && lease->state == "lingering";
-  }));
+  leave_lingering(*d);
   std::optional<portbroker::Client> session;
   session.emplace(d->connect());
   auto own = session->acquire("tcp:127.0.0.1:18904");
