@@ -4,6 +4,8 @@
 #include <netinet/in.h>  // AF_INET, AF_INET6: constants only
 
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <iterator>
 #include <optional>
 #include <type_traits>
@@ -57,32 +59,32 @@ void store_le(char* p, uint64_t v, size_t bytes) {
   for (size_t i = 0; i < bytes; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
 }
 
-void put_le(std::string& out, uint64_t v, size_t bytes) {
-  char buf[8];
-  store_le(buf, v, bytes);
-  out.append(buf, bytes);
-}
-
 uint64_t get_le(const char* p, size_t bytes) {
   uint64_t v = 0;
   for (size_t i = 0; i < bytes; ++i) v |= uint64_t{static_cast<unsigned char>(p[i])} << (8 * i);
   return v;
 }
 
+// Appends fields to `out`. Grows the string in steps and writes through a pointer: a record
+// has some forty fields, and a std::string::append call for each cost more than the rest of
+// an acquire's journaling. The string has its final size again when the Writer goes away.
 class Writer {
  public:
-  explicit Writer(std::string& out) : out_(out) {}
+  explicit Writer(std::string& out) : out_(out), pos_(out.size()) {}
+  ~Writer() { out_.resize(pos_); }
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
 
-  void u8(uint8_t v) { put_le(out_, v, 1); }
-  void u16(uint16_t v) { put_le(out_, v, 2); }
-  void u32(uint32_t v) { put_le(out_, v, 4); }
-  void u64(uint64_t v) { put_le(out_, v, 8); }
+  void u8(uint8_t v) { le(v); }
+  void u16(uint16_t v) { le(v); }
+  void u32(uint32_t v) { le(v); }
+  void u64(uint64_t v) { le(v); }
   void i32(int v) { u32(static_cast<uint32_t>(v)); }
   void i64(int64_t v) { u64(static_cast<uint64_t>(v)); }
   void boolean(bool v) { u8(v ? 1 : 0); }
   void str(std::string_view s) {
     u32(static_cast<uint32_t>(s.size()));
-    out_.append(s);
+    bytes(s.data(), s.size());
   }
   void opt_int(const std::optional<int>& v) {
     boolean(v.has_value());
@@ -92,7 +94,7 @@ class Writer {
   void opt_bool(const std::optional<bool>& v) { u8(!v ? 0 : (*v ? 2 : 1)); }
   void address(const IpAddress& a) {
     u8(static_cast<uint8_t>(a.family));
-    out_.append(reinterpret_cast<const char*>(a.bytes.data()), a.bytes.size());
+    bytes(a.bytes.data(), a.bytes.size());
   }
   void protocol(Protocol p) { u8(static_cast<uint8_t>(p)); }
   void endpoint(const Endpoint& e) {
@@ -123,7 +125,31 @@ class Writer {
   }
 
  private:
+  static constexpr size_t kStep = 512;
+
+  template <typename T>
+  void le(T v) {
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(room(sizeof(T)), &v, sizeof(T));
+    } else {
+      store_le(room(sizeof(T)), v, sizeof(T));
+    }
+  }
+
+  [[gnu::always_inline]] char* room(size_t n) {
+    if (out_.size() - pos_ < n) [[unlikely]]
+      grow(n);
+    char* p = out_.data() + pos_;
+    pos_ += n;
+    return p;
+  }
+  [[gnu::noinline]] void grow(size_t n) { out_.resize(pos_ + n + kStep); }
+  void bytes(const void* p, size_t n) {
+    if (n != 0) std::memcpy(room(n), p, n);
+  }
+
   std::string& out_;
+  size_t pos_;
 };
 
 // Reads fields until the payload runs out; then every later read yields zero and ok() is
@@ -497,6 +523,14 @@ Result<DecodeSummary> decode_records(std::string_view data, const RecordFn& fn) 
     auto at = [&](const std::string& what) {
       return make_error(ErrorCode::kInternal, "at offset " + std::to_string(off) + ": " + what);
     };
+    if (data.size() - off >= kFrameHeaderBytes &&
+        data.substr(off, kFrameHeaderBytes).find_first_not_of('\0') == std::string_view::npos) {
+      // A zero header (no frame has length 0) ends the records: the rest of a log is space
+      // allocated ahead. Bytes there are an append that died before its header was stored.
+      const size_t last = data.find_last_not_of('\0');
+      if (last != std::string_view::npos && last > off) summary.torn_bytes = last + 1 - off;
+      break;
+    }
     bool torn = false;
     auto payload = next_frame(data.substr(off), torn);
     if (torn) {
@@ -659,6 +693,12 @@ Result<void> JournalState::apply(const Record& r) {
   return {};
 }
 
+Result<void> JournalState::apply(Record&& r) {
+  if (auto ok = check(r); !ok) return ok;
+  std::visit([this](auto&& rec) { change(std::move(rec)); }, std::move(r));
+  return {};
+}
+
 void JournalState::raise_next_id(uint64_t id) { next_id_ = std::max(next_id_, id + 1); }
 void JournalState::raise_next_session(uint64_t session) {
   next_session_ = std::max(next_session_, session + 1);
@@ -670,18 +710,20 @@ void JournalState::change(const Checkpoint& r) {
   next_session_ = std::max(next_session_, r.next_session);
 }
 
-void JournalState::change(const LeaseGranted& r) {
+void JournalState::change(LeaseGranted&& r) {
   const bool reuseport = r.mode == Mode::kReuseport;
   auto [b, created] = bindings_.try_emplace(r.binding);
   JournalBinding& binding = b->second;
   if (created) {
     binding = JournalBinding{
-        r.binding, r.endpoint, r.mode, r.options, r.owner_uid, reuseport ? 0 : r.cookie, {}};
+        r.binding, r.endpoint, r.mode, std::move(r.options), r.owner_uid, reuseport ? 0 : r.cookie,
+        {}};
   }
   binding.leases.push_back(r.lease);
-  leases_.emplace(r.lease,
-                  JournalLease{r.lease, r.binding, r.name, r.session, r.holder, r.holder_start_time,
-                               r.created_ms, r.linger_s, r.token, 0, reuseport ? r.cookie : 0});
+  leases_.emplace(
+      r.lease, JournalLease{r.lease, r.binding, std::move(r.name), r.session, std::move(r.holder),
+                            r.holder_start_time, r.created_ms, r.linger_s, std::move(r.token), 0,
+                            reuseport ? r.cookie : 0});
   raise_next_id(std::max(r.lease, r.binding));
   if (r.session != 0) raise_next_session(r.session);
 }

@@ -107,7 +107,8 @@ const char* record_kind_name(const Record& r);
 
 // Framing: u32 payload length, u32 crc32 of the payload (zlib's), payload; all little-endian. The
 // payload is a kind byte and the fields in fixed-width little-endian, strings u32-length
-// prefixed; a batch's is kind 9 and its records' own frames.
+// prefixed; a batch's is kind 9 and its records' own frames. A header of eight zero bytes
+// (no frame is empty) marks the end of the records: what follows is unused space.
 constexpr size_t kFrameHeaderBytes = 8;
 // Far above the largest legitimate record (a guard list of every other port is 128 KiB), so a
 // length field beyond it is corruption, not a torn write. A batch must fit too.
@@ -129,8 +130,9 @@ struct DecodeSummary {
 
 using RecordFn = std::function<Result<void>(Record&&, size_t offset)>;
 
-// Calls `fn` with each record of `data` in order and the offset of its frame. A torn last
-// frame is not an error (see DecodeSummary::torn_bytes); a bad checksum, a malformed payload
+// Calls `fn` with each record of `data` in order and the offset of its frame, up to the end of
+// `data` or a zero header. A torn last frame, or bytes after a zero header, are not an error
+// (see DecodeSummary::torn_bytes); a bad checksum, a malformed payload
 // or an unknown record kind is, and names its offset. An error from `fn` stops decoding and is
 // returned with the offset prefixed.
 Result<DecodeSummary> decode_records(std::string_view data, const RecordFn& fn);
@@ -179,6 +181,8 @@ class JournalState {
   Result<void> check(std::span<const Record> records) const;
   // check(), then the change; on error nothing changed.
   Result<void> apply(const Record& r);
+  // The same, taking the record's strings instead of copying them.
+  Result<void> apply(Record&& r);
 
   // The whole state as framed records, starting with Checkpoint{generation}: applying them to
   // an empty state gives this state again. Deterministic (ordered by id and endpoint), so two
@@ -199,7 +203,8 @@ class JournalState {
  private:
   // Each applies one record that check() accepted.
   void change(const Checkpoint& r);
-  void change(const LeaseGranted& r);
+  void change(const LeaseGranted& r) { change(LeaseGranted(r)); }
+  void change(LeaseGranted&& r);
   void change(const LeaseEnded& r);
   void change(const LeaseLingering& r);
   void change(const LeaseReclaimed& r);

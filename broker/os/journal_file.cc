@@ -1,10 +1,13 @@
 #include "broker/os/journal_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "broker/os/files.h"
@@ -36,6 +39,12 @@ constexpr size_t kMaxFileBytes = size_t{1} << 30;
 constexpr size_t kMinCompactBytes = size_t{1} << 20;
 constexpr size_t kLeaseBytesEstimate = 256;
 constexpr size_t kHoldBytesEstimate = 64;
+// The log's space grows in steps: the first is small (a new log holds a checkpoint), each next
+// one as large as the log so far, up to kMaxGrowBytes at a time.
+constexpr size_t kFirstLogBytes = size_t{16} << 10;
+constexpr size_t kMaxGrowBytes = size_t{4} << 20;
+// Room after the records for the zero header that ends them.
+constexpr size_t kFrameHeaderSlack = journal::kFrameHeaderBytes;
 
 ErrorCode code_for_errno(int e) {
   return e == ENOSPC || e == EDQUOT ? ErrorCode::kResourceExhausted : ErrorCode::kInternal;
@@ -90,7 +99,7 @@ Result<void> JournalFile::replay_snapshot() {
   });
   if (!summary) return make_error(ErrorCode::kInternal, path + ": " + summary.error().message);
   // The snapshot is replaced whole (rename), so a short one was damaged, not torn by a crash.
-  if (summary->torn_bytes != 0 || summary->records == 0) {
+  if (summary->torn_bytes != 0 || summary->records == 0 || summary->valid_bytes != data->size()) {
     return make_error(ErrorCode::kInternal, path + " is truncated");
   }
   return {};
@@ -145,15 +154,69 @@ Result<void> JournalFile::replay_log() {
     ignored_.push_back(std::string(kLogName) + ": torn tail, " +
                        std::to_string(summary->torn_bytes) + " bytes ignored");
   }
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
   if (!fd) return {};  // compact() starts a new log
-  // Appending after a torn record would bury it mid-log, where it reads as corruption.
-  if (summary->torn_bytes != 0 &&
-      ::ftruncate(fd.get(), static_cast<off_t>(summary->valid_bytes)) != 0) {
-    return {};
+  // On failure compact() starts a new log: appending after a torn record would bury it
+  // mid-log, where it reads as corruption.
+  (void)use_log(std::move(fd), summary->valid_bytes);
+  return {};
+}
+
+Result<void> JournalFile::use_log(UniqueFd fd, size_t records_end) {
+  log_fd_.reset();
+  log_map_.reset();
+  // Cutting the file at the records' end zeros whatever followed them; reserve() then
+  // allocates the space again, zero-filled.
+  if (::ftruncate(fd.get(), static_cast<off_t>(records_end)) != 0) {
+    return errno_error(code_for_errno(errno), "cannot use " + log_path(), errno);
   }
   log_fd_ = std::move(fd);
-  log_bytes_ = summary->valid_bytes;
+  log_bytes_ = records_end;
+  // Without room now (a full file system), the next append() tries again and fails cleanly.
+  (void)reserve(std::max(records_end + kFrameHeaderSlack, kFirstLogBytes));
+  return {};
+}
+
+Result<void> JournalFile::reserve(size_t bytes) {
+  if (bytes <= log_map_.size()) return {};
+  size_t want = std::max(bytes, log_map_.size() + std::min(log_map_.size(), kMaxGrowBytes));
+  want = (want + kFirstLogBytes - 1) / kFirstLogBytes * kFirstLogBytes;
+  if (want > kMaxFileBytes) {
+    return make_error(ErrorCode::kResourceExhausted,
+                      "cannot append to " + log_path() + ": the log has reached its limit of " +
+                          std::to_string(kMaxFileBytes >> 20) + " MiB");
+  }
+  int e = 0;
+  while ((e = ::posix_fallocate(log_fd_.get(), 0, static_cast<off_t>(want))) == EINTR) {
+  }
+  if (e != 0) return errno_error(code_for_errno(e), "cannot append to " + log_path(), e);
+  return log_map_.map(log_fd_.get(), want);
+}
+
+JournalFile::Mapping::Mapping(Mapping&& o) noexcept
+    : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+
+JournalFile::Mapping& JournalFile::Mapping::operator=(Mapping&& o) noexcept {
+  if (this != &o) {
+    reset();
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+void JournalFile::Mapping::reset() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+  data_ = nullptr;
+  size_ = 0;
+}
+
+Result<void> JournalFile::Mapping::map(int fd, size_t size) {
+  void* p = data_ == nullptr ? ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                             : ::mremap(data_, size_, size, MREMAP_MAYMOVE);
+  if (p == MAP_FAILED) return errno_error(ErrorCode::kInternal, "cannot map the journal", errno);
+  data_ = static_cast<char*>(p);
+  size_ = size;
   return {};
 }
 
@@ -162,6 +225,18 @@ Result<void> JournalFile::append(const Record& record) {
 }
 
 Result<void> JournalFile::append(std::span<const Record> records) {
+  if (auto ok = store(records); !ok) return ok;
+  for (const Record& r : records) (void)state_.apply(r);  // checked by store()
+  return {};
+}
+
+Result<void> JournalFile::append(std::vector<Record>&& records) {
+  if (auto ok = store(records); !ok) return ok;
+  for (Record& r : records) (void)state_.apply(std::move(r));  // checked by store()
+  return {};
+}
+
+Result<void> JournalFile::store(std::span<const Record> records) {
   if (records.empty()) return {};
   for (const Record& r : records) {
     if (std::holds_alternative<Checkpoint>(r)) {
@@ -187,25 +262,19 @@ Result<void> JournalFile::append(std::span<const Record> records) {
   if (!log_fd_) {
     if (auto ok = compact(); !ok) return ok;
   }
-  size_t done = 0;
-  while (done < frame_.size()) {
-    // One write(2) in the common case; the loop only learns the errno of a short write.
-    ssize_t n = ::write(log_fd_.get(), frame_.data() + done, frame_.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int e = n < 0 ? errno : EIO;
-      cut_back();
-      return errno_error(code_for_errno(e), "cannot append to " + log_path(), e);
-    }
-    done += static_cast<size_t>(n);
-  }
+  // Room for the record and, after it, the zero header that ends the records.
+  if (auto ok = reserve(log_bytes_ + frame_.size() + kFrameHeaderSlack); !ok) return ok;
+  char* at = log_map_.data() + log_bytes_;
+  std::memcpy(at + journal::kFrameHeaderBytes, frame_.data() + journal::kFrameHeaderBytes,
+              frame_.size() - journal::kFrameHeaderBytes);
+  // The header last, in one store: until it is there the record does not exist.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  uint64_t header;
+  static_assert(sizeof(header) == journal::kFrameHeaderBytes);
+  std::memcpy(&header, frame_.data(), sizeof(header));
+  std::memcpy(at, &header, sizeof(header));
   log_bytes_ += frame_.size();
-  for (const Record& r : records) (void)state_.apply(r);  // checked above
   return {};
-}
-
-void JournalFile::cut_back() {
-  if (::ftruncate(log_fd_.get(), static_cast<off_t>(log_bytes_)) != 0) log_fd_.reset();
 }
 
 Result<void> JournalFile::compact() {
@@ -214,16 +283,15 @@ Result<void> JournalFile::compact() {
   if (auto ok = write_file_atomically(dir_, kSnapshotName, snapshot); !ok) return ok;
   // From here the old log is stale: not one more record may go there.
   log_fd_.reset();
+  log_map_.reset();
   const Checkpoint checkpoint{generation, state_.next_id(), state_.next_session()};
   (void)state_.apply(checkpoint);  // a checkpoint applies to any state
   const std::string header = journal::encode_record(checkpoint);
   if (auto ok = write_file_atomically(dir_, kLogName, header); !ok) return ok;
   const std::string path = log_path();
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW));
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
   if (!fd) return errno_error(ErrorCode::kInternal, "cannot open " + path, errno);
-  log_fd_ = std::move(fd);
-  log_bytes_ = header.size();
-  return {};
+  return use_log(std::move(fd), header.size());
 }
 
 bool JournalFile::compaction_due() const {

@@ -88,7 +88,9 @@ int LeaseService::keep(std::unordered_map<uint64_t, KeptSocket>& table, uint64_t
   const int raw = fd.get();
   const uint64_t cookie = socket_cookie(raw);
   if (fd_store_.enabled()) {
-    if (auto stored = fd_store_.store(raw, socket_fd_name(cookie)); !stored) {
+    // FDPOLL=0: the manager must not drop it on a hang-up. A bound UDP socket, or a TCP one
+    // whose listener a revoke shut down, is still ours until we say FDSTOREREMOVE=1.
+    if (auto stored = fd_store_.store(raw, socket_fd_name(cookie), false); !stored) {
       notice(Notice::kWarn, stored.error().message);
     }
   }
@@ -350,7 +352,7 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
         records.push_back(granted_record(g.lease, s));
       }
     }
-    if (auto recorded = journal_->append(records); !recorded) {
+    if (auto recorded = journal_->append(std::move(records)); !recorded) {
       roll_back(out.granted, lingered_for);
       out.error =
           make_error(recorded.error().code, "cannot record the lease: " + recorded.error().message +

@@ -136,6 +136,25 @@ TEST_CASE("a torn last record is ignored at every byte where the write could hav
   CHECK(whole.torn_bytes == 0);
 }
 
+TEST_CASE("a zero header ends the records; a payload stored without its header is torn") {
+  const std::vector<Record> records = pbtest::HistoryMaker(3).make(6);
+  const std::string head = encode_all({records.begin(), records.end() - 1});
+  const std::string last = encode_record(records.back());
+  DecodeSummary summary;
+  // Space allocated ahead of the records reads as zeros.
+  CHECK(decode_all(head + std::string(4096, '\0'), &summary).size() == records.size() - 1);
+  CHECK(summary.valid_bytes == head.size());
+  CHECK(summary.torn_bytes == 0);
+  // The last append stored its payload, then the daemon died before the header.
+  const std::string headless =
+      std::string(kFrameHeaderBytes, '\0') + last.substr(kFrameHeaderBytes);
+  CHECK(decode_all(head + headless + std::string(100, '\0'), &summary).size() ==
+        records.size() - 1);
+  CHECK(summary.valid_bytes == head.size());
+  CHECK(summary.torn_bytes > 0);
+  CHECK(summary.torn_bytes <= headless.size());
+}
+
 TEST_CASE("a flipped byte in a middle record is never read as intact") {
   const std::vector<Record> records = pbtest::HistoryMaker(2).make(5);
   const std::string before = encode_all({records.begin(), records.begin() + 2});
@@ -188,8 +207,10 @@ TEST_CASE("an unknown record kind, a malformed payload and an impossible length 
     CHECK(s.error().message == "at offset 0: malformed lease granted record");
   }
   SUBCASE("zero length") {
-    auto s = decode_records(good + std::string(8, '\0'),
-                            [](Record&&, size_t) -> Result<void> { return {}; });
+    std::string zero_length(8, '\0');
+    zero_length[5] = 1;  // a checksum: not the zero header that ends the records
+    auto s =
+        decode_records(good + zero_length, [](Record&&, size_t) -> Result<void> { return {}; });
     REQUIRE_FALSE(s.ok());
     CHECK(s.error().message ==
           "at offset " + std::to_string(good.size()) + ": impossible record length 0");
