@@ -26,9 +26,11 @@ else
 fi
 cp -r "$source_dir/packaging/debian" "$tree/debian"
 
-# A stable path for the copy lets ccache reuse the previous package build's objects.
+# ccache reuses the objects of a previous package build, from this or another copy.
 if command -v ccache >/dev/null; then
-  export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=$tree
+  export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
+  # Paths below the copy count as relative (and debug info maps them so), wherever it is.
+  export CCACHE_BASEDIR=$tree CCACHE_NOHASHDIR=1
 fi
 export DEB_BUILD_OPTIONS="parallel=${JOBS:-2} ${DEB_BUILD_OPTIONS:-}"
 echo "build-deb: dpkg-buildpackage in $tree (log: $out/build.log)"
