@@ -41,11 +41,12 @@ rm -rf "$scripts"
 dpkg-deb -e "$out/portbroker_${version}_$arch.deb" "$scripts"
 grep -q 'deb-systemd-helper .*enable.*portbroker.service' "$scripts/postinst" ||
   fail "postinst does not enable the unit"
-grep -q 'deb-systemd-invoke .*start.*portbroker.service' "$scripts/postinst" ||
+grep -q '_dh_action=start' "$scripts/postinst" &&
+  grep -q "deb-systemd-invoke \$_dh_action 'portbroker.service'" "$scripts/postinst" ||
   fail "postinst does not start the unit"
-grep -q 'rm -rf /var/lib/portbroker /var/lib/private/portbroker /run/portbroker' "$scripts/postrm" ||
+grep -q 'rm -rf /var/lib/portbroker /run/portbroker' "$scripts/postrm" ||
   fail "postrm does not remove the daemon's state on purge"
 dpkg-deb -e "$out/libportbroker0_${version}_$arch.deb" "$scripts/lib"
-grep -q '^libportbroker.so.0 libportbroker0' "$scripts/lib/shlibs" || fail "no shlibs entry"
+grep -q '^libportbroker 0 libportbroker0' "$scripts/lib/shlibs" || fail "no shlibs entry"
 grep -q 'portbroker_connect@Base' "$scripts/lib/symbols" || fail "the symbols file lacks the C ABI"
 echo "deb_test: three packages built, lintian clean, contents and maintainer scripts as expected"
