@@ -105,6 +105,11 @@ cp "/run/pbtest/build/$5" /run/pbtest/portbrokerd
 # No journald in this boot: the daemon's output goes to a file the test prints on failure.
 printf '[Unit]\nDefaultDependencies=no\n[Service]\nStandardOutput=append:/run/pbtest/out/daemon.log\nStandardError=inherit\n' \
   >/run/systemd/system/portbroker.service.d/test.conf
+# A sanitizer build (make test-asan): LeakSanitizer stops the daemon's threads with ptrace(2) at
+# exit, which the unit's system-call filter denies (@debug) like any other ptrace.
+if ldd /run/pbtest/portbrokerd | grep -q 'libasan'; then
+  printf '[Service]\nSystemCallFilter=@debug\n' >/run/systemd/system/portbroker.service.d/asan.conf
+fi
 printf '[Unit]\nDefaultDependencies=no\nWants=portbroker.service\n' \
   >/run/systemd/system/pbtest.target
 ip link set lo up
