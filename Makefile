@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build run test test-asan complexity bench format install clean
+.PHONY: all deps configure build run test test-asan complexity bench format install deb clean
 
 all: build
 
@@ -31,7 +31,7 @@ test-asan: deps
 	  -DCMAKE_CXX_FLAGS="$(SAN)" -DCMAKE_C_FLAGS="$(SAN)" \
 	  -DCMAKE_EXE_LINKER_FLAGS="$(SAN)" -DCMAKE_SHARED_LINKER_FLAGS="$(SAN)" >/dev/null
 	@cmake --build $(BUILD)-asan -j $(JOBS)
-	cd $(BUILD)-asan && ctest --output-on-failure -j 1 -E '^install$$'
+	cd $(BUILD)-asan && ctest --output-on-failure -j 1 -E '^install$$' -LE package
 
 # No function under broker/ above clang-tidy's cognitive complexity threshold (see the script).
 complexity: build
@@ -45,6 +45,11 @@ format:
 
 install: build
 	cmake --install $(BUILD)
+
+# The Debian packages (portbroker, libportbroker0, libportbroker-dev) in $(BUILD)/deb, checked
+# with lintian; `make test` builds them too (ctest label "package").
+deb: deps
+	@JOBS=$(JOBS) bash packaging/build-deb.sh $(BUILD)/deb
 
 clean:
 	rm -rf $(BUILD)

@@ -11,6 +11,8 @@ packages=(
   libcap-dev libsystemd-dev libdeflate-dev
   iproute2 procps util-linux clang-format clang-tidy
   systemd  # tests/systemd boots it, in private namespaces
+  scdoc bash-completion  # man pages; the completion's test
+  debhelper lintian dpkg-dev  # make deb
 )
 
 missing=()

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <exception>
 #include <new>
 #include <sstream>
@@ -298,21 +299,71 @@ std::string a_type(const toml::node& n) {
   return "nothing";
 }
 
-// Calls f(element) for a scalar or for each element of an array, so that `ports = 80` and
-// `ports = [80, "8000-8099"]` read alike.
-template <typename F>
-Status for_each_value(const toml::node& n, F&& f) {
-  if (const auto* arr = n.as_array()) {
-    for (const auto& el : *arr)
-      if (auto e = f(el)) return e;
-    return std::nullopt;
-  }
-  return f(n);
-}
-
+// Parsing goes on past an error, so that one pass (`portbrokerd --check-config`) reports every
+// error in the file. The Parser records errors as it goes; a helper that checks several things
+// records all its errors but the last, which it returns, so that `if (auto e = ...) return e;`
+// still reads as "stop here" and the caller records it (the order stays that of the file).
 class Parser {
  public:
   Parser(std::string_view file, const NameResolver* names) : file_(file), names_(names) {}
+
+  // Records `e`, if any; true when there was one.
+  bool note(Status e) const {
+    if (!e) return false;
+    errors_.push_back(std::move(*e));
+    return true;
+  }
+
+  // The last error recorded since `before`, taken back so that the caller returns it.
+  Status last_error_since(size_t before) const {
+    if (errors_.size() == before) return std::nullopt;
+    Error last = std::move(errors_.back());
+    errors_.pop_back();
+    return last;
+  }
+
+  // `value`, unless an error was recorded since `before`.
+  template <typename T>
+  Result<T> finish(T value, size_t before) const {
+    if (auto e = last_error_since(before)) return *e;
+    return value;
+  }
+
+  // The whole file's outcome: `value`, or every error recorded, one "FILE:LINE:COL: ..." a line,
+  // in the order of the file.
+  template <typename T>
+  Result<T> outcome(T value) const {
+    if (errors_.empty()) return value;
+    std::vector<std::pair<std::pair<uint64_t, uint64_t>, const Error*>> sorted;
+    for (const Error& e : errors_) sorted.emplace_back(position(e.message), &e);
+    std::stable_sort(sorted.begin(), sorted.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::string all;
+    for (const auto& [where, e] : sorted) all += (all.empty() ? "" : "\n") + e->message;
+    return make_error(ErrorCode::kBadRequest, all);
+  }
+
+  // LINE and COL of a message made by at(): "FILE:LINE:COL: ...".
+  std::pair<uint64_t, uint64_t> position(std::string_view message) const {
+    uint64_t line = 0, column = 0;
+    std::string_view rest = message.substr(std::min(message.size(), file_.size() + 1));
+    auto [after_line, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), line);
+    if (ec == std::errc() && after_line < rest.data() + rest.size() && *after_line == ':') {
+      std::from_chars(after_line + 1, rest.data() + rest.size(), column);
+    }
+    return {line, column};
+  }
+
+  // Calls f(element) for a scalar or for each element of an array, so that `ports = 80` and
+  // `ports = [80, "8000-8099"]` read alike.
+  template <typename F>
+  Status for_each_value(const toml::node& n, F&& f) const {
+    const auto* arr = n.as_array();
+    if (!arr) return f(n);
+    const size_t before = errors_.size();
+    for (const auto& el : *arr) note(f(el));
+    return last_error_since(before);
+  }
 
   Error at(const toml::source_region& where, const std::string& what) const {
     return make_error(ErrorCode::kBadRequest, file_ + ":" + std::to_string(where.begin.line) + ":" +
@@ -330,6 +381,7 @@ class Parser {
 
   Status check_keys(const toml::table& t, std::span<const std::string_view> allowed,
                     std::string_view section) const {
+    const size_t before = errors_.size();
     for (const auto& [key, value] : t) {
       std::string_view k = key.str();
       if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) continue;
@@ -347,9 +399,9 @@ class Parser {
         msg += "; expected one of:";
         for (auto cand : allowed) msg += " " + std::string(cand);
       }
-      return at(key.source(), msg);
+      note(at(key.source(), msg));
     }
-    return std::nullopt;
+    return last_error_since(before);
   }
 
   Status get_bool(const toml::table& t, std::string_view key, bool& out) const {
@@ -527,11 +579,12 @@ class Parser {
   }
 
   Status get_principals(const toml::table& t, Principals& out) const {
-    if (auto e = get_ids(t, "users", true, out)) return e;
-    if (auto e = get_ids(t, "groups", false, out)) return e;
+    const size_t before = errors_.size();
+    note(get_ids(t, "users", true, out));
+    note(get_ids(t, "groups", false, out));
     const toml::node* n = t.get("cgroups");
-    if (!n) return std::nullopt;
-    return for_each_value(*n, [&](const toml::node& el) -> Status {
+    if (!n) return last_error_since(before);
+    note(for_each_value(*n, [&](const toml::node& el) -> Status {
       const auto* s = el.as_string();
       if (!s) return at(el.source(), "a cgroup must be a string, not " + a_type(el));
       if (s->get().empty() || s->get().front() != '/') {
@@ -541,7 +594,8 @@ class Parser {
       }
       out.cgroups.push_back(s->get());
       return std::nullopt;
-    });
+    }));
+    return last_error_since(before);
   }
 
   // [[name]] must be an array of tables; hands each table to f.
@@ -557,10 +611,10 @@ class Parser {
     for (const auto& el : *arr) {
       const auto* t = el.as_table();
       if (!t) {
-        return at(el.source(),
-                  "each '" + std::string(key) + "' must be a table, not " + a_type(el));
+        note(at(el.source(), "each '" + std::string(key) + "' must be a table, not " + a_type(el)));
+        continue;
       }
-      if (auto e = f(*t)) return e;
+      note(f(*t));
     }
     return std::nullopt;
   }
@@ -576,17 +630,17 @@ class Parser {
       return at(n->source(), "'" + std::string(key) + "' must be a table ([" + std::string(key) +
                                  "]), not " + a_type(*n));
     }
-    if (auto e = check_keys(*t, allowed, "[" + std::string(key) + "]")) return e;
+    note(check_keys(*t, allowed, "[" + std::string(key) + "]"));
     return f(*t);
   }
 
   Status daemon_settings(const toml::table& d, DaemonSettings& out) const {
-    if (auto e = get_bool(d, "root_unrestricted", out.root_unrestricted)) return e;
+    note(get_bool(d, "root_unrestricted", out.root_unrestricted));
     return get_bool(d, "ephemeral_guard", out.ephemeral_guard);
   }
 
   Status limits(const toml::table& l, Limits& out) const {
-    if (auto e = get_count(l, "max_connections_per_uid", out.max_connections_per_uid)) return e;
+    note(get_count(l, "max_connections_per_uid", out.max_connections_per_uid));
     return get_count(l, "max_leases_per_uid", out.max_leases_per_uid);
   }
 
@@ -613,23 +667,22 @@ class Parser {
   Result<Rule> rule(const toml::table& t, const std::vector<Rule>& earlier) const {
     Rule r;
     r.origin = origin(t);
-    if (auto e = check_keys(t, kRuleKeys, "[[rule]]")) return *e;
-    if (auto e = get_name(t, false, "a [[rule]]", r.name)) return *e;
+    const size_t before = errors_.size();
+    note(check_keys(t, kRuleKeys, "[[rule]]"));
+    note(get_name(t, false, "a [[rule]]", r.name));
     if (r.name.empty()) r.name = "#" + std::to_string(earlier.size() + 1);
-    if (auto e = unique_name(t, "rule", r.name, earlier)) return *e;
+    note(unique_name(t, "rule", r.name, earlier));
     const std::string label = short_rule_label(r);
-    if (auto e = get_ports(t, label, r.ports)) return *e;
-    if (auto e = get_protocols(t, r.protocols)) return *e;
-    if (auto e = get_addresses(t, r.addresses)) return *e;
-    if (auto e = get_modes(t, r.modes)) return *e;
-    if (auto e = get_count(t, "max_leases", r.max_leases)) return *e;
-    if (auto e = get_principals(t, r.principals)) return *e;
-    if (r.principals.empty()) {
-      return at(t.source(), label +
-                                " grants nobody: give it users, groups or cgroups "
-                                "(users = [\"*\"] for anyone)");
+    note(get_ports(t, label, r.ports));
+    note(get_protocols(t, r.protocols));
+    note(get_addresses(t, r.addresses));
+    note(get_modes(t, r.modes));
+    note(get_count(t, "max_leases", r.max_leases));
+    if (!note(get_principals(t, r.principals)) && r.principals.empty()) {
+      note(at(t.source(), label + " grants nobody: give it users, groups or cgroups "
+                                  "(users = [\"*\"] for anyone)"));
     }
-    return r;
+    return finish(std::move(r), before);
   }
 
   Result<Reservation> reservation(const toml::table& t, bool runtime,
@@ -637,33 +690,35 @@ class Parser {
     Reservation r;
     r.origin = origin(t);
     r.runtime = runtime;
-    if (auto e = check_keys(t, kReservationKeys, "[[reservation]]")) return *e;
-    if (auto e = get_name(t, true, "a [[reservation]]", r.name)) return *e;
-    if (auto e = get_ports(t, "reservation '" + r.name + "'", r.ports)) return *e;
-    if (auto e = get_protocols(t, r.protocols)) return *e;
-    if (auto e = get_addresses(t, r.addresses)) return *e;
-    if (auto e = get_modes(t, r.modes)) return *e;
-    if (auto e = get_principals(t, r.principals)) return *e;
-    if (auto e = get_bool(t, "hold", r.hold)) return *e;
-    if (auto e = unique_name(t, "reservation", r.name, earlier)) return *e;
-    return r;
+    const size_t before = errors_.size();
+    note(check_keys(t, kReservationKeys, "[[reservation]]"));
+    const bool named = !note(get_name(t, true, "a [[reservation]]", r.name));
+    note(get_ports(t, "reservation '" + r.name + "'", r.ports));
+    note(get_protocols(t, r.protocols));
+    note(get_addresses(t, r.addresses));
+    note(get_modes(t, r.modes));
+    note(get_principals(t, r.principals));
+    note(get_bool(t, "hold", r.hold));
+    if (named) note(unique_name(t, "reservation", r.name, earlier));
+    return finish(std::move(r), before);
   }
 
   Result<Pool> pool(const toml::table& t, const std::vector<Pool>& earlier) const {
     Pool pool;
     pool.origin = origin(t);
-    if (auto e = check_keys(t, kPoolKeys, "[[pool]]")) return *e;
-    if (auto e = get_name(t, true, "a [[pool]]", pool.name)) return *e;
-    if (auto e = unique_name(t, "pool", pool.name, earlier)) return *e;
-    if (auto e = get_ports(t, "pool '" + pool.name + "'", pool.ports)) return *e;
-    if (auto e = get_protocols(t, pool.protocols)) return *e;
-    if (auto e = get_principals(t, pool.principals)) return *e;
-    if (pool.principals.empty()) {
-      return at(t.source(), "pool '" + pool.name +
-                                "' is open to nobody: give it users, groups or cgroups "
-                                "(users = [\"*\"] for anyone)");
+    const size_t before = errors_.size();
+    note(check_keys(t, kPoolKeys, "[[pool]]"));
+    if (!note(get_name(t, true, "a [[pool]]", pool.name))) {
+      note(unique_name(t, "pool", pool.name, earlier));
     }
-    return pool;
+    note(get_ports(t, "pool '" + pool.name + "'", pool.ports));
+    note(get_protocols(t, pool.protocols));
+    if (!note(get_principals(t, pool.principals)) && pool.principals.empty()) {
+      note(at(t.source(), "pool '" + pool.name +
+                              "' is open to nobody: give it users, groups or cgroups "
+                              "(users = [\"*\"] for anyone)"));
+    }
+    return finish(std::move(pool), before);
   }
 
   Status reservations(const toml::table& root, bool runtime, std::vector<Reservation>& out) const {
@@ -679,31 +734,32 @@ class Parser {
     auto read_limits = [&](const toml::table& t) { return limits(t, p.limits); };
     auto read_rule = [&](const toml::table& t) { return append(rule(t, p.rules), p.rules); };
     auto read_pool = [&](const toml::table& t) { return append(pool(t, p.pools), p.pools); };
-    if (auto e = check_keys(root, kTopKeys, "")) return *e;
-    if (auto e = section(root, "daemon", kDaemonKeys, read_daemon)) return *e;
-    if (auto e = section(root, "limits", kLimitsKeys, read_limits)) return *e;
-    if (auto e = each_table(root, "rule", read_rule)) return *e;
-    if (auto e = reservations(root, false, p.reservations)) return *e;
-    if (auto e = each_table(root, "pool", read_pool)) return *e;
+    note(check_keys(root, kTopKeys, ""));
+    note(section(root, "daemon", kDaemonKeys, read_daemon));
+    note(section(root, "limits", kLimitsKeys, read_limits));
+    note(each_table(root, "rule", read_rule));
+    note(reservations(root, false, p.reservations));
+    note(each_table(root, "pool", read_pool));
     if (p.pools.empty()) p.pools.push_back(embedded_default_policy().pools.front());
-    return p;
+    return outcome(std::move(p));
   }
 
   Result<std::vector<Reservation>> state(const toml::table& root) const {
-    if (auto e = check_keys(root, kStateTopKeys, "")) return *e;
+    note(check_keys(root, kStateTopKeys, ""));
     const toml::node* v = root.get("version");
     if (!v) return at(root.source(), "state file has no 'version'");
     if (!v->is_integer() || v->as_integer()->get() != 1) {
       return at(v->source(), "unsupported state file version (this daemon writes version 1)");
     }
     std::vector<Reservation> out;
-    if (auto e = reservations(root, true, out)) return *e;
-    return out;
+    note(reservations(root, true, out));
+    return outcome(std::move(out));
   }
 
  private:
   std::string file_;
   const NameResolver* names_;
+  mutable std::vector<Error> errors_;  // in the order of the file
 };
 
 template <typename T, typename F>

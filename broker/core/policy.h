@@ -225,7 +225,8 @@ struct Policy {
   std::vector<Reservation> runtime_reservations() const;
 };
 
-// Parses a policy file. Every error is "FILE:LINE:COLUMN: problem"; unknown keys are errors
+// Parses a policy file. Every error is "FILE:LINE:COLUMN: problem", and the failure's message
+// lists all of the file's errors, one a line, in file order; unknown keys are errors
 // (with a suggestion when a known key is close) so typos never silently widen or narrow a
 // grant. Names are resolved now: an unknown user or group is an error.
 Result<Policy> parse_policy(std::string_view toml_text, std::string_view file_name,

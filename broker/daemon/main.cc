@@ -69,6 +69,8 @@ int main(int argc, char** argv) {
   CLI::App app{
       "portbrokerd: the port broker daemon. Owns the host's port leases and hands bound,\n"
       "listening sockets to local processes over a Unix socket. Runs in the foreground."};
+  app.set_version_flag("--version", std::string("portbrokerd ") + PORTBROKER_VERSION,
+                       "print the version and exit");
   ServerConfig cfg;
   cfg.socket_path = portbroker::ipc::default_socket_path();
   cfg.config_path = portbroker::ipc::default_config_path();

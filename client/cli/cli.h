@@ -25,9 +25,10 @@ nlohmann::json who_to_json(const WhoReport& report);
 std::string format_problems(const std::vector<Problem>& problems);  // "no problems found"
 nlohmann::json problems_to_json(const std::vector<Problem>& problems);
 
-// Acquires `specs`, then replaces this process with `command`, systemd socket-activation style.
+// Acquires `specs`, then replaces this process with `command`, systemd socket-activation style:
+// fds other than 0-2, the sockets and the session are not inherited unless `keep_fds`.
 // Returns only on failure, with the exit code.
 int run_exec(const std::string& socket_path, const std::vector<std::string>& specs,
-             const std::vector<std::string>& command);
+             const std::vector<std::string>& command, bool keep_fds);
 
 }  // namespace portbroker::cli

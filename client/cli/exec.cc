@@ -1,6 +1,9 @@
 // `portbroker exec`: acquire sockets, then become CMD with them passed the way systemd socket
 // activation passes them (sd_listen_fds(3)), so an unmodified server runs unchanged.
+#include <dirent.h>
 #include <fcntl.h>
+#include <linux/close_range.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -35,10 +38,32 @@ bool move_above(std::vector<int>& fds, int floor) {
   return true;
 }
 
+// Marks every fd from `first` on close-on-exec, so that CMD inherits only stdio, its sockets
+// and the session, as under systemd-socket-activate. Marked rather than closed: should execvp
+// fail, this process still holds what it had and can say why.
+bool cloexec_from(int first) {
+  if (::syscall(SYS_close_range, static_cast<unsigned>(first), ~0U, CLOSE_RANGE_CLOEXEC) == 0) {
+    return true;
+  }
+  // Kernels before 5.11: walk the fd table instead.
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return false;
+  bool ok = true;
+  while (const dirent* entry = ::readdir(dir)) {
+    char* end = nullptr;
+    long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd < first) continue;
+    int flags = ::fcntl(static_cast<int>(fd), F_GETFD);
+    if (flags >= 0 && ::fcntl(static_cast<int>(fd), F_SETFD, flags | FD_CLOEXEC) < 0) ok = false;
+  }
+  ::closedir(dir);
+  return ok;
+}
+
 }  // namespace
 
 int run_exec(const std::string& socket_path, const std::vector<std::string>& spec_texts,
-             const std::vector<std::string>& command) {
+             const std::vector<std::string>& command, bool keep_fds) {
   std::vector<SocketSpec> specs;
   for (const auto& text : spec_texts) {
     auto spec = parse_socket_spec(text);
@@ -71,6 +96,9 @@ int run_exec(const std::string& socket_path, const std::vector<std::string>& spe
       return fail(std::string("cannot place fd: ") + std::strerror(errno));
     }
     ::close(fds[i]);
+  }
+  if (!keep_fds && !cloexec_from(session_fd + 1)) {
+    return fail(std::string("cannot close inherited fds: ") + std::strerror(errno));
   }
 
   std::string names;

@@ -126,17 +126,38 @@ int run_check(const std::string& socket_path, bool json) {
   return problems->empty() ? printed : kExitFailed;
 }
 
+// What `exec --help` (and portbroker(1)) says about a socket request.
+constexpr const char* kSpecGrammar =
+    "SPEC is [NAME=]PROTO:ADDRESS:PORT[,OPTION...], e.g. http=tcp:0.0.0.0:80,\n"
+    "tcp:[::]:0,reuseport,backlog=1024 or udp:127.0.0.1:5353,shared.\n"
+    "  NAME     the socket's name in LISTEN_FDNAMES and in listings\n"
+    "  PROTO    tcp or udp\n"
+    "  ADDRESS  an IPv4 address, or an IPv6 address in brackets ([::], [::1])\n"
+    "  PORT     1-65535, or 0 for any free port from a pool\n"
+    "  OPTION   exclusive (default) | shared | reuseport, backlog=N, v6only[=BOOL],\n"
+    "           reuseaddr[=BOOL] (on by default for TCP), freebind[=BOOL],\n"
+    "           defer_accept=SECONDS, fastopen=N, keepalive[=BOOL], rcvbuf=BYTES,\n"
+    "           sndbuf=BYTES, device=IFNAME, linger=SECONDS (at most 3600), token=HEX\n";
+
+// Every subcommand takes the global options itself too, so that its --help lists them and
+// `portbroker list --socket X` reads as naturally as `portbroker --socket X list`.
+void add_global_options(CLI::App& app, std::string& socket_path) {
+  const char* help =
+      "portbrokerd's control socket (default: $PORTBROKER_SOCKET, else the standard path)";
+  app.add_option("--socket", socket_path, help);
+  for (CLI::App* sub : app.get_subcommands({})) sub->add_option("--socket", socket_path, help);
+}
+
 int run(int argc, char** argv) {
   CLI::App app{
       "Ask portbrokerd for ports; list and release leases; reserve ports; find out "
       "who holds a port.",
       "portbroker"};
   app.require_subcommand(1);
-  app.fallthrough();  // `portbroker list --socket X` works as well as `--socket X list`
+  app.set_version_flag("--version", std::string("portbroker ") + PORTBROKER_VERSION,
+                       "Print the version and exit.");
+  app.footer("Run `portbroker COMMAND --help` for a command's options; see portbroker(1).");
   std::string socket_path;
-  app.add_option("--socket", socket_path,
-                 "portbrokerd's control socket (default: $PORTBROKER_SOCKET, else the "
-                 "standard path)");
 
   bool json = false;
   auto* list = app.add_subcommand("list", "List leases.");
@@ -152,16 +173,24 @@ int run(int argc, char** argv) {
   std::vector<std::string> specs;
   std::vector<std::string> command;
   auto* exec = app.add_subcommand("exec", "Acquire sockets, then run a command with them.");
-  exec->footer(
-      "CMD gets the sockets as fds 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES set "
-      "as systemd socket activation sets them, so any sd_listen_fds(3) server runs unchanged. "
-      "The leases last as long as CMD (or any process it passes PORTBROKER_SESSION_FD to) "
-      "runs.\nExample: portbroker exec --listen http=tcp:0.0.0.0:8080 -- nginx");
+  exec->footer(std::string(kSpecGrammar) +
+               "\nCMD gets the sockets as fds 3, 4, ... with LISTEN_FDS, LISTEN_PID and "
+               "LISTEN_FDNAMES set as systemd socket activation sets them, so any "
+               "sd_listen_fds(3) server runs unchanged. Like systemd-socket-activate, CMD "
+               "inherits no other fd than 0-2, the sockets and the session's (its number in "
+               "PORTBROKER_SESSION_FD) unless --keep-fds. The leases last as long as CMD (or "
+               "any process it passes the session fd to) runs.\n"
+               "Example: portbroker exec --listen http=tcp:0.0.0.0:8080 -- nginx");
   exec->add_option("--listen", specs,
-                   "A socket to acquire: [NAME=]PROTO:ADDRESS:PORT[,OPTION...], e.g. "
-                   "http=tcp:0.0.0.0:8080. Repeat for more; all are acquired or none.")
+                   "A socket to acquire (SPEC, below), e.g. http=tcp:0.0.0.0:8080. Repeat for "
+                   "more; all are acquired or none.")
+      ->type_name("SPEC")
       ->required()
       ->allow_extra_args(false);
+  bool keep_fds = false;
+  exec->add_flag("--keep-fds", keep_fds,
+                 "Pass every inherited fd on to CMD, not only stdio, the sockets and the "
+                 "session.");
   exec->add_option("CMD", command, "The command and its arguments (after `--`).")->required();
   exec->positionals_at_end();  // everything from CMD on belongs to CMD
 
@@ -222,6 +251,7 @@ int run(int argc, char** argv) {
       "contradictory rules, leases the current policy would refuse. Exit status 1 when there "
       "is any problem.");
   check->add_flag("--json", json, "Print JSON.");
+  add_global_options(app, socket_path);
 
   try {
     app.parse(argc, argv);
@@ -243,7 +273,7 @@ int run(int argc, char** argv) {
   if (*list) return run_list(socket_path, json);
   if (*status) return run_status(socket_path, json);
   if (*release) return run_release(socket_path, lease_id);
-  if (*exec) return run_exec(socket_path, specs, command);
+  if (*exec) return run_exec(socket_path, specs, command, keep_fds);
   if (*reserve) return run_reserve(socket_path, name, target, users, groups, hold);
   if (*unreserve) return run_unreserve(socket_path, name);
   if (*reservations) return run_reservations(socket_path, json);

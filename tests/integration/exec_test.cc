@@ -1,6 +1,8 @@
 // The `portbroker` CLI: exec hands sockets over exactly as systemd socket activation does; list,
 // status and release; exit codes 0 / 1 / 2.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
@@ -121,6 +123,43 @@ TEST_CASE("exec with several sockets, TCP and UDP, in order") {
     auto l = c.list();
     return l.ok() && l->empty();
   }));
+  d.check_no_fd_leak();
+}
+
+TEST_CASE("exec passes on only stdio, the sockets and the session, unless --keep-fds") {
+  FdLeakCheck fds;
+  Daemon d;
+  // An fd this process would pass on to anything it executes (no FD_CLOEXEC), at a number well
+  // above the ones exec places.
+  int pipe_fds[2];
+  REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
+  UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
+  UniqueFd stray(::fcntl(read_end.get(), F_DUPFD_CLOEXEC, 40));
+  REQUIRE(stray.valid());
+  const std::string stray_fd = std::to_string(stray.get());
+
+  for (bool keep : {false, true}) {
+    CAPTURE(keep);
+    SpawnOptions opts{.env = d.client_env(), .stdout_to_lines = true, .keep_fds = {stray.get()}};
+    std::vector<std::string> argv = {cli_path(), "exec", "--listen", "tcp:127.0.0.1:18085"};
+    if (keep) argv.push_back("--keep-fds");
+    argv.insert(argv.end(), {"--", self_exe(), "--pb-listen-fds-probe"});
+    Child server = Child::exec(argv, opts);
+    auto line = server.read_line();
+    REQUIRE_MESSAGE(line.has_value(), server.output());
+    auto t = parse_tokens(*line);
+    INFO("probe: " << *line);
+    CHECK(t["LISTEN_FDS"] == "1");
+    CHECK(t["fd3.listening"] == "1");
+    // fd 3 the socket, fd 4 the session (PORTBROKER_SESSION_FD), and nothing else unless kept.
+    CHECK(t["fds"] == (keep ? "3,4," + stray_fd : "3,4"));
+    UniqueFd conn = connect_tcp(18085);
+    REQUIRE(conn.valid());
+    REQUIRE(send_all(conn.get(), "x\n"));
+    CHECK(recv_line(conn.get()) == "x");
+    CHECK(server.wait().ok());
+    CHECK(d.wait_port_unleased(18085));
+  }
   d.check_no_fd_leak();
 }
 

@@ -3,15 +3,18 @@
 // log whenever an assertion fails. The same binary doubles as a LISTEN_FDS probe for the exec
 // tests (`<test> --pb-listen-fds-probe`).
 #define DOCTEST_CONFIG_IMPLEMENT
+#include <dirent.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "common/netns.h"
 #include "harness.h"
@@ -47,6 +50,19 @@ int listen_fds_probe() {
     line += k + "port=" + std::to_string(local_port(fd));
     line += k + "cloexec=" + ((flags & FD_CLOEXEC) ? "1" : "0");
   }
+  // Every fd above stdio this process inherited, in order: "fds=3,4".
+  std::string inherited;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    std::vector<int> open_fds;
+    while (const dirent* e = ::readdir(dir)) {
+      int fd = std::atoi(e->d_name);
+      if (e->d_name[0] != '.' && fd > 2 && fd != ::dirfd(dir)) open_fds.push_back(fd);
+    }
+    ::closedir(dir);
+    std::sort(open_fds.begin(), open_fds.end());
+    for (int fd : open_fds) inherited += (inherited.empty() ? "" : ",") + std::to_string(fd);
+  }
+  line += " fds=" + inherited;
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
   if (n >= 1 && socket_type(3) == SOCK_STREAM && is_listening(3)) {

@@ -105,6 +105,11 @@ cp "/run/pbtest/build/$5" /run/pbtest/portbrokerd
 # No journald in this boot: the daemon's output goes to a file the test prints on failure.
 printf '[Unit]\nDefaultDependencies=no\n[Service]\nStandardOutput=append:/run/pbtest/out/daemon.log\nStandardError=inherit\n' \
   >/run/systemd/system/portbroker.service.d/test.conf
+# A sanitizer build (make test-asan): LeakSanitizer stops the daemon's threads with ptrace(2) at
+# exit, which the unit's system-call filter denies (@debug) like any other ptrace.
+if ldd /run/pbtest/portbrokerd | grep -q 'libasan'; then
+  printf '[Service]\nSystemCallFilter=@debug\n' >/run/systemd/system/portbroker.service.d/asan.conf
+fi
 printf '[Unit]\nDefaultDependencies=no\nWants=portbroker.service\n' \
   >/run/systemd/system/pbtest.target
 ip link set lo up
@@ -271,6 +276,37 @@ ended=$(grep -c "its holder is gone" "$scratch/daemon.log" || true)
 [ "$ended" -le 1 ] || fail "a lease that ended at one start was ended again at the next"
 pb list --json >"$scratch/after.json" || fail "list failed after the last restart"
 has_leases 4 || fail "the leases changed across the last restart: $(cat "$scratch/after.json")"
+
+# --- The unit's sandbox leaves every feature working. ---
+# The ephemeral-port guard wrote its one sysctl (ProtectKernelTunables= with that file writable):
+# the embedded default pool is listed.
+ns grep -q '20000-29999' /proc/sys/net/ipv4/ip_local_reserved_ports ||
+  fail "the guard did not write ip_local_reserved_ports: $(ns cat /proc/sys/net/ipv4/ip_local_reserved_ports)"
+# device= (SO_BINDTODEVICE) needs no capability.
+out=$(pb exec --listen tcp:127.0.0.1:7010,device=lo -- true 2>&1) || fail "device=lo under the unit: $out"
+# A listener outside the broker, of another user: `who` names its process (ProtectProc=invisible
+# shows it to a daemon that may ptrace it; its /proc/PID/fd needs CAP_DAC_READ_SEARCH).
+ns setpriv --reuid=65534 --regid=65534 --clear-groups \
+  systemd-socket-activate -l 127.0.0.1:7011 "$server_in" >/dev/null 2>&1 &
+outside_named() { pb who 7011 | grep -q 'outside the broker: LISTEN 127.0.0.1:7011 by pid [0-9]* (systemd-socket-, uid 65534)'; }
+wait_for "who to name the outside listener: $(pb who 7011)" outside_named
+# A holder of another user survives `systemctl stop` + `start`, which empties the fd store: its
+# lease comes back from the journal with the broker's copy taken back by pidfd_getfd(2)
+# (CAP_SYS_PTRACE, and pidfd_getfd allowed by SystemCallFilter=).
+ns setpriv --reuid=65534 --regid=65534 --clear-groups \
+  "$cli_in" --socket /run/portbroker/portbroker.sock exec --listen nob=tcp:127.0.0.1:7012 -- "$server_in" >/dev/null 2>&1 &
+has_7012() { pb list --json | grep -q '"port": 7012'; }
+wait_for "a lease of uid 65534" has_7012
+systemctl_ns stop portbroker.service || fail "systemctl stop failed"
+# This test has started the unit more often in the last seconds than StartLimitBurst= allows.
+systemctl_ns reset-failed portbroker.service
+systemctl_ns start portbroker.service || fail "systemctl start failed"
+restored=$(grep 'restart: .* restored' "$scratch/daemon.log" | tail -n 1)
+[[ $restored == *"restored (0 without the broker's copy)"* ]] ||
+  fail "after stop and start not every lease came back with its socket: $restored"
+has_7012 || fail "the lease of uid 65534 did not survive stop and start: $(pb list)"
+echo_ok 7012 || fail "the holder of uid 65534 stopped serving"
+echo "under the unit: the guard's sysctl, device=, who naming another user's process, and pidfd_getfd after a stop"
 
 if grep -q "Sanitizer" "$scratch/daemon.log"; then fail "the daemon reported a sanitizer error"; fi
 echo "systemd_test: restart and kill -9 under systemd kept every lease"

@@ -19,8 +19,8 @@ class FakeNames final : public NameResolver {
  public:
   std::optional<uint32_t> uid_of(std::string_view user) const override {
     static const std::map<std::string, uint32_t, std::less<>> users = {
-        {"root", 0},    {"alice", 1000},  {"bob", 1001},    {"www-data", 33},
-        {"mssql", 996}, {"unbound", 101}, {"postgres", 102}};
+        {"root", 0},      {"alice", 1000},   {"bob", 1001}, {"www-data", 33}, {"mssql", 996},
+        {"unbound", 101}, {"postgres", 102}, {"mail", 8},   {"nobody", 65534}};
     auto it = users.find(user);
     return it == users.end() ? std::nullopt : std::optional<uint32_t>(it->second);
   }
@@ -546,8 +546,65 @@ TEST_CASE("policy: invalid files name the line and the problem") {
     const std::string& msg = p.error().message;
     CAPTURE(msg);
     CHECK(p.error().code == ErrorCode::kBadRequest);
-    CHECK(msg.starts_with(c.where));
-    CHECK(msg.find(c.problem) != std::string::npos);
+    // Every error is reported, one a line: this case's is among them.
+    bool found = false;
+    std::istringstream lines(msg);
+    for (std::string line; std::getline(lines, line);) {
+      CHECK(line.starts_with("policy.toml:"));
+      found = found || (line.starts_with(c.where) && line.find(c.problem) != std::string::npos);
+    }
+    CHECK(found);
+  }
+}
+
+TEST_CASE("policy: every error in a file is reported, one a line, in file order") {
+  // Errors in several tables, several in one table, several in one list, and at the top level.
+  auto p = parse_policy(R"(colour = "blue"
+[limits]
+max_leases_per_uid = 0
+
+[[rule]]
+name = "a"
+users = ["nosuch", "alice", "nobody-either"]
+ports = 70000
+protocl = "tcp"
+
+[[rule]]
+name = "a"
+users = ["*"]
+ports = 80
+modes = ["exclusive", "exclusiv"]
+
+[[reservation]]
+users = ["bob"]
+ports = 1433
+
+[[pool]]
+name = "p"
+ports = "1-2"
+)",
+                        "policy.toml", kNames);
+  REQUIRE_FALSE(p.ok());
+  CHECK(p.error().code == ErrorCode::kBadRequest);
+  std::vector<std::string> lines;
+  std::istringstream in(p.error().message);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  const std::vector<std::string> want = {
+      "policy.toml:1:1: unknown key 'colour'",
+      "policy.toml:3:22: 'max_leases_per_uid' must be from 1",
+      "policy.toml:7:10: unknown user 'nosuch'",
+      "policy.toml:7:29: unknown user 'nobody-either'",
+      "policy.toml:8:9: port 70000 is out of range",
+      "policy.toml:9:1: unknown key 'protocl' in [[rule]]; did you mean 'protocol'?",
+      "policy.toml:15:23: unknown mode 'exclusiv'",
+      "policy.toml:17:1: a [[reservation]] needs a 'name'",
+      "policy.toml:21:1: pool 'p' is open to nobody",
+  };
+  CAPTURE(p.error().message);
+  REQUIRE(lines.size() == want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    CAPTURE(i);
+    CHECK(lines[i].starts_with(want[i]));
   }
 }
 
