@@ -11,6 +11,7 @@ packages=(
   libcap-dev libsystemd-dev libdeflate-dev
   iproute2 procps util-linux clang-format clang-tidy
   systemd  # tests/systemd boots it, in private namespaces
+  prometheus-node-exporter  # tests/integration/metrics_test reads the textfile through it
 )
 
 missing=()
