@@ -115,25 +115,41 @@ void lease_families(Exposition& x, const LeaseService& service) {
   }
 }
 
-void pool_families(Exposition& x, const LeaseService& service) {
-  // A pool port is free when no binding of its protocol uses it and no reservation covers it
-  // (the daemon never hands those out from a pool).
-  std::bitset<65536> taken[2];
+// Per protocol, the ports no pool may hand out now: leased, or covered by a reservation (the
+// daemon never hands those out from a pool).
+using PortBits = std::array<std::bitset<65536>, 2>;
+
+void mark(std::bitset<65536>& bits, const std::vector<PortRange>& ranges) {
+  for (const PortRange& r : ranges) {
+    for (uint32_t port = r.first; port <= r.last; ++port) bits.set(port);
+  }
+}
+
+PortBits taken_ports(const LeaseService& service) {
+  PortBits taken;
   for (const Lease* l : service.registry().all_leases()) {
     const Binding* b = service.registry().find_binding(l->binding);
-    if (b != nullptr) taken[static_cast<int>(b->endpoint.protocol)].set(b->endpoint.port);
+    if (b != nullptr) taken[static_cast<size_t>(b->endpoint.protocol)].set(b->endpoint.port);
   }
-  const Policy& policy = service.policy();
-  for (const Reservation& r : policy.reservations) {
+  for (const Reservation& r : service.policy().reservations) {
     for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
-      if (!r.protocols.has(p)) continue;
-      for (const PortRange& range : r.ports) {
-        for (uint32_t port = range.first; port <= range.last; ++port) {
-          taken[static_cast<int>(p)].set(port);
-        }
-      }
+      if (r.protocols.has(p)) mark(taken[static_cast<size_t>(p)], r.ports);
     }
   }
+  return taken;
+}
+
+size_t free_ports(const Pool& pool, const std::bitset<65536>& taken) {
+  size_t free = 0;
+  for (const PortRange& r : pool.ports) {
+    for (uint32_t port = r.first; port <= r.last; ++port) free += taken.test(port) ? 0 : 1;
+  }
+  return free;
+}
+
+void pool_families(Exposition& x, const LeaseService& service) {
+  const PortBits taken = taken_ports(service);
+  const Policy& policy = service.policy();
   x.family("pool_ports", "gauge", "Ports in each pool for port-0 requests.");
   for (const Pool& pool : policy.pools) {
     size_t size = 0;
@@ -144,14 +160,8 @@ void pool_families(Exposition& x, const LeaseService& service) {
   for (const Pool& pool : policy.pools) {
     for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
       if (!pool.protocols.has(p)) continue;
-      size_t free = 0;
-      for (const PortRange& r : pool.ports) {
-        for (uint32_t port = r.first; port <= r.last; ++port) {
-          if (!taken[static_cast<int>(p)].test(port)) ++free;
-        }
-      }
       x.sample("pool_free_ports", {{"pool", pool.name}, {"protocol", protocol_name(p)}},
-               static_cast<double>(free));
+               static_cast<double>(free_ports(pool, taken[static_cast<size_t>(p)])));
     }
   }
 }

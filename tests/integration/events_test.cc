@@ -420,3 +420,27 @@ TEST_CASE("portbroker events prints one line per event, as text or JSON") {
     cli.wait();
   }
 }
+
+TEST_CASE("an upgrade in place ends an events stream; the reader reconnects to the new daemon") {
+  if (::getuid() != 0) {
+    MESSAGE("upgrade is for root; not run as uid " << ::getuid());
+    return;
+  }
+  FdLeakCheck fds;
+  Daemon d;
+  {
+    portbroker::Client c = d.connect();
+    Reader r = subscribe(c);
+    CommandResult up = run_cli(d, {"upgrade"});
+    REQUIRE_MESSAGE(up.status.ok(), up.describe());
+    auto end = r.stream().next(20'000);
+    REQUIRE_FALSE(end.ok());  // the stream is not carried over: it ends, not hangs
+    CHECK(end.error().code == ErrorCode::kConnectionFailed);
+    REQUIRE(d.wait_ready_again());
+    CHECK(c.status().ok());  // an ordinary session is carried over
+  }
+  portbroker::Client again = d.connect();
+  Reader r = subscribe(again, 0);
+  Event started = r.until("daemon-started");
+  CHECK(started.seq == 1);
+}
