@@ -13,6 +13,7 @@ packages=(
   systemd  # tests/systemd boots it, in private namespaces
   scdoc bash-completion  # man pages; the completion's test
   debhelper lintian dpkg-dev  # make deb
+  prometheus-node-exporter  # tests/integration/metrics_test reads the textfile through it
 )
 
 missing=()

@@ -247,10 +247,12 @@ namespace {
 
 using Status = std::optional<Error>;  // nullopt: fine
 
-constexpr std::string_view kTopKeys[] = {"daemon", "limits", "rule", "reservation", "pool"};
+constexpr std::string_view kTopKeys[] = {"daemon", "limits",      "events",
+                                         "rule",   "reservation", "pool"};
 constexpr std::string_view kStateTopKeys[] = {"version", "reservation"};
 constexpr std::string_view kDaemonKeys[] = {"root_unrestricted", "ephemeral_guard"};
 constexpr std::string_view kLimitsKeys[] = {"max_connections_per_uid", "max_leases_per_uid"};
+constexpr std::string_view kEventsKeys[] = {"users", "groups", "cgroups"};
 constexpr std::string_view kRuleKeys[] = {"name",     "users",   "groups", "cgroups",   "ports",
                                           "protocol", "address", "modes",  "max_leases"};
 constexpr std::string_view kReservationKeys[] = {
@@ -737,6 +739,8 @@ class Parser {
     note(check_keys(root, kTopKeys, ""));
     note(section(root, "daemon", kDaemonKeys, read_daemon));
     note(section(root, "limits", kLimitsKeys, read_limits));
+    auto read_events = [&](const toml::table& t) { return get_principals(t, p.event_readers); };
+    note(section(root, "events", kEventsKeys, read_events));
     note(each_table(root, "rule", read_rule));
     note(reservations(root, false, p.reservations));
     note(each_table(root, "pool", read_pool));

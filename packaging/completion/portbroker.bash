@@ -5,7 +5,7 @@ _portbroker() {
   local cur prev words cword
   _init_completion || return
 
-  local commands="list status release exec reserve unreserve reservations reload shutdown upgrade who check"
+  local commands="list status release exec reserve unreserve reservations reload shutdown upgrade who check events metrics"
   local -A options=(
     [list]="--json"
     [status]="--json"
@@ -19,6 +19,8 @@ _portbroker() {
     [upgrade]=""
     [who]="--udp --json"
     [check]="--json"
+    [events]="--json --since"
+    [metrics]=""
   )
 
   # The command is the first word that is neither an option nor --socket's argument.
