@@ -11,6 +11,8 @@ packages=(
   libcap-dev libsystemd-dev libdeflate-dev
   iproute2 procps util-linux clang-format clang-tidy
   systemd  # tests/systemd boots it, in private namespaces
+  python3 python3-pytest python3-pip python3-setuptools  # client/python and its tests
+  python3-aiohttp gunicorn  # the README's Python server examples, tested
 )
 
 missing=()
