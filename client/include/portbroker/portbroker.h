@@ -19,7 +19,8 @@
  *   *_free function (NULL is ignored). Everything read from a result through an accessor
  *   (strings, entries, nested lists) is borrowed: valid until that result is freed. Results
  *   are immutable, so any thread may read them.
- * - Accessors never fail: given NULL, or an index past the end, they return NULL, 0 or "".
+ * - Accessors never fail: given NULL or an index past the end, those returning an entry or an
+ *   indexed string return NULL, the others 0 or "".
  * - Fds handed to the caller have close-on-exec set and are the caller's to close.
  *
  * ABI: every type is opaque and every field is read through an accessor, so later versions add

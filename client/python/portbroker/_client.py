@@ -337,9 +337,13 @@ class Client:
             for i in range(n):
                 group.append(LeasedSocket(fds[i], infos[i], self))
         except BaseException:
+            # Nothing half-granted stays behind: wrapped sockets release themselves, the rest
+            # are closed and released here.
             group.close()
-            for fd in fds[len(group):n]:
-                os.close(fd)
+            for i in range(len(group), n):
+                os.close(fds[i])
+                self._release_quietly(_lib.portbroker_lease_id(
+                    _lib.portbroker_lease_list_get(leases, i)))
             raise
         finally:
             _lib.portbroker_lease_list_free(leases)
