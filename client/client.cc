@@ -1,9 +1,12 @@
 #include "portbroker/client.hpp"
 
 #include <kj/exception.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cstdint>
 #include <cstdlib>
@@ -74,7 +77,10 @@ Error unexpected_reply(wire::Reply::Reader reply, const char* wanted) {
 // zeroed scratch segment so that building a request does not allocate.
 class Connection {
  public:
-  explicit Connection(UniqueFd fd) : fd_(std::move(fd)), scratch_(kScratchWords) {}
+  explicit Connection(UniqueFd fd, std::string path = {})
+      : fd_(std::move(fd)), path_(std::move(path)), scratch_(kScratchWords) {}
+
+  const std::string& path() const { return path_; }
 
   bool alive() const { return fd_.valid(); }
   int fd() const { return fd_.get(); }
@@ -110,18 +116,13 @@ class Connection {
         return sent.error();
       }
     }
-    switch (ipc::recv_record(fd_.get(), buf_, /*accept_fds=*/true, /*dont_wait=*/false)) {
+    const auto st = ipc::recv_record(fd_.get(), buf_, /*accept_fds=*/true, /*dont_wait=*/false);
+    switch (st) {
       case ipc::RecvStatus::kRecord:
         break;
       case ipc::RecvStatus::kEof:
-        fd_.reset();
-        return make_error(ErrorCode::kConnectionFailed, "portbrokerd closed the connection");
-      case ipc::RecvStatus::kError: {
-        int e = buf_.error;
-        fd_.reset();
-        return make_error(ErrorCode::kConnectionFailed,
-                          std::string("cannot read from portbrokerd: ") + std::strerror(e));
-      }
+      case ipc::RecvStatus::kError:
+        return hang_up(st);
       case ipc::RecvStatus::kTruncated:
         buf_.fds.clear();
         return protocol_error("record or its fds exceed the limits");
@@ -138,8 +139,33 @@ class Connection {
         buf_.fds.clear();
         return protocol_error("unexpected receive status");
     }
-    reader_.emplace(buf_.record(), ipc::reader_options());
-    return reader_->getRoot<wire::Reply>();
+    return read_reply();
+  }
+
+  // A record that comes without a request (an event), waiting up to `timeout_ms` (negative:
+  // for ever); an empty optional when none came in time.
+  Result<std::optional<wire::Reply::Reader>> receive(int timeout_ms) {
+    if (!fd_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+    forget_reply();
+    pollfd p{fd_.get(), POLLIN, 0};
+    int n = 0;
+    do {
+      n = ::poll(&p, 1, timeout_ms);
+    } while (n < 0 && errno == EINTR);
+    if (n == 0) return std::optional<wire::Reply::Reader>();
+    const auto st = ipc::recv_record(fd_.get(), buf_, /*accept_fds=*/false, /*dont_wait=*/true);
+    switch (st) {
+      case ipc::RecvStatus::kRecord:
+        return std::optional<wire::Reply::Reader>(read_reply());
+      case ipc::RecvStatus::kWouldBlock:
+        return std::optional<wire::Reply::Reader>();
+      case ipc::RecvStatus::kEof:
+      case ipc::RecvStatus::kError:
+        return hang_up(st);
+      default:
+        fd_.reset();
+        return protocol_error("malformed event record");
+    }
   }
 
   Result<void> release(uint64_t lease_id) {
@@ -158,7 +184,24 @@ class Connection {
  private:
   static constexpr size_t kScratchWords = 512;
 
+  // The connection is over (EOF, or a read failed): closes it and says why.
+  Error hang_up(ipc::RecvStatus st) {
+    const int e = buf_.error;
+    fd_.reset();
+    if (st == ipc::RecvStatus::kEof) {
+      return make_error(ErrorCode::kConnectionFailed, "portbrokerd closed the connection");
+    }
+    return make_error(ErrorCode::kConnectionFailed,
+                      std::string("cannot read from portbrokerd: ") + std::strerror(e));
+  }
+
+  wire::Reply::Reader read_reply() {
+    reader_.emplace(buf_.record(), ipc::reader_options());
+    return reader_->getRoot<wire::Reply>();
+  }
+
   UniqueFd fd_;
+  std::string path_;
   ipc::RecvBuffer buf_;
   std::vector<capnp::word> scratch_;
   std::optional<capnp::FlatArrayMessageReader> reader_;
@@ -316,7 +359,7 @@ Result<Client> Client::connect(std::string socket_path) {
     timeval tv{reply_timeout_seconds(), 0};
     ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    return Client(std::make_shared<Connection>(std::move(fd).value()));
+    return Client(std::make_shared<Connection>(std::move(fd).value(), socket_path));
   });
 }
 
@@ -435,6 +478,71 @@ Result<std::vector<Problem>> Client::check() {
         if (!reply.isProblems()) return unexpected_reply(reply, "problems");
         return ipc::problems_from_wire(reply.getProblems());
       });
+}
+
+Result<std::string> Client::metrics() {
+  return round_trip<std::string>(
+      conn_.get(), [](wire::Request::Builder r) { r.setMetrics(); },
+      [](wire::Reply::Reader reply) -> Result<std::string> {
+        if (!reply.isMetrics()) return unexpected_reply(reply, "metrics");
+        return ipc::text_from_wire(reply.getMetrics());
+      });
+}
+
+Result<EventStream> Client::events(std::optional<uint64_t> since) {
+  if (!conn_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+  // Its own connection: the stream takes it over for good.
+  auto other = connect(conn_->path());
+  if (!other) return other.error();
+  std::shared_ptr<Connection> conn = std::move(other->conn_);
+  auto subscribed = round_trip<uint64_t>(
+      conn.get(),
+      [&](wire::Request::Builder r) {
+        ipc::events_query_to_wire(ipc::EventsQuery{since}, r.initEvents());
+      },
+      [](wire::Reply::Reader reply) -> Result<uint64_t> {
+        if (!reply.isSubscribed()) return unexpected_reply(reply, "subscribed");
+        return reply.getSubscribed();
+      });
+  if (!subscribed) return subscribed.error();
+  return EventStream(std::move(conn), *subscribed);
+}
+
+// --- EventStream --------------------------------------------------------------------------
+
+EventStream::EventStream(EventStream&&) noexcept = default;
+EventStream& EventStream::operator=(EventStream&&) noexcept = default;
+EventStream::~EventStream() = default;
+
+int EventStream::fd() const { return conn_ ? conn_->fd() : -1; }
+
+Result<std::optional<Event>> EventStream::next(int timeout_ms) {
+  if (!conn_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+  return no_throw<std::optional<Event>>([&]() -> Result<std::optional<Event>> {
+    auto record = conn_->receive(timeout_ms);
+    if (!record) return record.error();
+    if (!*record) return std::optional<Event>();
+    ReplyScope scope(*conn_);
+    wire::Reply::Reader reply = **record;
+    if (reply.isError()) return ipc::error_from_wire(reply);
+    if (!reply.isEvent()) return unexpected_reply(reply, "event");
+    auto event = from_reply(ipc::event_from_wire(reply.getEvent()));
+    if (!event) return event.error();
+    last_seq_ = std::max(last_seq_, event->seq);
+    return std::optional<Event>(std::move(event).value());
+  });
+}
+
+EventStream::iterator& EventStream::iterator::operator++() {
+  if (stream_ == nullptr) return *this;
+  auto next = stream_->next();
+  if (next && *next) {
+    current_ = std::move(**next);
+  } else {
+    if (!next) stream_->error_ = next.error();
+    stream_ = nullptr;
+  }
+  return *this;
 }
 
 int Client::session_fd() const { return conn_ ? conn_->fd() : -1; }

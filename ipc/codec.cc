@@ -366,6 +366,56 @@ Result<WhoReport> who_from_wire(wire::WhoReply::Reader in) {
   return out;
 }
 
+void events_query_to_wire(const EventsQuery& q, wire::EventsRequest::Builder out) {
+  out.setReplay(q.since.has_value());
+  out.setSince(q.since.value_or(0));
+}
+
+EventsQuery events_query_from_wire(wire::EventsRequest::Reader in) {
+  EventsQuery q;
+  if (in.getReplay()) q.since = in.getSince();
+  return q;
+}
+
+void event_to_wire(const Event& e, wire::Event::Builder out) {
+  out.setSeq(e.seq);
+  out.setTime(e.time_ms);
+  out.setKind(e.kind);
+  out.setLease(e.lease);
+  out.setName(e.name);
+  out.setEndpoint(e.endpoint);
+  out.setPort(e.port);
+  out.setMode(e.mode);
+  out.setPid(e.pid);
+  out.setUid(e.uid);
+  out.setComm(e.comm);
+  out.setCode(error_code_to_wire(e.code));
+  out.setReason(e.reason);
+  out.setConflictsWith(e.conflicts_with);
+  out.setCount(e.count);
+}
+
+Result<Event> event_from_wire(wire::Event::Reader in) {
+  Event e;
+  e.seq = in.getSeq();
+  e.time_ms = in.getTime();
+  e.kind = text_from_wire(in.getKind());
+  if (e.kind.empty()) return make_error(ErrorCode::kBadRequest, "an event without a kind");
+  e.lease = in.getLease();
+  e.name = text_from_wire(in.getName());
+  e.endpoint = text_from_wire(in.getEndpoint());
+  e.port = in.getPort();
+  e.mode = text_from_wire(in.getMode());
+  e.pid = in.getPid();
+  e.uid = in.getUid();
+  e.comm = text_from_wire(in.getComm());
+  e.code = error_code_from_wire(in.getCode());
+  e.reason = text_from_wire(in.getReason());
+  e.conflicts_with = text_from_wire(in.getConflictsWith());
+  e.count = in.getCount();
+  return e;
+}
+
 void problems_to_wire(std::span<const Problem> problems, wire::Reply::Builder out) {
   auto list = out.initProblems(static_cast<unsigned>(problems.size()));
   all_to_wire(problems, list, [](const Problem& p, wire::Problem::Builder b) {

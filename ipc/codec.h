@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,6 +31,12 @@ std::string text_from_wire(capnp::Text::Reader t);
 void acquire_to_wire(std::span<const SocketSpec> specs, wire::Request::Builder out);
 // 1 to kMaxSocketsPerRequest specs, each validated; an error names the bad socket's index.
 Result<std::vector<SocketSpec>> acquire_from_wire(capnp::List<wire::SocketRequest>::Reader in);
+
+struct EventsQuery {
+  std::optional<uint64_t> since;  // replay the ring's events after this one
+};
+void events_query_to_wire(const EventsQuery& q, wire::EventsRequest::Builder out);
+EventsQuery events_query_from_wire(wire::EventsRequest::Reader in);
 
 struct WhoQuery {
   Protocol protocol = Protocol::kTcp;
@@ -102,6 +109,9 @@ Result<OutsideHolder> outside_from_wire(wire::OutsideHolder::Reader in);
 
 void who_to_wire(const WhoReport& report, wire::WhoReply::Builder out);
 Result<WhoReport> who_from_wire(wire::WhoReply::Reader in);
+
+void event_to_wire(const Event& e, wire::Event::Builder out);
+Result<Event> event_from_wire(wire::Event::Reader in);
 
 void problems_to_wire(std::span<const Problem> problems, wire::Reply::Builder out);
 std::vector<Problem> problems_from_wire(capnp::List<wire::Problem>::Reader in);

@@ -98,7 +98,33 @@ struct Request {
     reservations @10 :Void;
     shutdown @11 :ShutdownRequest;     # root only
     upgrade @12 :Void;                 # root only; re-execute the daemon in place
+    events @13 :EventsRequest;         # the connection becomes a stream of `event` replies
+    metrics @14 :Void;                 # Prometheus text exposition
   }
+}
+
+struct EventsRequest {
+  replay @0 :Bool;     # also send the ring's events after `since` (`portbroker events --since`)
+  since @1 :UInt64;
+}
+
+# Something that happened (`portbroker events`). Which fields are set depends on the kind.
+struct Event {
+  seq @0 :UInt64;          # increases by one per event the daemon publishes
+  time @1 :Int64;          # unix time, milliseconds
+  kind @2 :Text;           # "acquired", "released", "refused", "lost", ... (see README)
+  lease @3 :UInt64;
+  name @4 :Text;           # the lease's or the reservation's name
+  endpoint @5 :Text;       # "tcp 127.0.0.1:8080", or a reservation's target
+  mode @6 :Text;
+  pid @7 :Int32;           # the lease's holder, or who asked
+  uid @8 :UInt32;
+  comm @9 :Text;
+  code @10 :ErrorCode;     # refused, hold-failed
+  reason @11 :Text;
+  conflictsWith @12 :Text; # refused: the holder it conflicted with
+  count @13 :UInt64;       # daemon-started: leases restored; lost: events not delivered
+  port @14 :UInt16;
 }
 
 struct ShutdownRequest {
@@ -177,5 +203,8 @@ struct Reply {
     who @8 :WhoReply;
     problems @9 :List(Problem);    # check: empty when all is well
     reservations @10 :List(Reservation);
+    event @11 :Event;              # one per record on an events connection
+    metrics @12 :Text;
+    subscribed @13 :UInt64;        # events: the newest sequence number when it took effect
   }
 }

@@ -246,10 +246,12 @@ namespace {
 
 using Status = std::optional<Error>;  // nullopt: fine
 
-constexpr std::string_view kTopKeys[] = {"daemon", "limits", "rule", "reservation", "pool"};
+constexpr std::string_view kTopKeys[] = {"daemon", "limits",      "events",
+                                         "rule",   "reservation", "pool"};
 constexpr std::string_view kStateTopKeys[] = {"version", "reservation"};
 constexpr std::string_view kDaemonKeys[] = {"root_unrestricted", "ephemeral_guard"};
 constexpr std::string_view kLimitsKeys[] = {"max_connections_per_uid", "max_leases_per_uid"};
+constexpr std::string_view kEventsKeys[] = {"users", "groups", "cgroups"};
 constexpr std::string_view kRuleKeys[] = {"name",     "users",   "groups", "cgroups",   "ports",
                                           "protocol", "address", "modes",  "max_leases"};
 constexpr std::string_view kReservationKeys[] = {
@@ -682,6 +684,8 @@ class Parser {
     if (auto e = check_keys(root, kTopKeys, "")) return *e;
     if (auto e = section(root, "daemon", kDaemonKeys, read_daemon)) return *e;
     if (auto e = section(root, "limits", kLimitsKeys, read_limits)) return *e;
+    auto read_events = [&](const toml::table& t) { return get_principals(t, p.event_readers); };
+    if (auto e = section(root, "events", kEventsKeys, read_events)) return *e;
     if (auto e = each_table(root, "rule", read_rule)) return *e;
     if (auto e = reservations(root, false, p.reservations)) return *e;
     if (auto e = each_table(root, "pool", read_pool)) return *e;

@@ -196,6 +196,9 @@ struct Policy {
   std::string source;  // the file name, or "<embedded default>"
   DaemonSettings daemon;
   Limits limits;
+  // [events]: who besides root sees every uid's events (`portbroker events`); anyone else sees
+  // only those about its own uid's leases.
+  Principals event_readers;
   std::vector<Rule> rules;
   std::vector<Reservation> reservations;  // file ones first, then runtime ones
   std::vector<Pool> pools;                // never empty after parse: "default" is added

@@ -64,6 +64,12 @@ void Server::handle_record(Session& s, Reply& reply) {
       case wire::Request::UPGRADE:
         do_upgrade(s, reply);
         return;
+      case wire::Request::EVENTS:
+        do_events(s, req.getEvents(), reply);
+        return;
+      case wire::Request::METRICS:
+        do_metrics(reply);
+        return;
     }
     reply.error(make_error(ErrorCode::kUnknownRequest,
                            "unknown request kind " + std::to_string(static_cast<int>(req.which())) +
@@ -124,7 +130,9 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
     specs.push_back(std::move(spec).value());
   }
 
+  const uint64_t began = uv_hrtime();
   AcquireOutcome outcome = service_.acquire(s.id, specs);
+  metrics_.observe_acquire(static_cast<double>(uv_hrtime() - began) / 1e9);
   log_notices();
   if (outcome.error) {
     if (outcome.whole_request) {

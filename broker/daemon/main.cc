@@ -112,6 +112,22 @@ int main(int argc, char** argv) {
   app.add_option("--max-root-leases", cfg.root_limits.leases, "leases held by root")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--metrics-textfile", cfg.metrics_textfile,
+                 "write the metrics (Prometheus text) to this file every few seconds and on "
+                 "change, atomically, for node_exporter's textfile collector (name it *.prom)");
+  double metrics_interval_s = 5;
+  app.add_option("--metrics-interval", metrics_interval_s,
+                 "seconds between rewrites of the metrics textfile")
+      ->capture_default_str()
+      ->check(CLI::Range(0.05, 3600.0));
+  app.add_option("--events-ring", cfg.events.ring,
+                 "recent events kept for `portbroker events --since`")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--events-queue", cfg.events.queue,
+                 "events waiting per subscriber that reads slowly, before it loses them")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -119,6 +135,7 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   cfg.first_request_timeout_ms = static_cast<uint64_t>(request_timeout_s * 1000);
+  cfg.metrics_interval_ms = static_cast<uint64_t>(metrics_interval_s * 1000);
   cfg.journal = !no_journal;
   // systemd 254 and later say how many fds it keeps for the service.
   if (const char* store = std::getenv("FDSTORE"); store && std::atoi(store) > 0) {

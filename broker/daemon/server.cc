@@ -46,6 +46,7 @@ Server::Server(uv_loop_t* loop, ServerConfig config, Policy policy)
     : loop_(loop),
       config_(std::move(config)),
       service_(config_.service_config(), std::move(policy)),
+      events_(config_.events),
       fd_store_(config_.fd_store) {}
 
 Server::~Server() = default;
@@ -58,6 +59,7 @@ void Server::log_notices() {
       spdlog::info("{}", n.text);
     }
   }
+  publish_events();
 }
 
 Result<void> Server::start() {
@@ -94,6 +96,7 @@ Result<void> Server::start() {
   shutdown_timer_.data = this;
   uv_timer_init(loop_, &upgrade_timer_);
   upgrade_timer_.data = this;
+  start_monitoring();
   listening_ = true;
   return {};
 }
@@ -248,6 +251,7 @@ void Server::stop(bool revoke_all) {
     uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
     uv_timer_stop(&upgrade_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&upgrade_timer_), nullptr);
+    stop_monitoring();
     listening_ = false;
   }
   listen_fd_.reset();
@@ -398,7 +402,10 @@ void Server::on_session_event(uv_poll_t* handle, int status, int events) {
     return;
   }
   try {
-    if (events & UV_WRITABLE) {
+    if ((events & UV_WRITABLE) && s->subscriber) {
+      self->flush_events(*s);
+      if (s->closing) return;
+    } else if (events & UV_WRITABLE) {
       self->flush_pending(*s);
       if (s->closing || s->pending.size() != 0) return;
     }
@@ -417,7 +424,11 @@ void Server::read_requests(Session& s) {
     auto st = ipc::recv_record(s.conn.get(), recv_buf_, false, true);
     if (st == ipc::RecvStatus::kWouldBlock) return;
     s.spoke = true;
-    if (st == ipc::RecvStatus::kEof || st == ipc::RecvStatus::kError) {
+    if (st == ipc::RecvStatus::kEof || st == ipc::RecvStatus::kError || s.subscriber) {
+      if (s.subscriber && st != ipc::RecvStatus::kEof && st != ipc::RecvStatus::kError) {
+        spdlog::info("pid={} uid={} closed: sent a request on an events connection", s.holder.pid,
+                     s.holder.uid);
+      }
       close_session(s);
       return;
     }
@@ -443,6 +454,7 @@ void Server::read_requests(Session& s) {
     }
     if (s.deferred) return;  // its reply comes from on_deferred_done
     if (!send_reply(s, reply)) return;
+    if (s.subscribing) return begin_subscription(s);
   }
 }
 
@@ -487,12 +499,15 @@ void Server::flush_pending(Session& s) {
   s.pending = nullptr;
   s.pending_fds.clear();
   uv_poll_start(&s.poll, UV_READABLE | UV_DISCONNECT, &Server::on_session_event);
+  if (s.subscribing) begin_subscription(s);
 }
 
 void Server::close_session(Session& s) {
   if (s.closing) return;
   s.closing = true;
+  events_.unsubscribe(s.id);
   auto ended = service_.end_session(s.id);
+  log_notices();
   if (fd_store_.enabled() && !detaching_) fd_store_.remove(session_fd_name(s.id));
   if (ended.released + ended.lingering > 0) {
     spdlog::info("pid={} uid={} session ended; released {} lease(s), {} lingering", s.holder.pid,

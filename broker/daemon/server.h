@@ -14,6 +14,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "broker/daemon/events.h"
+#include "broker/daemon/metrics.h"
 #include "broker/service/lease_service.h"
 #include "broker/service/policy_source.h"
 #include "ipc/framing.h"
@@ -38,6 +40,10 @@ struct ServerConfig {
   std::string runtime_dir;
   bool journal = true;
   bool fd_store = false;  // keep sockets and sessions in the service manager's fd store
+  // Events and metrics (monitor.cc).
+  EventHub::Limits events;
+  std::string metrics_textfile;  // "": none
+  uint64_t metrics_interval_ms = 5000;
 
   PolicySource policy_source() const { return PolicySource{config_path, state_dir, pool}; }
   std::string journal_dir() const;
@@ -109,6 +115,21 @@ class Server {
   void close_session(Session& s);
   void log_notices();
 
+  // Events and metrics (monitor.cc).
+  void start_monitoring();
+  void stop_monitoring();
+  // Numbers and sends what the LeaseService reported; counts it in the metrics.
+  void publish_events();
+  void do_events(Session& s, wire::EventsRequest::Reader r, Reply& reply);
+  void do_metrics(Reply& reply);
+  // The `subscribed` reply is out: the session streams events from now on.
+  void begin_subscription(Session& s);
+  void flush_events(Session& s);
+  void on_subscriber_flow(uint64_t session, EventHub::Flow flow);
+  std::string render_metrics() const;
+  void write_metrics_textfile();
+  static void on_metrics_timer(uv_timer_t* t);
+
   // Requests (dispatch.cc, diag.cc).
   void do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader list, Reply& reply);
   void do_release(Session& s, uint64_t lease_id, Reply& reply);
@@ -146,6 +167,11 @@ class Server {
   uv_timer_t sweep_timer_{};
   uv_timer_t shutdown_timer_{};  // runs on_shutdown_request once the reply is sent
   uv_timer_t upgrade_timer_{};   // runs upgrade() once nothing is in flight
+  EventHub events_;
+  Metrics metrics_;
+  uv_timer_t metrics_timer_{};       // rewrites the textfile every metrics_interval_ms
+  uv_timer_t metrics_soon_timer_{};  // and shortly after a change
+  bool metrics_soon_ = false;
   size_t deferred_in_flight_ = 0;
   FdStore fd_store_;
   std::unordered_map<uint64_t, std::unique_ptr<HolderWatch>> watches_;

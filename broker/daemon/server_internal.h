@@ -4,6 +4,7 @@
 #include <capnp/message.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,9 +42,13 @@ struct Server::Session {
   Principal principal;  // what the policy sees: holder's ids plus supplementary groups
   uv_poll_t poll{};
   bool closing = false;
-  bool spoke = false;         // has sent at least one record
-  bool deferred = false;      // a reply is being prepared off the loop; read nothing meanwhile
-  bool searching = false;     // looking for the process that now holds the connection
+  bool spoke = false;      // has sent at least one record
+  bool deferred = false;   // a reply is being prepared off the loop; read nothing meanwhile
+  bool searching = false;  // looking for the process that now holds the connection
+  // Events (monitor.cc): asked for, starting once the reply saying so is out; then streaming.
+  bool subscribing = false;
+  bool subscriber = false;
+  std::optional<uint64_t> events_since;
   uint64_t connected_at = 0;  // uv_now() at accept
   // A reply the socket had no room for; while it waits, the session is not read.
   kj::Array<capnp::word> pending;

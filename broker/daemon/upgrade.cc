@@ -55,7 +55,10 @@ Result<void> Server::upgrade() {
   }
   std::vector<std::pair<int, std::string>> fds;
   fds.emplace_back(listen_fd_.get(), kControlFdName);
-  for (const auto& [id, s] : sessions_) fds.emplace_back(s->conn.get(), session_fd_name(id));
+  for (const auto& [id, s] : sessions_) {
+    // An event stream does not survive: its subscriber sees EOF and reconnects.
+    if (!s->subscriber) fds.emplace_back(s->conn.get(), session_fd_name(id));
+  }
   for (auto& fd : service_.handover_fds()) fds.push_back(std::move(fd));
 
   // Everything is copied above all the numbers in use first, then put in place at 3, 4, ...:

@@ -44,7 +44,7 @@ Result<void> write_all(int fd, const void* data, size_t size, const std::string&
 }
 
 Result<void> write_file_atomically(const std::string& dir, const std::string& name,
-                                   const std::string& text) {
+                                   const std::string& text, bool durable) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return make_error(ErrorCode::kInternal, "cannot create " + dir + ": " + ec.message());
@@ -56,11 +56,12 @@ Result<void> write_file_atomically(const std::string& dir, const std::string& na
     ::unlink(tmp.c_str());
     return w;
   }
-  if (::fsync(fd.get()) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if ((durable && ::fsync(fd.get()) != 0) || ::rename(tmp.c_str(), path.c_str()) != 0) {
     int e = errno;
     ::unlink(tmp.c_str());
     return errno_error(ErrorCode::kInternal, "cannot save " + path, e);
   }
+  if (!durable) return {};
   UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (d) ::fsync(d.get());
   return {};

@@ -13,9 +13,11 @@ namespace portbroker::broker {
 Result<std::string> read_whole_file(const std::string& path, size_t max_bytes = size_t{16} << 20);
 
 // Temp file, fsync, rename, fsync of the directory: after a crash the file is either the old
-// one or the new one, never a torn mix. Creates `dir` when missing.
+// one or the new one, never a torn mix. Creates `dir` when missing. Without `durable` there
+// is no fsync: readers still see the old file or the new one whole (the metrics textfile,
+// rewritten every few seconds, need not survive a crash).
 Result<void> write_file_atomically(const std::string& dir, const std::string& name,
-                                   const std::string& text);
+                                   const std::string& text, bool durable = true);
 
 // write(2) until all of `data` is written (EINTR retried).
 Result<void> write_all(int fd, const void* data, size_t size, const std::string& what);

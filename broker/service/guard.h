@@ -21,6 +21,8 @@ class Guard {
   Notices apply(const std::vector<PortRange>& wanted, const std::vector<Reservation>& reservations);
   // Takes back every entry the daemon added.
   Notices remove();
+  // Port ranges the daemon put into ip_local_reserved_ports.
+  size_t entries() const { return added_.size(); }
 
  private:
   std::string state_dir_;

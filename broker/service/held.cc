@@ -52,6 +52,7 @@ Result<void> LeaseService::hold_port(const Reservation& r, Protocol p, uint16_t 
   Held& entry = held_[key];
   entry.reservation = r.name;
   std::optional<Error> failed;
+  bool bound_any = false;
   for (HeldSocket& want : hold_addresses(r)) {
     bool have = std::any_of(entry.sockets.begin(), entry.sockets.end(),
                             [&](const HeldSocket& h) { return h.address == want.address; });
@@ -67,10 +68,19 @@ Result<void> LeaseService::hold_port(const Reservation& r, Protocol p, uint16_t 
       continue;
     }
     want.fd = std::move(fd).value();
+    bound_any = true;
     store_hold(want.fd.get());
     entry.sockets.push_back(std::move(want));
   }
+  Event e;
+  e.name = r.name;
+  e.endpoint = std::string(protocol_name(p)) + " port " + std::to_string(port);
+  e.port = port;
   if (!failed) {
+    if (bound_any) {
+      e.kind = "reservation-held";
+      daemon_event(std::move(e));
+    }
     if (hold_failures_.erase(key) > 0) {
       notice(Notice::kInfo, "now holding " + std::string(protocol_name(p)) + " port " +
                                 std::to_string(port) + " for reservation " + r.name);
@@ -84,6 +94,10 @@ Result<void> LeaseService::hold_port(const Reservation& r, Protocol p, uint16_t 
     notice(Notice::kWarn, "cannot hold " + std::string(protocol_name(p)) + " port " +
                               std::to_string(port) + " for reservation " + r.name +
                               " (retrying): " + failed->message);
+    e.kind = "hold-failed";
+    e.code = failed->code;
+    e.reason = failed->message;
+    daemon_event(std::move(e));
   }
   return *failed;
 }

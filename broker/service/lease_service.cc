@@ -40,6 +40,78 @@ size_t pool_size(const Pool& pool) {
 
 }  // namespace
 
+void LeaseService::lease_event(const char* kind, const Lease& l, const Endpoint& ep, Mode mode) {
+  Event e;
+  e.time_ms = unix_now_ms();
+  e.kind = kind;
+  e.lease = l.id;
+  e.name = l.name;
+  e.endpoint = format_endpoint(ep.protocol, ep.address, ep.port);
+  e.port = ep.port;
+  e.mode = mode_name(mode);
+  e.pid = l.holder.pid;
+  e.uid = l.holder.uid;
+  e.comm = l.holder.comm;
+  events_.push_back(std::move(e));
+}
+
+void LeaseService::lease_event(const char* kind, uint64_t id) {
+  const Lease* l = registry_.find_lease(id);
+  const Binding* b = l != nullptr ? registry_.find_binding(l->binding) : nullptr;
+  if (b != nullptr) lease_event(kind, *l, b->endpoint, b->mode);
+}
+
+void LeaseService::daemon_event(Event e) {
+  e.time_ms = unix_now_ms();
+  events_.push_back(std::move(e));
+}
+
+void LeaseService::refusal_event(const Session& s, const SocketSpec* spec, const Error& err) {
+  Event e;
+  e.time_ms = unix_now_ms();
+  e.kind = "refused";
+  e.pid = s.holder.pid;
+  e.uid = s.holder.uid;
+  e.comm = s.holder.comm;
+  e.code = err.code;
+  e.reason = err.message;
+  if (spec != nullptr) {
+    e.name = spec->name;
+    e.endpoint = format_endpoint(spec->protocol, spec->address, spec->port);
+    e.port = spec->port;
+    e.mode = mode_name(spec->mode);
+    if (err.code == ErrorCode::kConflict) {
+      Endpoint ep{spec->protocol, spec->address, spec->port,
+                  is_dual_stack(*spec, !dual_stack_default_)};
+      for (uint64_t bid : registry_.overlapping(ep)) {
+        const Binding* b = registry_.find_binding(bid);
+        if (b == nullptr) continue;
+        for (uint64_t id : b->leases) {
+          const Lease* l = registry_.find_lease(id);
+          if (l == nullptr || !e.conflicts_with.empty()) continue;
+          e.conflicts_with =
+              "lease " + std::to_string(l->id) + " (" +
+              format_endpoint(b->endpoint.protocol, b->endpoint.address, b->endpoint.port) +
+              ", pid " + std::to_string(l->holder.pid) + " " + l->holder.comm + ", uid " +
+              std::to_string(l->holder.uid) + ")";
+        }
+      }
+    }
+  }
+  events_.push_back(std::move(e));
+}
+
+LeaseService::Gauges LeaseService::gauges() const {
+  Gauges g;
+  for (const auto& [key, entry] : held_) {
+    if (!entry.sockets.empty()) ++g.held_ports;
+  }
+  g.hold_failures = hold_failures_.size();
+  g.guard_entries = guard_.entries();
+  g.journal_bytes = journal_ ? journal_->log_bytes() : 0;
+  return g;
+}
+
 LeaseService::LeaseService(ServiceConfig config, Policy policy, SysCalls& sys)
     : config_(std::move(config)),
       policy_(std::move(policy)),
@@ -74,6 +146,12 @@ Result<RestoreReport> LeaseService::start(Inheritance inherited) {
   adopt_holds(std::move(inherited.holds));
   sync_held();
   apply_guard();
+  Event started;
+  started.kind = "daemon-started";
+  started.count = report.restored;
+  started.reason = std::to_string(report.restored) + " lease(s) restored, " +
+                   std::to_string(report.dropped) + " ended while the daemon was away";
+  daemon_event(std::move(started));
   return report;
 }
 
@@ -168,7 +246,7 @@ journal::Record LeaseService::granted_record(uint64_t lease, const Session& s) c
 
 void LeaseService::stop() {
   stopping_ = true;
-  for (uint64_t id : registry_.expired(INT64_MAX)) end_lease(id);  // every lingering lease
+  for (uint64_t id : registry_.expired(INT64_MAX)) end_lease(id, true, "revoked");  // lingering
   std::vector<uint64_t> all;
   for (const auto& [id, s] : sessions_) all.push_back(id);
   for (uint64_t id : all) end_session(id);
@@ -231,9 +309,10 @@ LeaseService::SessionEnd LeaseService::end_session(uint64_t session) {
       const int64_t until = now + int64_t{l->linger_s} * 1000;
       registry_.set_lingering(*it, until);
       record_or_warn(journal::LeaseLingering{*it, until});
+      lease_event("lingering", *it);
       ++out.lingering;
     } else {
-      end_lease(*it);
+      end_lease(*it, true, stopping_ ? "revoked" : "holder-exited");
       ++out.released;
     }
   }
@@ -323,6 +402,7 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
                                std::to_string(held) + " leases; " + std::to_string(more) +
                                " more would pass the limit of " + std::to_string(lim.leases));
     out.whole_request = true;
+    refusal_event(s, specs.size() == 1 ? &specs.front() : nullptr, *out.error);
     return out;
   }
   const int64_t now = unix_now_ms();
@@ -333,6 +413,7 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
       roll_back(out.granted, lingered_for);
       out.error = grant.error();
       out.failed_index = i;
+      refusal_event(s, &specs[i], *out.error);
       return out;
     }
     out.granted.push_back(*grant);
@@ -356,10 +437,12 @@ AcquireOutcome LeaseService::acquire(uint64_t session, std::vector<SocketSpec>& 
           make_error(recorded.error().code, "cannot record the lease: " + recorded.error().message +
                                                 "; nothing was leased");
       out.whole_request = true;
+      refusal_event(s, nullptr, *out.error);
       return out;
     }
     compact_if_due();
   }
+  for (const Grant& g : out.granted) lease_event(g.reclaimed ? "reclaimed" : "acquired", g.lease);
   return out;
 }
 
@@ -470,20 +553,23 @@ Result<bool> LeaseService::release(uint64_t session, uint64_t lease_id) {
                           std::to_string(l->holder.uid) + "; only that uid or root may release it");
   }
   const bool revoke = l->session != session;
-  end_lease(lease_id);
+  end_lease(lease_id, true, revoke ? "revoked" : "released");
   return revoke;
 }
 
 std::vector<uint64_t> LeaseService::expire(int64_t now_ms) {
   auto ids = registry_.expired(now_ms);
-  for (uint64_t id : ids) end_lease(id);
+  for (uint64_t id : ids) end_lease(id, true, "expired");
   return ids;
 }
 
-void LeaseService::end_lease(uint64_t lease_id, bool journal) {
+void LeaseService::end_lease(uint64_t lease_id, bool journal, const char* why) {
   auto removed = registry_.remove_lease(lease_id);
   if (!removed) return;
-  if (journal) record_or_warn(journal::LeaseEnded{lease_id});
+  if (journal) {
+    record_or_warn(journal::LeaseEnded{lease_id});
+    lease_event(why, removed->lease, removed->endpoint, removed->mode);
+  }
   UniqueFd sock;
   if (removed->mode == Mode::kReuseport) {
     sock = release_kept(member_sockets_, lease_id);
@@ -541,6 +627,10 @@ Result<std::string> LeaseService::reserve(Reservation r) {
                                                  "; nothing was reserved");
   }
   apply_guard();
+  Event added;
+  added.kind = "reservation-added";
+  added.name = name;
+  daemon_event(std::move(added));
   return name;
 }
 
@@ -554,6 +644,10 @@ Result<void> LeaseService::unreserve(std::string_view name) {
   }
   sync_held();
   apply_guard();
+  Event removed;
+  removed.kind = "reservation-removed";
+  removed.name = std::string(name);
+  daemon_event(std::move(removed));
   return {};
 }
 
@@ -562,6 +656,12 @@ std::vector<std::string> LeaseService::replace_policy(Policy next) {
   auto refused = leases_refused_by_policy();
   sync_held();
   apply_guard();
+  Event reloaded;
+  reloaded.kind = "policy-reloaded";
+  reloaded.name = policy_.source;
+  reloaded.count = refused.size();
+  reloaded.reason = std::to_string(refused.size()) + " lease(s) kept that it would now refuse";
+  daemon_event(std::move(reloaded));
   return refused;
 }
 

@@ -21,6 +21,7 @@
 #include "broker/service/guard.h"
 #include "broker/service/notice.h"
 #include "portbroker/fd.hpp"
+#include "portbroker/info.hpp"
 #include "portbroker/result.hpp"
 #include "portbroker/spec.hpp"
 
@@ -163,6 +164,18 @@ class LeaseService {
   size_t session_count() const { return sessions_.size(); }
 
   std::vector<Notice> take_notices() { return std::exchange(notices_, {}); }
+  // What happened since the last call, in order, for `portbroker events` and the metrics. The
+  // daemon numbers and publishes them (seq is 0 here).
+  std::vector<Event> take_events() { return std::exchange(events_, {}); }
+
+  // For the metrics.
+  struct Gauges {
+    size_t held_ports = 0;     // ports held now for held reservations
+    size_t hold_failures = 0;  // held ports that could not be held
+    size_t guard_entries = 0;  // port ranges the daemon added to ip_local_reserved_ports
+    size_t journal_bytes = 0;  // the journal's log since its last compaction
+  };
+  Gauges gauges() const;
 
   // The process that opened `session` exited, leaving the connection to `holder` (pinned by
   // `pidfd`, borrowed): the session's leases are now that process's. Its uid and gid stay
@@ -189,6 +202,12 @@ class LeaseService {
   void notice(Notice::Level level, std::string text) {
     notices_.push_back(Notice{level, std::move(text)});
   }
+  // An event about lease `id` (still in the registry) and its holder.
+  void lease_event(const char* kind, uint64_t id);
+  void lease_event(const char* kind, const Lease& l, const Endpoint& ep, Mode mode);
+  void daemon_event(Event e);
+  // A refused acquire: who asked, why, and whom it collided with.
+  void refusal_event(const Session& s, const SocketSpec* spec, const Error& e);
 
   // acquire's steps, per requested socket.
   // `lingered_for`: on a reclaim, the holder the lease lingered for (a rollback gives it back).
@@ -204,8 +223,9 @@ class LeaseService {
   std::optional<uint64_t> own_reclaimable(const Session& s, const SocketSpec& spec) const;
   void refresh_comms(const Endpoint& ep);
   // Ends one lease and closes (after shutdown, so a copy held elsewhere stops serving) the
-  // socket that only it used. `journal` false: the lease was never recorded.
-  void end_lease(uint64_t lease_id, bool journal = true);
+  // socket that only it used. `journal` false: the lease was never recorded (and nobody heard
+  // of it: no event). `why` is the event's kind.
+  void end_lease(uint64_t lease_id, bool journal = true, const char* why = "released");
   // Keeps the broker's copy of a socket (and puts it in the fd store).
   int keep(std::unordered_map<uint64_t, KeptSocket>& table, uint64_t key, UniqueFd fd);
   UniqueFd release_kept(std::unordered_map<uint64_t, KeptSocket>& table, uint64_t key);
@@ -257,6 +277,7 @@ class LeaseService {
   bool ipv6_available_ = true;
   bool stopping_ = false;
   std::vector<Notice> notices_;
+  std::vector<Event> events_;
 };
 
 }  // namespace portbroker::broker

@@ -24,6 +24,9 @@ std::string format_who(const WhoReport& report);
 nlohmann::json who_to_json(const WhoReport& report);
 std::string format_problems(const std::vector<Problem>& problems);  // "no problems found"
 nlohmann::json problems_to_json(const std::vector<Problem>& problems);
+// One line per event: "SEQ TIME KIND key=value...", logfmt-quoted.
+std::string format_event(const Event& e);
+nlohmann::json event_to_json(const Event& e);  // printed one object per line
 
 // Acquires `specs`, then replaces this process with `command`, systemd socket-activation style.
 // Returns only on failure, with the exit code.

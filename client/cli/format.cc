@@ -2,6 +2,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <ctime>
 #include <string>
 
@@ -258,6 +259,70 @@ nlohmann::json problems_to_json(const std::vector<Problem>& problems) {
   auto out = nlohmann::json::array();
   for (const auto& p : problems) out.push_back({{"kind", p.kind}, {"message", p.message}});
   return out;
+}
+
+namespace {
+
+// logfmt: key=value, the value quoted when it holds a blank, a quote or nothing.
+void logfmt(std::string& out, const char* key, const std::string& value) {
+  if (value.empty()) return;
+  out.append(" ").append(key).append("=");
+  if (value.find_first_of(" \t\"=\\") == std::string::npos) {
+    out += value;
+    return;
+  }
+  out += '"';
+  for (char c : value) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c == '\n' ? ' ' : c;
+  }
+  out += '"';
+}
+
+std::string time_ms_text(int64_t unix_ms) {
+  if (unix_ms <= 0) return "-";
+  char ms[8];
+  std::snprintf(ms, sizeof(ms), ".%03d", static_cast<int>(unix_ms % 1000));
+  return format_time(unix_ms) + ms;
+}
+
+}  // namespace
+
+std::string format_event(const Event& e) {
+  std::string out = std::to_string(e.seq) + " " + time_ms_text(e.time_ms) + " " + e.kind;
+  if (e.lease != 0) logfmt(out, "lease", std::to_string(e.lease));
+  logfmt(out, "name", e.name);
+  logfmt(out, "endpoint", e.endpoint);
+  logfmt(out, "mode", e.mode);
+  if (e.pid != 0) logfmt(out, "pid", std::to_string(e.pid));
+  if (event_is_about_lease(e)) logfmt(out, "uid", std::to_string(e.uid));
+  logfmt(out, "comm", e.comm);
+  if (e.code != ErrorCode::kOk) logfmt(out, "code", error_code_name(e.code));
+  if (e.kind == "lost" || e.kind == "daemon-started" || e.kind == "policy-reloaded") {
+    logfmt(out, "count", std::to_string(e.count));
+  }
+  logfmt(out, "reason", e.reason);
+  logfmt(out, "conflicts_with", e.conflicts_with);
+  return out + "\n";
+}
+
+nlohmann::json event_to_json(const Event& e) {
+  nlohmann::json j = {{"seq", e.seq}, {"time_ms", e.time_ms}, {"kind", e.kind}};
+  if (e.lease != 0) j["lease"] = e.lease;
+  if (!e.name.empty()) j["name"] = e.name;
+  if (!e.endpoint.empty()) j["endpoint"] = e.endpoint;
+  if (e.port != 0) j["port"] = e.port;
+  if (!e.mode.empty()) j["mode"] = e.mode;
+  if (e.pid != 0) j["pid"] = e.pid;
+  if (event_is_about_lease(e)) j["uid"] = e.uid;
+  if (!e.comm.empty()) j["comm"] = e.comm;
+  if (e.code != ErrorCode::kOk) j["code"] = error_code_name(e.code);
+  if (!e.reason.empty()) j["reason"] = e.reason;
+  if (!e.conflicts_with.empty()) j["conflicts_with"] = e.conflicts_with;
+  if (e.kind == "lost" || e.kind == "daemon-started" || e.kind == "policy-reloaded") {
+    j["count"] = e.count;
+  }
+  return j;
 }
 
 }  // namespace portbroker::cli

@@ -1,6 +1,7 @@
 // `portbroker`: the command line for portbrokerd (leases, exec, reservations, diagnostics).
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -126,6 +127,38 @@ int run_check(const std::string& socket_path, bool json) {
   return problems->empty() ? printed : kExitFailed;
 }
 
+int run_metrics(const std::string& socket_path) {
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto text = client->metrics();
+  if (!text) return fail(text.error());
+  return print(*text);
+}
+
+int run_events(const std::string& socket_path, bool json, const std::string& since_text) {
+  std::optional<uint64_t> since;
+  if (!since_text.empty()) {
+    since = parse_decimal(since_text);
+    if (!since) {
+      std::fprintf(stderr, "portbroker events: --since '%s' is not a sequence number\n",
+                   since_text.c_str());
+      return kExitUsage;
+    }
+  }
+  auto client = Client::connect(socket_path);
+  if (!client) return fail(client.error());
+  auto stream = client->events(since);
+  if (!stream) return fail(stream.error());
+  // Line-buffered: whoever reads the pipe sees each event as it happens.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  for (const Event& e : *stream) {
+    if (print(json ? event_to_json(e).dump() + "\n" : format_event(e)) != kExitOk) {
+      return kExitFailed;  // the reader went away
+    }
+  }
+  return fail(stream->error());
+}
+
 int run(int argc, char** argv) {
   CLI::App app{
       "Ask portbrokerd for ports; list and release leases; reserve ports; find out "
@@ -223,6 +256,21 @@ int run(int argc, char** argv) {
       "is any problem.");
   check->add_flag("--json", json, "Print JSON.");
 
+  std::string since;
+  auto* events = app.add_subcommand("events", "Stream what the daemon does, as it happens.");
+  events->footer(
+      "One line per event: SEQ TIME KIND then key=value fields. Kinds: acquired, reclaimed, "
+      "released, revoked, holder-exited, lingering, expired, refused, reservation-added, "
+      "reservation-removed, reservation-held, hold-failed, policy-reloaded, daemon-started, and "
+      "lost (this reader missed COUNT events). Users other than root see only events about "
+      "their own leases unless the policy's [events] names them.");
+  events->add_flag("--json", json, "Print one JSON object per line.");
+  events->add_option("--since", since,
+                     "First print the recent events after sequence number SEQ that the daemon "
+                     "still keeps (after a reconnect: the last SEQ seen).");
+
+  auto* metrics = app.add_subcommand("metrics", "Print the daemon's metrics (Prometheus text).");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -252,6 +300,8 @@ int run(int argc, char** argv) {
   if (*check) return run_check(socket_path, json);
   if (*shutdown) return run_shutdown(socket_path, revoke_all);
   if (*upgrade) return run_upgrade(socket_path);
+  if (*events) return run_events(socket_path, json, since);
+  if (*metrics) return run_metrics(socket_path);
   return kExitUsage;
 }
 

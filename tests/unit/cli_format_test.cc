@@ -144,4 +144,39 @@ TEST_CASE("reload: the source, then the leases the new policy would refuse") {
 }
 
 }  // namespace
+TEST_CASE("events: one logfmt line each, the same fields in JSON") {
+  Event e;
+  e.seq = 42;
+  e.kind = "refused";
+  e.name = "web";
+  e.endpoint = "tcp 127.0.0.1:80";
+  e.port = 80;
+  e.mode = "exclusive";
+  e.pid = 7;
+  e.uid = 1000;
+  e.comm = "nginx";
+  e.code = ErrorCode::kConflict;
+  e.reason = "port 80 is \"taken\"";
+  e.conflicts_with = "lease 3 (tcp 127.0.0.1:80, pid 6 nginx, uid 1000)";
+  CHECK(format_event(e) ==
+        "42 - refused name=web endpoint=\"tcp 127.0.0.1:80\" mode=exclusive pid=7 uid=1000 "
+        "comm=nginx code=conflict reason=\"port 80 is \\\"taken\\\"\" "
+        "conflicts_with=\"lease 3 (tcp 127.0.0.1:80, pid 6 nginx, uid 1000)\"\n");
+  auto j = event_to_json(e);
+  CHECK(j["seq"] == 42);
+  CHECK(j["code"] == "conflict");
+  CHECK(j["uid"] == 1000);
+  CHECK(j["reason"] == "port 80 is \"taken\"");
+  CHECK_FALSE(j.contains("lease"));
+  CHECK_FALSE(j.contains("count"));
+
+  Event lost;
+  lost.seq = 9;
+  lost.kind = "lost";
+  lost.count = 5;
+  CHECK(format_event(lost) == "9 - lost count=5\n");
+  CHECK(event_to_json(lost)["count"] == 5);
+  CHECK_FALSE(event_to_json(lost).contains("uid"));  // about no one's lease
+}
+
 }  // namespace portbroker::cli

@@ -352,6 +352,42 @@ TEST_SUITE("lease_service") {
     CHECK(again.error().code == ErrorCode::kNotFound);
   }
 
+  TEST_CASE("events: each outcome reported once, in order; a rolled-back grant never is") {
+    Sandbox sandbox;
+    Service s;
+    s.open(1, 1000, 4242);
+    s.open(2, 1001, 4343);
+    (void)s.svc.take_events();
+    const Grant g = s.grant(1, {"web=tcp:127.0.0.1:8080"})[0];
+    // 8081 is granted, then rolled back when 8080 conflicts: only the refusal is reported.
+    auto both = specs({"tcp:127.0.0.1:8081", "tcp:127.0.0.1:8080"});
+    AcquireOutcome refused = s.svc.acquire(2, both);
+    REQUIRE(refused.error);
+    REQUIRE(s.svc.release(1, g.lease).ok());
+
+    const std::vector<Event> events = s.svc.take_events();
+    REQUIRE(events.size() == 3);
+    CHECK(events[0].kind == "acquired");
+    CHECK(events[0].lease == g.lease);
+    CHECK(events[0].name == "web");
+    CHECK(events[0].endpoint == "tcp 127.0.0.1:8080");
+    CHECK(events[0].mode == "exclusive");
+    CHECK(events[0].pid == 4242);
+    CHECK(events[0].uid == 1000);
+    CHECK(events[1].kind == "refused");
+    CHECK(events[1].uid == 1001);
+    CHECK(events[1].pid == 4343);
+    CHECK(events[1].port == 8080);
+    CHECK(events[1].code == ErrorCode::kConflict);
+    CHECK(events[1].reason == refused.error->message);
+    CHECK_MESSAGE(contains(events[1].conflicts_with, "lease " + std::to_string(g.lease)),
+                  events[1].conflicts_with);
+    CHECK(contains(events[1].conflicts_with, "pid 4242"));
+    CHECK(events[2].kind == "released");
+    CHECK(events[2].lease == g.lease);
+    CHECK(s.svc.take_events().empty());
+  }
+
   TEST_CASE("rollback: when the last socket of an acquire fails, nothing stays leased") {
     Sandbox sandbox;
     Service s;

@@ -440,11 +440,15 @@ TEST_CASE("policy: invalid files name the line and the problem") {
       {"unknown top-level key", "\nrules = 5\n",
        "policy.toml:2:1:", "unknown key 'rules'; did you mean 'rule'?"},
       {"unknown key, far from any", "zzzzzzzz = 1\n", "policy.toml:1:1:",
-       "unknown key 'zzzzzzzz'; expected one of: daemon limits rule reservation pool"},
+       "unknown key 'zzzzzzzz'; expected one of: daemon limits events rule reservation pool"},
       {"unknown key in a rule", "[[rule]]\nusers = [\"*\"]\nprots = 80\n",
        "policy.toml:3:1:", "unknown key 'prots' in [[rule]]; did you mean 'ports'?"},
       {"unknown key in daemon", "[daemon]\nroot_unrestrict = true\n", "policy.toml:2:1:",
        "unknown key 'root_unrestrict' in [daemon]; did you mean 'root_unrestricted'?"},
+      {"unknown key in events", "[events]\nuser = [\"alice\"]\n",
+       "policy.toml:2:1:", "unknown key 'user' in [events]; did you mean 'users'?"},
+      {"unknown user in events", "[events]\nusers = [\"mallory\"]\n",
+       "policy.toml:2:", "unknown user 'mallory'"},
       {"unknown key in limits", "[limits]\nmax_leases = 3\n",
        "policy.toml:2:1:", "unknown key 'max_leases' in [limits]"},
       {"unknown key in a reservation", "[[reservation]]\nname = \"a\"\nports = 1\nheld = true\n",
@@ -832,4 +836,14 @@ TEST_CASE("policy: port ranges") {
   CHECK(normalize_ports({{65535, 65535}, {1, 65534}}) == std::vector<PortRange>{{1, 65535}});
   CHECK(PortRange{8000, 8099}.to_string() == "8000-8099");
   CHECK(PortRange{80, 80}.to_string() == "80");
+}
+
+TEST_CASE("policy: [events] names who sees every uid's events") {
+  Policy none = must_parse("");
+  CHECK(none.event_readers.empty());
+  CHECK_FALSE(none.event_readers.matches(kAlice));
+  Policy p = must_parse("[events]\nusers = [\"alice\"]\ngroups = [\"web\"]\n");
+  CHECK(p.event_readers.matches(kAlice));
+  CHECK(p.event_readers.matches(kCarolWeb));
+  CHECK_FALSE(p.event_readers.matches(kBob));
 }

@@ -13,8 +13,11 @@
 // A Client is not thread-safe; use one per thread or guard it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <memory>
+#include <optional>
 #include <portbroker/info.hpp>
 #include <portbroker/result.hpp>
 #include <portbroker/spec.hpp>
@@ -65,6 +68,70 @@ class Lease {
   LeaseInfo info_;
 };
 
+// A live stream of the daemon's events (Client::events), on a connection of its own.
+//
+//   auto events = client->events();
+//   for (const portbroker::Event& e : *events) printf("%llu %s\n", e.seq, e.kind.c_str());
+//   if (!events->error().message.empty()) ...  // why the stream ended
+//
+// A non-root subscriber sees only events about its own uid's leases (unless the policy's
+// [events] names it). An event of kind "lost" says `count` events were not delivered (this
+// reader was too slow): reconnect with `since` = the last seq seen to fetch what the daemon's
+// ring still has.
+class EventStream {
+ public:
+  EventStream(EventStream&&) noexcept;
+  EventStream& operator=(EventStream&&) noexcept;
+  EventStream(const EventStream&) = delete;
+  EventStream& operator=(const EventStream&) = delete;
+  ~EventStream();
+
+  // The next event; waits up to `timeout_ms` (negative: for ever). An empty optional when the
+  // time ran out first. An error ends the stream (the daemon closed it, or stopped).
+  Result<std::optional<Event>> next(int timeout_ms = -1);
+  // The newest event's seq when the subscription took effect (events after it follow).
+  uint64_t subscribed_at() const { return subscribed_at_; }
+  // The seq of the last event returned (0 before any): `since` for a reconnect.
+  uint64_t last_seq() const { return last_seq_; }
+  // The connection's fd, to poll(2) for readability alongside other work.
+  int fd() const;
+  // Why iteration ended (empty message while it has not).
+  const Error& error() const { return error_; }
+
+  // Range-for over the events; ends at the first error (see error()).
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = Event;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const Event*;
+    using reference = const Event&;
+    iterator() = default;
+    reference operator*() const { return current_; }
+    pointer operator->() const { return &current_; }
+    iterator& operator++();
+    void operator++(int) { ++*this; }
+    bool operator==(const iterator& o) const { return stream_ == o.stream_; }
+
+   private:
+    friend class EventStream;
+    explicit iterator(EventStream* s) : stream_(s) { ++*this; }
+    EventStream* stream_ = nullptr;
+    Event current_;
+  };
+  iterator begin() { return iterator(this); }
+  iterator end() { return iterator(); }
+
+ private:
+  friend class Client;
+  EventStream(std::shared_ptr<Connection> conn, uint64_t subscribed_at)
+      : conn_(std::move(conn)), subscribed_at_(subscribed_at) {}
+  std::shared_ptr<Connection> conn_;
+  uint64_t subscribed_at_ = 0;
+  uint64_t last_seq_ = 0;
+  Error error_;
+};
+
 class Client {
  public:
   // Connects to `socket_path`, or $PORTBROKER_SOCKET, or the default path.
@@ -97,6 +164,13 @@ class Client {
   Result<WhoReport> who(Protocol protocol, uint16_t port);
   // Empty when all is well.
   Result<std::vector<Problem>> check();
+  // The daemon's metrics, in the Prometheus text format.
+  Result<std::string> metrics();
+  // Streams the daemon's events on a new connection (this Client stays usable). With `since`,
+  // first the events after it that the daemon's ring still holds (one "lost" event first
+  // when it no longer holds them all). Returns once the daemon has taken the subscription:
+  // every event after subscribed_at() will arrive.
+  Result<EventStream> events(std::optional<uint64_t> since = std::nullopt);
 
   // The connection's fd: the session lives as long as this fd is open in any process.
   int session_fd() const;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <portbroker/result.hpp>
 #include <portbroker/spec.hpp>
 #include <string>
 #include <vector>
@@ -91,5 +92,32 @@ struct ReloadReport {
   // Leases the new policy would refuse: kept, not killed, one line each.
   std::vector<std::string> refused_leases;
 };
+
+// Something that happened in the daemon: `portbroker events`. Lease events (event_is_about_lease)
+// carry the lease and its holder (pid, uid, comm); a refusal carries who asked instead.
+struct Event {
+  uint64_t seq = 0;     // one more than the event the daemon published before it
+  int64_t time_ms = 0;  // unix time
+  // acquired, reclaimed, released, revoked, holder-exited, lingering, expired, refused,
+  // reservation-added, reservation-removed, reservation-held, hold-failed, policy-reloaded,
+  // daemon-started; and lost (this subscriber missed `count` events).
+  std::string kind;
+  uint64_t lease = 0;
+  std::string name;      // the lease's or the reservation's name
+  std::string endpoint;  // "tcp 127.0.0.1:8080"; a reservation's target
+  uint16_t port = 0;
+  std::string mode;
+  int pid = 0;
+  uint32_t uid = 0;
+  std::string comm;
+  ErrorCode code = ErrorCode::kOk;  // refused, hold-failed
+  std::string reason;
+  std::string conflicts_with;  // refused: the holder of what it collided with
+  uint64_t count = 0;          // daemon-started: leases restored; lost: events not delivered
+};
+
+// Whether an event is about one uid's lease or request (a subscriber other than root sees only
+// those of its own uid); the others are about the daemon as a whole.
+bool event_is_about_lease(const Event& e);
 
 }  // namespace portbroker
