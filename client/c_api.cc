@@ -1,6 +1,9 @@
 // The C ABI: a thin shell over portbroker::Client. Nothing may throw across it.
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -233,6 +236,45 @@ int portbroker_who(portbroker_client* c, int protocol, uint16_t port, portbroker
 
 int portbroker_check(portbroker_client* c, portbroker_problem_list** out) {
   return fetch(c, out, [&] { return c->client.check(); });
+}
+
+int portbroker_metrics(portbroker_client* c, char** text_out) {
+  return run(c, [&]() -> portbroker::Result<void> {
+    if (text_out == nullptr) return bad_request("text_out is NULL");
+    auto text = c->client.metrics();
+    if (!text) return text.error();
+    char* copy = ::strdup(text->c_str());
+    if (copy == nullptr) throw std::bad_alloc();
+    *text_out = copy;
+    return {};
+  });
+}
+
+void portbroker_string_free(char* s) { ::free(s); }
+
+int portbroker_events(portbroker_client* c, const uint64_t* since, portbroker_event_stream** out) {
+  return fetch(c, out, [&] {
+    return c->client.events(since != nullptr ? std::optional<uint64_t>(*since) : std::nullopt);
+  });
+}
+
+int portbroker_event_stream_next(portbroker_event_stream* s, int timeout_ms,
+                                 portbroker_event** event_out) {
+  if (s == nullptr) return -PORTBROKER_EBADREQUEST;
+  if (event_out == nullptr)
+    return fail(&s->last_error, ErrorCode::kBadRequest, "event_out is NULL");
+  try {
+    auto next = s->stream.next(timeout_ms);
+    if (!next) return fail(&s->last_error, next.error());
+    auto event = next->has_value()
+                     ? std::make_unique<portbroker_event>(portbroker_event{std::move(**next)})
+                     : nullptr;
+    s->last_error.clear();
+    *event_out = event.release();
+    return 0;
+  } catch (...) {
+    return fail(&s->last_error, ErrorCode::kResourceExhausted, "out of memory");
+  }
 }
 
 int portbroker_reserve(portbroker_client* c, const char* name, const char* target,

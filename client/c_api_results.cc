@@ -161,4 +161,30 @@ const char* portbroker_reload_refused_get(const portbroker_reload_report* r, siz
 }
 void portbroker_reload_report_free(portbroker_reload_report* r) { delete r; }
 
+// ---- events ------------------------------------------------------------------------------
+
+PB_GET(uint64_t, portbroker_event_seq, portbroker_event, 0, o->event.seq)
+PB_GET(int64_t, portbroker_event_time_ms, portbroker_event, 0, o->event.time_ms)
+PB_STR(portbroker_event_kind, portbroker_event, o->event.kind)
+PB_GET(uint64_t, portbroker_event_lease, portbroker_event, 0, o->event.lease)
+PB_STR(portbroker_event_name, portbroker_event, o->event.name)
+PB_STR(portbroker_event_endpoint, portbroker_event, o->event.endpoint)
+PB_GET(uint16_t, portbroker_event_port, portbroker_event, 0, o->event.port)
+PB_STR(portbroker_event_mode, portbroker_event, o->event.mode)
+PB_GET(int32_t, portbroker_event_pid, portbroker_event, 0, o->event.pid)
+PB_GET(uint32_t, portbroker_event_uid, portbroker_event, 0, o->event.uid)
+PB_STR(portbroker_event_comm, portbroker_event, o->event.comm)
+PB_GET(int, portbroker_event_code, portbroker_event, 0, o->event.code)
+PB_STR(portbroker_event_reason, portbroker_event, o->event.reason)
+PB_STR(portbroker_event_conflicts_with, portbroker_event, o->event.conflicts_with)
+PB_GET(uint64_t, portbroker_event_count, portbroker_event, 0, o->event.count)
+void portbroker_event_free(portbroker_event* e) { delete e; }
+
+PB_STR(portbroker_event_stream_last_error, portbroker_event_stream, o->last_error)
+PB_GET(int, portbroker_event_stream_fd, portbroker_event_stream, -1, o->stream.fd())
+PB_GET(uint64_t, portbroker_event_stream_subscribed_at, portbroker_event_stream, 0,
+       o->stream.subscribed_at())
+PB_GET(uint64_t, portbroker_event_stream_last_seq, portbroker_event_stream, 0, o->stream.last_seq())
+void portbroker_event_stream_close(portbroker_event_stream* s) { delete s; }
+
 }  // extern "C"

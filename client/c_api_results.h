@@ -3,9 +3,11 @@
 // valid for the object's lifetime.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "portbroker/client.hpp"
 #include "portbroker/info.hpp"
 #include "portbroker/portbroker.h"
 
@@ -57,4 +59,14 @@ struct portbroker_problem_list {
 
 struct portbroker_reload_report {
   portbroker::ReloadReport report;
+};
+
+struct portbroker_event {
+  portbroker::Event event;
+};
+
+struct portbroker_event_stream {
+  explicit portbroker_event_stream(portbroker::EventStream s) : stream(std::move(s)) {}
+  portbroker::EventStream stream;
+  std::string last_error;
 };

@@ -102,6 +102,37 @@ const char *(*const pb_abi_problem_kind)(const portbroker_problem_list *p,
 const char *(*const pb_abi_problem_message)(const portbroker_problem_list *p,
                                             size_t i) = portbroker_problem_message;
 void (*const pb_abi_problem_list_free)(portbroker_problem_list *p) = portbroker_problem_list_free;
+int (*const pb_abi_metrics)(portbroker_client *c, char **text_out) = portbroker_metrics;
+void (*const pb_abi_string_free)(char *s) = portbroker_string_free;
+int (*const pb_abi_events)(portbroker_client *c, const uint64_t *since,
+                           portbroker_event_stream **out) = portbroker_events;
+int (*const pb_abi_event_stream_next)(portbroker_event_stream *s, int timeout_ms,
+                                      portbroker_event **event_out) = portbroker_event_stream_next;
+const char *(*const pb_abi_event_stream_last_error)(const portbroker_event_stream *s) =
+    portbroker_event_stream_last_error;
+int (*const pb_abi_event_stream_fd)(const portbroker_event_stream *s) = portbroker_event_stream_fd;
+uint64_t (*const pb_abi_event_stream_subscribed_at)(const portbroker_event_stream *s) =
+    portbroker_event_stream_subscribed_at;
+uint64_t (*const pb_abi_event_stream_last_seq)(const portbroker_event_stream *s) =
+    portbroker_event_stream_last_seq;
+void (*const pb_abi_event_stream_close)(portbroker_event_stream *s) = portbroker_event_stream_close;
+uint64_t (*const pb_abi_event_seq)(const portbroker_event *e) = portbroker_event_seq;
+int64_t (*const pb_abi_event_time_ms)(const portbroker_event *e) = portbroker_event_time_ms;
+const char *(*const pb_abi_event_kind)(const portbroker_event *e) = portbroker_event_kind;
+uint64_t (*const pb_abi_event_lease)(const portbroker_event *e) = portbroker_event_lease;
+const char *(*const pb_abi_event_name)(const portbroker_event *e) = portbroker_event_name;
+const char *(*const pb_abi_event_endpoint)(const portbroker_event *e) = portbroker_event_endpoint;
+uint16_t (*const pb_abi_event_port)(const portbroker_event *e) = portbroker_event_port;
+const char *(*const pb_abi_event_mode)(const portbroker_event *e) = portbroker_event_mode;
+int32_t (*const pb_abi_event_pid)(const portbroker_event *e) = portbroker_event_pid;
+uint32_t (*const pb_abi_event_uid)(const portbroker_event *e) = portbroker_event_uid;
+const char *(*const pb_abi_event_comm)(const portbroker_event *e) = portbroker_event_comm;
+int (*const pb_abi_event_code)(const portbroker_event *e) = portbroker_event_code;
+const char *(*const pb_abi_event_reason)(const portbroker_event *e) = portbroker_event_reason;
+const char *(*const pb_abi_event_conflicts_with)(const portbroker_event *e) =
+    portbroker_event_conflicts_with;
+uint64_t (*const pb_abi_event_count)(const portbroker_event *e) = portbroker_event_count;
+void (*const pb_abi_event_free)(portbroker_event *e) = portbroker_event_free;
 int (*const pb_abi_reserve)(portbroker_client *c, const char *name, const char *target,
                             const char *const *users, size_t user_count, const char *const *groups,
                             size_t group_count, int hold) = portbroker_reserve;

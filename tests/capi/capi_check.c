@@ -32,6 +32,11 @@ static int checks;
       printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
     }                                                          \
   } while (0)
+/* The message of the last failure on a client (NULL: of connect) or an event stream. */
+#define LAST_ERROR(x)                                                                          \
+  _Generic((x), portbroker_event_stream *                                                      \
+           : portbroker_event_stream_last_error((const portbroker_event_stream *)(x)), default \
+           : portbroker_last_error((const portbroker_client *)(x)))
 /* A call that must succeed; on failure prints the library's message. */
 #define CHECK_OK(c, call)                                                        \
   do {                                                                           \
@@ -40,17 +45,17 @@ static int checks;
     if (rc_ != 0) {                                                              \
       ++failures;                                                                \
       printf("FAILED %s:%d: %s = %d (%s): %s\n", __FILE__, __LINE__, #call, rc_, \
-             portbroker_strerror(rc_), portbroker_last_error(c));                \
+             portbroker_strerror(rc_), LAST_ERROR(c));                           \
     }                                                                            \
   } while (0)
 #define CHECK_RC(c, call, code)                                                                    \
   do {                                                                                             \
     int rc_ = (call);                                                                              \
     ++checks;                                                                                      \
-    if (rc_ != -(code) || portbroker_last_error(c)[0] == '\0') {                                   \
+    if (rc_ != -(code) || LAST_ERROR(c)[0] == '\0') {                                              \
       ++failures;                                                                                  \
       printf("FAILED %s:%d: %s = %d, wanted %d with a message; message: %s\n", __FILE__, __LINE__, \
-             #call, rc_, -(code), portbroker_last_error(c));                                       \
+             #call, rc_, -(code), LAST_ERROR(c));                                                  \
     }                                                                                              \
   } while (0)
 
@@ -422,6 +427,89 @@ static void check_session_fd(portbroker_client *b) {
   CHECK(wait_port_state(b, 18706, NULL));
 }
 
+/* The next replayed event (seq up to the subscription's) of `kind` on `port`, skipping others,
+ * or NULL when the replay has no more; the caller frees it. */
+static portbroker_event *next_event(portbroker_event_stream *s, const char *kind, int port) {
+  portbroker_event *e = NULL;
+  while (portbroker_event_stream_last_seq(s) < portbroker_event_stream_subscribed_at(s) &&
+         portbroker_event_stream_next(s, -1, &e) == 0 && e != NULL) {
+    if (strcmp(portbroker_event_kind(e), kind) == 0 && portbroker_event_port(e) == port) return e;
+    portbroker_event_free(e);
+    e = NULL;
+  }
+  return NULL;
+}
+
+/* Metrics, and events: the ring's replay (since=0) and a live subscription. */
+static void check_events(portbroker_client *a, portbroker_client *b, uint64_t held) {
+  portbroker_event_stream *replay = NULL, *live = NULL;
+  portbroker_event_stream *untouched = (portbroker_event_stream *)&failures;
+  portbroker_event *e = (portbroker_event *)&failures;
+  uint64_t zero = 0, id = SENTINEL_ID;
+  uint16_t port = SENTINEL_PORT;
+  char *text = NULL, pid[32];
+  int fd = SENTINEL_FD;
+
+  CHECK_OK(b, portbroker_metrics(b, &text));
+  CHECK(text != NULL && strstr(text, "portbroker_") != NULL);
+  portbroker_string_free(text);
+  CHECK_RC(b, portbroker_metrics(b, NULL), PORTBROKER_EBADREQUEST);
+
+  CHECK_RC(b, portbroker_events(b, NULL, NULL), PORTBROKER_EBADREQUEST);
+  CHECK(portbroker_events(NULL, NULL, &untouched) == -PORTBROKER_EBADREQUEST);
+  CHECK(untouched == (portbroker_event_stream *)&failures);
+  CHECK(portbroker_event_stream_next(NULL, 0, &e) == -PORTBROKER_EBADREQUEST);
+  CHECK(portbroker_event_stream_fd(NULL) == -1);
+  CHECK(portbroker_event_seq(NULL) == 0 && strcmp(portbroker_event_kind(NULL), "") == 0);
+  portbroker_event_stream_close(NULL);
+  portbroker_event_free(NULL);
+
+  /* What already happened, from the ring: the grant of 18700 and the refusal naming us. */
+  CHECK_OK(b, portbroker_events(b, &zero, &replay));
+  CHECK_RC(replay, portbroker_event_stream_next(replay, 0, NULL), PORTBROKER_EBADREQUEST);
+  CHECK(portbroker_event_stream_fd(replay) >= 0);
+  CHECK(portbroker_event_stream_subscribed_at(replay) > 0);
+  e = next_event(replay, "acquired", 18700);
+  CHECK(e != NULL);
+  CHECK(portbroker_event_lease(e) == held && portbroker_event_pid(e) == getpid());
+  CHECK(portbroker_event_uid(e) == getuid() && portbroker_event_seq(e) > 0);
+  CHECK(portbroker_event_time_ms(e) > 0 && strcmp(portbroker_event_comm(e), "capi_check") == 0);
+  CHECK(strcmp(portbroker_event_endpoint(e), "tcp 127.0.0.1:18700") == 0);
+  CHECK(strcmp(portbroker_event_mode(e), "exclusive") == 0);
+  CHECK(strcmp(portbroker_event_name(e), "") == 0);
+  portbroker_event_free(e);
+  e = next_event(replay, "refused", 18700);
+  CHECK(e != NULL);
+  CHECK(portbroker_event_code(e) == PORTBROKER_ECONFLICT);
+  snprintf(pid, sizeof(pid), "pid %d", (int)getpid());
+  CHECK(strstr(portbroker_event_conflicts_with(e), pid) != NULL);
+  CHECK(portbroker_event_reason(e)[0] != '\0');
+  CHECK(portbroker_event_count(e) == 0);
+  portbroker_event_free(e);
+  CHECK(portbroker_event_stream_last_seq(replay) <= portbroker_event_stream_subscribed_at(replay));
+  portbroker_event_stream_close(replay);
+
+  /* As it happens. */
+  CHECK_OK(b, portbroker_events(b, NULL, &live));
+  e = (portbroker_event *)&failures;
+  CHECK_OK(live, portbroker_event_stream_next(live, 0, &e));
+  CHECK(e == NULL); /* nothing new yet */
+  CHECK_OK(a, portbroker_acquire(a, "tcp:127.0.0.1:18707", &fd, &id, &port));
+  close(fd);
+  CHECK_OK(a, portbroker_release(a, id));
+  CHECK_OK(live, portbroker_event_stream_next(live, -1, &e));
+  CHECK(e != NULL && strcmp(portbroker_event_kind(e), "acquired") == 0);
+  CHECK(portbroker_event_port(e) == 18707 && portbroker_event_lease(e) == id);
+  CHECK(portbroker_event_seq(e) == portbroker_event_stream_subscribed_at(live) + 1);
+  portbroker_event_free(e);
+  CHECK_OK(live, portbroker_event_stream_next(live, -1, &e));
+  CHECK(e != NULL && strcmp(portbroker_event_kind(e), "released") == 0);
+  CHECK(portbroker_event_lease(e) == id);
+  CHECK(portbroker_event_stream_last_seq(live) == portbroker_event_seq(e));
+  portbroker_event_free(e);
+  portbroker_event_stream_close(live);
+}
+
 static int run_main(void) {
   portbroker_client *a = NULL, *b = NULL;
   int fds[3], i, fd = SENTINEL_FD, start_fds = count_fds();
@@ -437,6 +525,7 @@ static int run_main(void) {
   check_who(b, held);
   check_admin(b);
   check_session_fd(b);
+  check_events(a, b, held);
 
   /* Release: the port is free for the other client at once. */
   CHECK_OK(a, portbroker_release(a, held));
@@ -513,6 +602,37 @@ static int run_nonroot(void) {
   CHECK_RC(c, portbroker_upgrade(c), PORTBROKER_EPERMISSIONDENIED);
   CHECK_OK(c, portbroker_reservations(c, &list));
   portbroker_reservation_list_free(list);
+
+  /* Events: a plain user sees its own uid's lease events only, however many root caused. */
+  {
+    portbroker_event_stream *s = NULL;
+    portbroker_event *e = NULL;
+    uint64_t zero = 0, id = SENTINEL_ID;
+    uint16_t port = SENTINEL_PORT;
+    int fd = SENTINEL_FD, mine = 0, others = 0;
+    CHECK_OK(c, portbroker_acquire(c, "tcp:127.0.0.1:18711", &fd, &id, &port));
+    close(fd);
+    CHECK_OK(c, portbroker_release(c, id));
+    CHECK_OK(c, portbroker_events(c, &zero, &s));
+    /* A marker of our own after the replay: read until its release. */
+    CHECK_OK(c, portbroker_acquire(c, "tcp:127.0.0.1:18712", &fd, &id, &port));
+    close(fd);
+    CHECK_OK(c, portbroker_release(c, id));
+    while (portbroker_event_stream_next(s, -1, &e) == 0 && e != NULL) {
+      int marker =
+          strcmp(portbroker_event_kind(e), "released") == 0 && portbroker_event_lease(e) == id;
+      if (strcmp(portbroker_event_kind(e), "acquired") == 0) {
+        if (portbroker_event_uid(e) == getuid())
+          ++mine;
+        else
+          ++others;
+      }
+      portbroker_event_free(e);
+      if (marker) break;
+    }
+    CHECK(mine == 2 && others == 0);
+    portbroker_event_stream_close(s);
+  }
   portbroker_close(c);
   printf("capi_check nonroot: %d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
@@ -530,7 +650,19 @@ static int run_lifecycle(int upgrade) {
     portbroker_status_info_free(status);
   } else {
     int round, rc = 0;
+    portbroker_event_stream *s = NULL;
+    portbroker_event *e = NULL, *sentinel = (portbroker_event *)&failures;
+    CHECK_OK(c, portbroker_events(c, NULL, &s));
     CHECK_OK(c, portbroker_shutdown(c, 0));
+    /* The stream ends: an error, not an event, and the output untouched. */
+    for (round = 0; round < MAX_ROUNDS && rc == 0; ++round) {
+      e = sentinel;
+      rc = portbroker_event_stream_next(s, -1, &e);
+      if (rc == 0 && e != NULL) portbroker_event_free(e);
+    }
+    CHECK(rc < 0 && e == sentinel && portbroker_event_stream_last_error(s)[0] != '\0');
+    portbroker_event_stream_close(s);
+    rc = 0;
     /* Requests already sent may still be answered; once the daemon is gone, they fail. */
     for (round = 0; round < MAX_ROUNDS && rc == 0; ++round) {
       rc = portbroker_status(c, &status);

@@ -78,6 +78,8 @@ typedef struct portbroker_outside_holder portbroker_outside_holder;
 typedef struct portbroker_who_report portbroker_who_report;
 typedef struct portbroker_problem_list portbroker_problem_list;
 typedef struct portbroker_reload_report portbroker_reload_report;
+typedef struct portbroker_event_stream portbroker_event_stream;
+typedef struct portbroker_event portbroker_event;
 
 /* ---- the library ---------------------------------------------------------------------- */
 
@@ -205,6 +207,57 @@ size_t portbroker_problem_list_count(const portbroker_problem_list *p);
 const char *portbroker_problem_kind(const portbroker_problem_list *p, size_t i);
 const char *portbroker_problem_message(const portbroker_problem_list *p, size_t i);
 void portbroker_problem_list_free(portbroker_problem_list *p);
+
+/* ---- metrics and events --------------------------------------------------------------- */
+
+/* The daemon's metrics in the Prometheus text format; free `*text_out` with
+ * portbroker_string_free. */
+int portbroker_metrics(portbroker_client *c, char **text_out);
+void portbroker_string_free(char *s);
+
+/* Subscribes to the daemon's events on a connection of its own (`c` stays usable, and the
+ * stream outlives it). With `since` non-NULL, first the events after *since that the daemon's
+ * ring still holds (a "lost" event first when it no longer holds them all). Returns once the
+ * daemon has taken the subscription: every event after portbroker_event_stream_subscribed_at()
+ * will arrive. A non-root subscriber sees only its own uid's lease events unless the policy's
+ * [events] names it. */
+int portbroker_events(portbroker_client *c, const uint64_t *since, portbroker_event_stream **out);
+
+/* The next event, waiting up to `timeout_ms` (negative: for ever): 0 with `*event_out` set to
+ * an event the caller frees with portbroker_event_free, or to NULL when the time ran out first.
+ * A failure (the daemon closed the stream or stopped) ends the stream; the message is in
+ * portbroker_event_stream_last_error. */
+int portbroker_event_stream_next(portbroker_event_stream *s, int timeout_ms,
+                                 portbroker_event **event_out);
+const char *portbroker_event_stream_last_error(const portbroker_event_stream *s);
+/* The stream's fd, to poll(2) for readability alongside other work; -1 once it ended. */
+int portbroker_event_stream_fd(const portbroker_event_stream *s);
+/* The newest event's seq when the subscription took effect. */
+uint64_t portbroker_event_stream_subscribed_at(const portbroker_event_stream *s);
+/* The seq of the last event returned (0 before any): `since` for a reconnect. */
+uint64_t portbroker_event_stream_last_seq(const portbroker_event_stream *s);
+/* Ends the subscription. NULL is ignored. */
+void portbroker_event_stream_close(portbroker_event_stream *s);
+
+uint64_t portbroker_event_seq(const portbroker_event *e);
+int64_t portbroker_event_time_ms(const portbroker_event *e); /* unix time */
+/* acquired, reclaimed, released, revoked, holder-exited, lingering, expired, refused,
+ * reservation-added, reservation-removed, reservation-held, hold-failed, policy-reloaded,
+ * daemon-started; and lost (this subscriber missed portbroker_event_count events). */
+const char *portbroker_event_kind(const portbroker_event *e);
+uint64_t portbroker_event_lease(const portbroker_event *e);
+const char *portbroker_event_name(const portbroker_event *e);     /* lease or reservation */
+const char *portbroker_event_endpoint(const portbroker_event *e); /* "tcp 127.0.0.1:8080" */
+uint16_t portbroker_event_port(const portbroker_event *e);
+const char *portbroker_event_mode(const portbroker_event *e);
+int32_t portbroker_event_pid(const portbroker_event *e);
+uint32_t portbroker_event_uid(const portbroker_event *e);
+const char *portbroker_event_comm(const portbroker_event *e);
+int portbroker_event_code(const portbroker_event *e); /* refused, hold-failed: a PORTBROKER_E* */
+const char *portbroker_event_reason(const portbroker_event *e);
+const char *portbroker_event_conflicts_with(const portbroker_event *e); /* refused: the holder */
+uint64_t portbroker_event_count(const portbroker_event *e);             /* daemon-started, lost */
+void portbroker_event_free(portbroker_event *e);
 
 /* ---- administration (root only, except portbroker_reservations) ----------------------- */
 

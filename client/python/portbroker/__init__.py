@@ -15,6 +15,8 @@ $PORTBROKER_LIBRARY, else the system's libportbroker.so.
 from ._client import (
     Client,
     ErrorCode,
+    Event,
+    EventStream,
     Lease,
     LeasedSocket,
     LeaseGroup,
@@ -31,9 +33,10 @@ from ._client import (
 __version__ = _lib.portbroker_version().decode()
 
 __all__ = [
-    "Client", "ErrorCode", "Lease", "LeasedSocket", "LeaseGroup", "OutsideHolder",
-    "PortbrokerError", "Problem", "Reservation", "Status", "WhoReport", "acquire", "acquire_all",
-    "check", "default_client", "list", "release", "reservations", "status", "who",
+    "Client", "ErrorCode", "Event", "EventStream", "Lease", "LeasedSocket", "LeaseGroup",
+    "OutsideHolder", "PortbrokerError", "Problem", "Reservation", "Status", "WhoReport",
+    "acquire", "acquire_all", "check", "default_client", "events", "list", "metrics", "release",
+    "reservations", "status", "who",
 ]
 
 
@@ -71,3 +74,14 @@ def check():
 
 def reservations():
     return default_client().reservations()
+
+
+def metrics() -> str:
+    """The daemon's metrics, in the Prometheus text format."""
+    return default_client().metrics()
+
+
+def events(since=None) -> EventStream:
+    """The daemon's events as they happen (see EventStream); with `since`, first those after
+    it that the daemon's ring still holds."""
+    return default_client().events(since)

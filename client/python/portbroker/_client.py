@@ -128,6 +128,28 @@ class WhoReport:
 
 
 @dataclass(frozen=True)
+class Event:
+    seq: int
+    time_ms: int
+    # acquired, reclaimed, released, revoked, holder-exited, lingering, expired, refused,
+    # reservation-added, reservation-removed, reservation-held, hold-failed, policy-reloaded,
+    # daemon-started; and lost (this subscriber missed `count` events).
+    kind: str
+    lease: int
+    name: str
+    endpoint: str
+    port: int
+    mode: str
+    pid: int
+    uid: int
+    comm: str
+    code: int  # refused, hold-failed: an ErrorCode
+    reason: str
+    conflicts_with: str  # refused: the holder of what it collided with
+    count: int  # daemon-started: leases restored; lost: events not delivered
+
+
+@dataclass(frozen=True)
 class Problem:
     kind: str
     message: str
@@ -217,6 +239,77 @@ class LeaseGroup(builtins.list):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class EventStream:
+    """The daemon's events as they happen, on a connection of its own: iterate over it (the
+    iteration raises PortbrokerError when the daemon ends the stream), or call next(timeout).
+    A context manager; fileno() is for selectors."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._lock = threading.Lock()
+
+    def next(self, timeout: Optional[float] = None) -> Optional[Event]:
+        """The next event, waiting up to `timeout` seconds (None: for ever); None when the
+        time ran out first."""
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        out = ctypes.c_void_p()
+        with self._lock:
+            if self._handle is None:
+                raise PortbrokerError(ErrorCode.CONNECTION_FAILED, "the event stream is closed")
+            rc = _lib.portbroker_event_stream_next(self._handle, ms, ctypes.byref(out))
+            if rc < 0:
+                raise PortbrokerError(
+                    -rc, _lib.portbroker_event_stream_last_error(self._handle).decode())
+        if not out.value:
+            return None
+        try:
+            f = _native.read(_lib, "event", out)
+            try:
+                f["code"] = ErrorCode(f["code"])
+            except ValueError:
+                pass
+            return Event(**f)
+        finally:
+            _lib.portbroker_event_free(out)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Event:
+        return self.next()
+
+    def fileno(self) -> int:
+        return _lib.portbroker_event_stream_fd(self._handle) if self._handle is not None else -1
+
+    @property
+    def subscribed_at(self) -> int:
+        """The newest event's seq when the subscription took effect."""
+        return _lib.portbroker_event_stream_subscribed_at(self._handle)
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event returned (0 before any): `since` for a reconnect."""
+        return _lib.portbroker_event_stream_last_seq(self._handle)
+
+    def close(self):
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                _lib.portbroker_event_stream_close(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle is not None and _lib is not None:
+            self._handle = None
+            _lib.portbroker_event_stream_close(handle)
 
 
 _live_clients = weakref.WeakSet()
@@ -377,6 +470,19 @@ class Client:
 
     def reservations(self) -> "list[Reservation]":
         return self._fetch("reservations", _reservations, "reservation_list_free")
+
+    def metrics(self) -> str:
+        """The daemon's metrics, in the Prometheus text format."""
+        return self._fetch("metrics", lambda p: ctypes.string_at(p).decode(), "string_free")
+
+    def events(self, since: Optional[int] = None) -> EventStream:
+        """Subscribes to the daemon's events (a connection of its own). With `since`, first
+        the events after it that the daemon's ring still holds."""
+        out = ctypes.c_void_p()
+        start = ctypes.byref(ctypes.c_uint64(since)) if since is not None else None
+        with self._lock:
+            self._call("events", start, ctypes.byref(out))
+        return EventStream(out)
 
 
 def _after_fork_in_child():

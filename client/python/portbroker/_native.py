@@ -59,6 +59,16 @@ _FUNCTIONS = {
     "reservation_list_count": (_size, [_p]),
     "reservation_list_get": (_p, [_p, _size]),
     "reservation_list_free": (None, [_p]),
+    "metrics": (_i, [_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "string_free": (None, [_p]),
+    "events": (_i, [_p, ctypes.POINTER(_u64), _out]),
+    "event_stream_next": (_i, [_p, _i, _out]),
+    "event_stream_last_error": (_s, [_p]),
+    "event_stream_fd": (_i, [_p]),
+    "event_stream_subscribed_at": (_u64, [_p]),
+    "event_stream_last_seq": (_u64, [_p]),
+    "event_stream_close": (None, [_p]),
+    "event_free": (None, [_p]),
 }
 
 # Accessors of one object: name: restype (the one argument is the object).
@@ -76,6 +86,11 @@ _ACCESSORS = {
     "outside": {
         "protocol": _i, "address": _s, "port": _u16, "state": _s, "pid": _i32, "uid": _u32,
         "comm": _s,
+    },
+    "event": {
+        "seq": _u64, "time_ms": _i64, "kind": _s, "lease": _u64, "name": _s, "endpoint": _s,
+        "port": _u16, "mode": _s, "pid": _i32, "uid": _u32, "comm": _s, "code": _i,
+        "reason": _s, "conflicts_with": _s, "count": _u64,
     },
     "reservation": {
         "name": _s, "target": _s, "tcp": _i, "udp": _i, "address": _s, "port_first": _u16,

@@ -213,3 +213,36 @@ def test_a_lease_ends_when_its_process_exits():
     child.stdout.close()
     assert child.wait() == 0
     assert wait_for(lambda: 18808 not in leased_ports())
+
+
+def test_events_as_they_happen_and_since_a_seq():
+    with portbroker.events() as stream:
+        assert stream.next(timeout=0) is None  # nothing new yet
+        with portbroker.acquire("tcp:127.0.0.1:18809") as sock:
+            lease_id = sock.lease.id
+        acquired = stream.next()
+        assert (acquired.kind, acquired.port, acquired.lease) == ("acquired", 18809, lease_id)
+        assert acquired.pid == os.getpid() and acquired.seq == stream.subscribed_at + 1
+        released = next(iter(stream))
+        assert (released.kind, released.lease) == ("released", lease_id)
+        assert stream.last_seq == released.seq
+
+    # A reconnect with since= catches up from the daemon's ring, refusals included.
+    with portbroker.acquire("tcp:127.0.0.1:18809"):
+        with Client() as other, pytest.raises(PortbrokerError):
+            other.acquire("tcp:127.0.0.1:18809")
+    with portbroker.events(since=released.seq) as stream:
+        kinds = []
+        while stream.last_seq < stream.subscribed_at:  # the replay ends at the subscription
+            event = stream.next()
+            kinds.append(event.kind)
+            if event.kind == "refused":
+                assert event.code == ErrorCode.CONFLICT
+                assert f"pid {os.getpid()}" in event.conflicts_with
+        assert kinds == ["acquired", "refused", "released"]
+
+
+def test_metrics_in_the_prometheus_text_format():
+    with portbroker.acquire("tcp:127.0.0.1:18812"):
+        text = portbroker.metrics()
+    assert "# TYPE portbroker_" in text
