@@ -13,6 +13,8 @@ packages=(
   systemd  # tests/systemd boots it, in private namespaces
   scdoc bash-completion  # man pages; the completion's test
   debhelper lintian dpkg-dev  # make deb
+  python3 python3-pytest python3-pip python3-setuptools  # client/python and its tests
+  python3-aiohttp gunicorn  # the README's Python server examples, tested
   prometheus-node-exporter  # tests/integration/metrics_test reads the textfile through it
 )
 
