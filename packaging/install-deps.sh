@@ -11,6 +11,7 @@ packages=(
   libcap-dev libsystemd-dev libdeflate-dev
   iproute2 procps util-linux clang-format clang-tidy
   systemd  # tests/systemd boots it, in private namespaces
+  podman crun conmon curl  # tests/integration/containers_test.cc runs a real container
 )
 
 missing=()

@@ -246,14 +246,18 @@ namespace {
 
 using Status = std::optional<Error>;  // nullopt: fine
 
-constexpr std::string_view kTopKeys[] = {"daemon", "limits", "rule", "reservation", "pool"};
+constexpr std::string_view kTopKeys[] = {"daemon",      "limits", "rule",
+                                         "reservation", "pool",   "share"};
 constexpr std::string_view kStateTopKeys[] = {"version", "reservation"};
 constexpr std::string_view kDaemonKeys[] = {"root_unrestricted", "ephemeral_guard"};
 constexpr std::string_view kLimitsKeys[] = {"max_connections_per_uid", "max_leases_per_uid"};
 constexpr std::string_view kRuleKeys[] = {"name",     "users",   "groups", "cgroups",   "ports",
                                           "protocol", "address", "modes",  "max_leases"};
-constexpr std::string_view kReservationKeys[] = {
-    "name", "users", "groups", "cgroups", "ports", "protocol", "address", "modes", "hold"};
+constexpr std::string_view kReservationKeys[] = {"name",  "users",    "groups",  "cgroups",
+                                                 "ports", "protocol", "address", "modes",
+                                                 "hold",  "listen"};
+constexpr std::string_view kShareKeys[] = {"name",  "users",    "groups",  "cgroups",
+                                           "ports", "protocol", "address", "modes"};
 constexpr std::string_view kPoolKeys[] = {"name",    "users", "groups",
                                           "cgroups", "ports", "protocol"};
 
@@ -645,8 +649,18 @@ class Parser {
     if (auto e = get_modes(t, r.modes)) return *e;
     if (auto e = get_principals(t, r.principals)) return *e;
     if (auto e = get_bool(t, "hold", r.hold)) return *e;
+    if (auto e = reservation_listen(t, r)) return *e;
     if (auto e = unique_name(t, "reservation", r.name, earlier)) return *e;
     return r;
+  }
+
+  Status reservation_listen(const toml::table& t, Reservation& r) const {
+    if (auto e = get_bool(t, "listen", r.listen)) return e;
+    if (!r.listen && !r.hold) {
+      return at(t.get("listen")->source(),
+                "'listen = false' needs 'hold = true': only a held port is bound by the daemon");
+    }
+    return std::nullopt;
   }
 
   Result<Pool> pool(const toml::table& t, const std::vector<Pool>& earlier) const {
@@ -666,6 +680,35 @@ class Parser {
     return pool;
   }
 
+  // [[share]] is read by its own functions: sharing across uids is its own concern.
+  Result<Share> share(const toml::table& t, const std::vector<Share>& earlier) const {
+    Share sh;
+    sh.origin = origin(t);
+    if (auto e = check_keys(t, kShareKeys, "[[share]]")) return *e;
+    if (auto e = get_name(t, true, "a [[share]]", sh.name)) return *e;
+    if (auto e = unique_name(t, "share", sh.name, earlier)) return *e;
+    const std::string label = "share '" + sh.name + "'";
+    if (auto e = get_ports(t, label, sh.ports)) return *e;
+    if (auto e = get_protocols(t, sh.protocols)) return *e;
+    if (auto e = get_addresses(t, sh.addresses)) return *e;
+    if (auto e = share_modes(t, sh.modes)) return *e;
+    if (auto e = get_principals(t, sh.principals)) return *e;
+    if (sh.principals.empty()) {
+      return at(t.source(), label + " shares with nobody: give it users, groups or cgroups");
+    }
+    return sh;
+  }
+
+  Status share_modes(const toml::table& t, ModeSet& out) const {
+    if (auto e = get_modes(t, out)) return e;
+    if (out.exclusive) {
+      return at(t.get("modes")->source(),
+                "a [[share]] cannot share an exclusive lease; its modes are shared and/or "
+                "reuseport");
+    }
+    return std::nullopt;
+  }
+
   Status reservations(const toml::table& root, bool runtime, std::vector<Reservation>& out) const {
     return each_table(root, "reservation", [&](const toml::table& t) {
       return append(reservation(t, runtime, out), out);
@@ -679,12 +722,14 @@ class Parser {
     auto read_limits = [&](const toml::table& t) { return limits(t, p.limits); };
     auto read_rule = [&](const toml::table& t) { return append(rule(t, p.rules), p.rules); };
     auto read_pool = [&](const toml::table& t) { return append(pool(t, p.pools), p.pools); };
+    auto read_share = [&](const toml::table& t) { return append(share(t, p.shares), p.shares); };
     if (auto e = check_keys(root, kTopKeys, "")) return *e;
     if (auto e = section(root, "daemon", kDaemonKeys, read_daemon)) return *e;
     if (auto e = section(root, "limits", kLimitsKeys, read_limits)) return *e;
     if (auto e = each_table(root, "rule", read_rule)) return *e;
     if (auto e = reservations(root, false, p.reservations)) return *e;
     if (auto e = each_table(root, "pool", read_pool)) return *e;
+    if (auto e = each_table(root, "share", read_share)) return *e;
     if (p.pools.empty()) p.pools.push_back(embedded_default_policy().pools.front());
     return p;
   }
@@ -887,7 +932,50 @@ Decision rule_decision(const Policy& policy, const Principal& who, const Request
               " (deny by default)");
 }
 
+std::string share_label(const Share& sh) {
+  return "share '" + sh.name + "' (" + sh.origin.to_string() + ")";
+}
+
+bool share_covers(const Share& sh, const Request& req) {
+  return sh.protocols.has(req.protocol) && ports_contain(sh.ports, req.port) &&
+         address_set_grants(sh.addresses, req.address) && sh.modes.has(req.mode);
+}
+
+// A share grants its principals its ports in its modes, as a rule would.
+std::optional<Decision> share_grant(const Policy& policy, const Principal& who,
+                                    const Request& req) {
+  for (const auto& sh : policy.shares) {
+    if (share_covers(sh, req) && sh.principals.matches(who)) {
+      return allow("allowed by " + share_label(sh));
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+Decision Policy::may_join(const Principal& joiner, const Principal& creator,
+                          const Request& req) const {
+  const Share* covering = nullptr;
+  for (const auto& sh : shares) {
+    if (!share_covers(sh, req)) continue;
+    if (sh.principals.matches(joiner) && sh.principals.matches(creator)) {
+      return allow("joined under " + share_label(sh));
+    }
+    if (covering == nullptr) covering = &sh;
+  }
+  const std::string endpoint = format_endpoint(req.protocol, req.address, req.port);
+  if (covering == nullptr) {
+    return deny("only " + creator.describe() + " or root may join it (no [[share]] in " + source +
+                    " covers " + endpoint + " in mode " + mode_name(req.mode) + ")",
+                ErrorCode::kConflict);
+  }
+  const Principal& outsider = covering->principals.matches(joiner) ? creator : joiner;
+  return deny(outsider.describe() + " is not among the principals of " + share_label(*covering) +
+                  " (" + covering->principals.to_string() + "), so " + joiner.describe() +
+                  " may not join " + creator.describe() + "'s group",
+              ErrorCode::kConflict);
+}
 
 Decision Policy::check(const Principal& who, const Request& req,
                        std::span<const HeldLease> held) const {
@@ -910,7 +998,11 @@ Decision Policy::check(const Principal& who, const Request& req,
     return d;
   }
   if (req.port == 0 || req.from_pool) return pool_decision(*this, who, req);
-  return rule_decision(*this, who, req, held);
+  Decision d = rule_decision(*this, who, req, held);
+  if (!d && d.code != ErrorCode::kLimitExceeded) {
+    if (auto shared = share_grant(*this, who, req)) return *shared;
+  }
+  return d;
 }
 
 std::vector<const Pool*> Policy::pools_for(const Principal& who, Protocol p) const {
@@ -1107,6 +1199,15 @@ Result<Reservation> make_runtime_reservation(std::string_view name, std::string_
   return r;
 }
 
+Result<void> set_no_listen(Reservation& r) {
+  if (!r.hold) {
+    return make_error(ErrorCode::kBadRequest,
+                      "--no-listen needs --hold: only a held port is bound by the daemon");
+  }
+  r.listen = false;
+  return {};
+}
+
 namespace {
 
 template <typename List, typename F>
@@ -1145,6 +1246,7 @@ toml::table state_table(const Reservation& r) {
     if (r.modes.has(m)) modes.push_back(mode_name(m));
   t.insert("modes", std::move(modes));
   t.insert("hold", r.hold);
+  if (!r.listen) t.insert("listen", false);
   return t;
 }
 
