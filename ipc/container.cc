@@ -40,14 +40,15 @@ struct Prefix {
 };
 
 constexpr Prefix kScopes[] = {
-    {"libpod-", "podman", true},   {"docker-", "docker", true},
-    {"crio-", "cri-o", true},      {"cri-containerd-", "containerd", true},
+    {"libpod-", "podman", true},    {"docker-", "docker", true},
+    {"crio-", "cri-o", true},       {"cri-containerd-", "containerd", true},
     {"machine-", "machine", false}, {"lxc.payload.", "lxc", false},
 };
 
 std::optional<ContainerRef> from_component(std::string_view comp, std::string_view parent) {
   // cgroupfs drivers: "/docker/ID", "/lxc/NAME".
-  if (parent == "docker" && is_hex_id(comp)) return ContainerRef{"docker", std::string(comp.substr(0, 12))};
+  if (parent == "docker" && is_hex_id(comp))
+    return ContainerRef{"docker", std::string(comp.substr(0, 12))};
   if (parent == "lxc" && !comp.empty()) return ContainerRef{"lxc", std::string(comp)};
   const std::string_view unit = strip_suffix(comp, ".scope");
   for (const Prefix& p : kScopes) {
@@ -55,7 +56,8 @@ std::optional<ContainerRef> from_component(std::string_view comp, std::string_vi
     std::string_view rest = unit.substr(p.prefix.size());
     if (rest.empty()) continue;
     if (!p.hex_id) return ContainerRef{std::string(p.runtime), unescape_unit(rest)};
-    if (is_hex_id(rest)) return ContainerRef{std::string(p.runtime), std::string(rest.substr(0, 12))};
+    if (is_hex_id(rest))
+      return ContainerRef{std::string(p.runtime), std::string(rest.substr(0, 12))};
   }
   return std::nullopt;
 }

@@ -65,8 +65,8 @@ Result<PeerIdentity> read_peer_identity(int conn) {
 
 std::string read_comm(pid_t pid) { return first_line(proc_file(pid, "comm")); }
 
-std::string read_cgroup(pid_t pid) {
-  std::istringstream in(proc_file(pid, "cgroup"));
+std::string cgroup_from_proc(const std::string& proc_cgroup) {
+  std::istringstream in(proc_cgroup);
   std::string line, first, unified, systemd;
   while (std::getline(in, line)) {
     if (line.rfind("0::", 0) == 0) {
@@ -84,6 +84,8 @@ std::string read_cgroup(pid_t pid) {
   if (!systemd.empty()) return systemd;
   return unified.empty() ? first : unified;
 }
+
+std::string read_cgroup(pid_t pid) { return cgroup_from_proc(proc_file(pid, "cgroup")); }
 
 bool pidfd_alive(int pidfd) {
   return pidfd >= 0 && ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0;

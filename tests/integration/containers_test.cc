@@ -41,7 +41,7 @@ for _ in range(int(sys.argv[1])):
 )";
 
 bool is_dir(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
@@ -77,18 +77,14 @@ std::vector<std::string> podman_run(const std::vector<std::string>& run_args) {
   return {which("unshare"), "--mount", "--propagation", "private", "/bin/sh", "-c", script};
 }
 
-struct Curl {
-  int status = -1;
-  std::string body;
-};
-
-// curl from the host, from a source address of its own on the loopback.
-Curl curl_from(const std::string& source, uint16_t port) {
-  CommandResult r =
-      run_command({which("curl"), "-sS", "--max-time", "20", "--interface", source,
-                   "http://127.0.0.1:" + std::to_string(port) + "/"},
-                  {}, std::chrono::seconds(30));
-  return Curl{r.status.code, r.out};
+// curl from the host, from a source address of its own on the loopback: the server in the
+// container must answer with that very address as its peer.
+void check_curl_reaches(const std::string& source, uint16_t port, Child& podman) {
+  CommandResult r = run_command({which("curl"), "-sS", "--max-time", "20", "--interface", source,
+                                 "http://127.0.0.1:" + std::to_string(port) + "/"},
+                                {}, std::chrono::seconds(30));
+  CHECK_MESSAGE(r.status.code == 0, r.describe() << "\npodman: " << podman.output());
+  CHECK_MESSAGE(r.out == "peer=" + source + "\n", r.out);
 }
 
 std::optional<portbroker::LeaseInfo> lease_on(Daemon& d, uint16_t port) {
@@ -167,9 +163,7 @@ TEST_CASE("a podman container serves host traffic on a brokered host port") {
     Child podman = Child::exec(argv, {.env = d.client_env()});
     REQUIRE_MESSAGE(wait_for_lease(d, podman, 18400).has_value(), podman.output());
 
-    Curl got = curl_from(source, 18400);
-    CHECK_MESSAGE(got.status == 0, got.body << "\npodman: " << podman.output());
-    CHECK_MESSAGE(got.body == "peer=" + source + "\n", got.body);
+    check_curl_reaches(source, 18400, podman);
     // One request served: the server exits, the container stops, podman exits, the lease ends.
     ExitStatus st = podman.wait(std::chrono::seconds(60));
     CHECK_MESSAGE(st.ok(), st.describe() << "\n" << podman.output());
@@ -185,8 +179,8 @@ TEST_CASE("a podman container serves host traffic on a brokered host port") {
     std::vector<std::string> run = common;
     for (const std::string& a :
          {std::string("-v"), d.dir() + ":/run/portbroker:ro", std::string("-v"),
-          build + ":" + build + ":ro", std::string("--cidfile"), cidfile,
-          std::string("--rootfs"), rootfs, cli_path(), std::string("exec"), std::string("--listen"),
+          build + ":" + build + ":ro", std::string("--cidfile"), cidfile, std::string("--rootfs"),
+          rootfs, cli_path(), std::string("exec"), std::string("--listen"),
           std::string("web=tcp:0.0.0.0:18401"), std::string("--"), std::string("/usr/bin/python3"),
           std::string("/srv/server.py"), std::string("2")}) {
       run.push_back(a);
@@ -219,11 +213,7 @@ TEST_CASE("a podman container serves host traffic on a brokered host port") {
     CHECK_MESSAGE(contains(who.out, "container: podman " + id.substr(0, 12) + " (cgroup "),
                   who.out);
 
-    for (int i = 0; i < 2; ++i) {
-      Curl got = curl_from(source, 18401);
-      CHECK_MESSAGE(got.status == 0, got.body << "\npodman: " << podman.output());
-      CHECK_MESSAGE(got.body == "peer=" + source + "\n", got.body);
-    }
+    for (int i = 0; i < 2; ++i) check_curl_reaches(source, 18401, podman);
     ExitStatus st = podman.wait(std::chrono::seconds(60));
     CHECK_MESSAGE(st.ok(), st.describe() << "\n" << podman.output());
     CHECK(d.wait_port_unleased(18401));

@@ -92,9 +92,12 @@ TEST_CASE("a forgotten reuseport group stays closed to other uids: sockets are t
   const DaemonOptions opts{.args = {"--no-journal"}, .dir = &dir};
   std::optional<Daemon> d;
   d.emplace(opts);
-  Holder victim = spawn_holder(*d, "tcp:127.0.0.1:18300,reuseport", {.uid = kApp, .name = "pbvictim"});
+  Holder victim =
+      spawn_holder(*d, "tcp:127.0.0.1:18300,reuseport", {.uid = kApp, .name = "pbvictim"});
   CHECK(listener_uids(18300) == std::multiset<uint32_t>{kApp});
   victim.child.send_line("serve victim");
+  Holder victim_udp =
+      spawn_holder(*d, "udp:127.0.0.1:18301,reuseport", {.uid = kApp, .name = "pbvictimudp"});
 
   // The broker restarts without any state: it knows nothing of the group.
   d->stop();
@@ -106,12 +109,17 @@ TEST_CASE("a forgotten reuseport group stays closed to other uids: sockets are t
   // kernel stands in the way: its socket is that uid's, and the group is kApp's.
   AcquireOutcome intruder = acquire_in_child(*d, "tcp:127.0.0.1:18300,reuseport",
                                              {.uid = kStranger, .name = "pbintruder"});
-  CHECK_MESSAGE(!intruder.ok, "another uid joined the victim's kernel group: " << intruder.describe());
+  CHECK_MESSAGE(!intruder.ok,
+                "another uid joined the victim's kernel group: " << intruder.describe());
   CHECK_MESSAGE(intruder.code == ErrorCode::kInUseOutside, intruder.describe());
   for (int i = 0; i < 8; ++i) CHECK(who_answers(18300) == "victim");
+  AcquireOutcome intruder_udp = acquire_in_child(*d, "udp:127.0.0.1:18301,reuseport",
+                                                 {.uid = kStranger, .name = "pbintruder"});
+  CHECK_MESSAGE(intruder_udp.code == ErrorCode::kInUseOutside, intruder_udp.describe());
 
   // The victim's own uid may still join its group through the new daemon (a restarted worker).
-  Holder again = spawn_holder(*d, "tcp:127.0.0.1:18300,reuseport", {.uid = kApp, .name = "pbagain"});
+  Holder again =
+      spawn_holder(*d, "tcp:127.0.0.1:18300,reuseport", {.uid = kApp, .name = "pbagain"});
   CHECK(listener_uids(18300) == std::multiset<uint32_t>{kApp, kApp});
   again.child.send_line("serve again");
   auto got = answers(18300);
@@ -123,10 +131,10 @@ TEST_CASE("a forgotten reuseport group stays closed to other uids: sockets are t
   CommandResult who = run_cli(*d, {"who", "18300"});
   CHECK_MESSAGE(contains(who.out, "uid " + std::to_string(kApp)), who.describe());
 
-  victim.child.send_line("exit");
-  again.child.send_line("exit");
-  CHECK(victim.child.wait().ok());
-  CHECK(again.child.wait().ok());
+  for (Holder* h : {&victim, &victim_udp, &again}) {
+    h->child.send_line("exit");
+    CHECK(h->child.wait().ok());
+  }
   CHECK(d->wait_port_unleased(18300));
   d->check_no_fd_leak();
 }
@@ -142,7 +150,8 @@ TEST_CASE("[[share]]: two uids join one reuseport and one shared lease; others a
   // reuseport: the app first, then its sidecar under another uid. One kernel group: every
   // member's socket is the app's uid.
   Holder app = spawn_holder(d, "tcp:127.0.0.1:18310,reuseport", {.uid = kApp, .name = "pbapp"});
-  Holder envoy = spawn_holder(d, "tcp:127.0.0.1:18310,reuseport", {.uid = kEnvoy, .name = "pbenvoy"});
+  Holder envoy =
+      spawn_holder(d, "tcp:127.0.0.1:18310,reuseport", {.uid = kEnvoy, .name = "pbenvoy"});
   CHECK(listener_uids(18310) == std::multiset<uint32_t>{kApp, kApp});
   app.child.send_line("serve app");
   envoy.child.send_line("serve envoy");
@@ -157,12 +166,15 @@ TEST_CASE("[[share]]: two uids join one reuseport and one shared lease; others a
                                              {.uid = kStranger, .name = "pbstranger"});
   CHECK_FALSE(stranger.ok);
   CHECK(stranger.code == ErrorCode::kConflict);
-  CHECK_MESSAGE(contains(stranger.message, "uid 1102 is not among the principals of share 'edge' "
-                                           "(" + d.dir() + "/portbroker.toml:"),
+  CHECK_MESSAGE(contains(stranger.message,
+                         "uid 1102 is not among the principals of share 'edge' "
+                         "(" +
+                             d.dir() + "/portbroker.toml:"),
                 stranger.message);
 
   // shared: one socket, both accept from its queue.
-  Holder app_shared = spawn_holder(d, "tcp:127.0.0.1:18311,shared", {.uid = kApp, .name = "pbapp2"});
+  Holder app_shared =
+      spawn_holder(d, "tcp:127.0.0.1:18311,shared", {.uid = kApp, .name = "pbapp2"});
   Holder envoy_shared =
       spawn_holder(d, "tcp:127.0.0.1:18311,shared", {.uid = kEnvoy, .name = "pbenvoy2"});
   CHECK(listener_uids(18311) == std::multiset<uint32_t>{kApp});
@@ -172,14 +184,14 @@ TEST_CASE("[[share]]: two uids join one reuseport and one shared lease; others a
   CHECK(both == std::set<std::string>{"app", "envoy"});
   CHECK(app_shared.child.read_line() == "accepted");
   CHECK(envoy_shared.child.read_line() == "accepted");
-  AcquireOutcome stranger_shared = acquire_in_child(d, "tcp:127.0.0.1:18311,shared",
-                                                    {.uid = kStranger, .name = "pbstranger"});
+  AcquireOutcome stranger_shared =
+      acquire_in_child(d, "tcp:127.0.0.1:18311,shared", {.uid = kStranger, .name = "pbstranger"});
   CHECK_MESSAGE(contains(stranger_shared.message, "share 'edge'"), stranger_shared.describe());
 
   // A port outside the share keeps the old rule: only the creating uid (or root) joins.
   Holder alone = spawn_holder(d, "tcp:127.0.0.1:18312,reuseport", {.uid = kApp, .name = "pbalone"});
-  AcquireOutcome no_share = acquire_in_child(d, "tcp:127.0.0.1:18312,reuseport",
-                                             {.uid = kEnvoy, .name = "pbenvoy3"});
+  AcquireOutcome no_share =
+      acquire_in_child(d, "tcp:127.0.0.1:18312,reuseport", {.uid = kEnvoy, .name = "pbenvoy3"});
   CHECK_MESSAGE(contains(no_share.message, "only uid 1100 or root may join it"),
                 no_share.describe());
 
@@ -188,7 +200,8 @@ TEST_CASE("[[share]]: two uids join one reuseport and one shared lease; others a
   app.child.wait();
   REQUIRE(d.wait_until([](portbroker::Client& c) {
     auto l = c.list();
-    return l && std::count_if(l->begin(), l->end(), [](const auto& x) { return x.port == 18310; }) == 1;
+    return l &&
+           std::count_if(l->begin(), l->end(), [](const auto& x) { return x.port == 18310; }) == 1;
   }));
   for (int i = 0; i < 16; ++i) {
     std::string who = who_answers(18310);

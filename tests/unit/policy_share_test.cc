@@ -126,7 +126,8 @@ TEST_CASE("share: who may join whose group") {
       {"not in a mode the share lacks", kPodB, kPodA, request(9005, Mode::kShared), false,
        "no [[share]]"},
       {"a host process may not join a container's group", kApp, kPodA,
-       request(9005, Mode::kReuseport), false, "uid 1100 is not among the principals of share 'pods'"},
+       request(9005, Mode::kReuseport), false,
+       "uid 1100 is not among the principals of share 'pods'"},
   };
   for (const Row& r : rows) {
     CAPTURE(r.what);
