@@ -12,7 +12,8 @@ TEST_CASE("cgroup_from_proc: the unified path, or name=systemd's on a hybrid hos
   };
   const Row rows[] = {
       {"pure cgroup v2", "0::/system.slice/nginx.service\n", "/system.slice/nginx.service"},
-      {"hybrid, systemd unit in both", "1:name=systemd:/system.slice/a.service\n0::/system.slice/a.service\n",
+      {"hybrid, systemd unit in both",
+       "1:name=systemd:/system.slice/a.service\n0::/system.slice/a.service\n",
        "/system.slice/a.service"},
       {"hybrid, unified unused: podman's cgroupfs manager",
        "9:name=systemd:/libpod_parent/libpod-18ac69e9\n4:memory:/libpod_parent/libpod-18ac69e9\n"
