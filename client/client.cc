@@ -414,7 +414,7 @@ Result<DaemonStatus> Client::status() {
 
 Result<void> Client::reserve(std::string_view name, std::string_view target,
                              const std::vector<std::string>& users,
-                             const std::vector<std::string>& groups, bool hold) {
+                             const std::vector<std::string>& groups, bool hold, bool no_listen) {
   auto parsed = no_throw<ReservationInfo>([&] { return parse_reservation_target(target); });
   if (!parsed) return parsed.error();
   ReservationInfo& r = *parsed;
@@ -422,6 +422,7 @@ Result<void> Client::reserve(std::string_view name, std::string_view target,
   r.users = users;
   r.groups = groups;
   r.hold = hold;
+  r.no_listen = no_listen;
   return round_trip_done(conn_.get(), [&](wire::Request::Builder request) {
     ipc::reservation_to_wire(r, request.initReserve());
   });

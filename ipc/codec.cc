@@ -93,6 +93,7 @@ void reservation_to_wire(const ReservationInfo& r, wire::Reservation::Builder ou
   texts_to_wire(r.users, out.initUsers(static_cast<unsigned>(r.users.size())));
   texts_to_wire(r.groups, out.initGroups(static_cast<unsigned>(r.groups.size())));
   out.setHold(r.hold);
+  out.setNoListen(r.no_listen);
   out.setOrigin(r.origin);
   out.setPrincipals(r.principals);
 }
@@ -118,6 +119,7 @@ Result<ReservationInfo> reservation_from_wire(wire::Reservation::Reader in) {
   out.users = texts_from_wire(in.getUsers());
   out.groups = texts_from_wire(in.getGroups());
   out.hold = in.getHold();
+  out.no_listen = in.getNoListen();
   out.origin = text_from_wire(in.getOrigin());
   out.principals = text_from_wire(in.getPrincipals());
   return out;

@@ -81,6 +81,7 @@ struct Reservation {
   origin @9 :Text;       # replies only: "FILE:LINE" or "runtime"
   principals @10 :Text;  # replies only: who may lease it, for people
   target @11 :Text;      # requests: "PROTO:ADDR:PORT[-PORT]" (PROTO tcp|udp|both, ADDR or "any")
+  noListen @12 :Bool;    # with hold: TCP sockets bound but never listening (DNAT users)
 }
 
 struct Request {

@@ -16,6 +16,7 @@ packages=(
   python3 python3-pytest python3-pip python3-setuptools  # client/python and its tests
   python3-aiohttp gunicorn  # the README's Python server examples, tested
   prometheus-node-exporter  # tests/integration/metrics_test reads the textfile through it
+  podman crun conmon curl  # tests/integration/containers_test.cc runs a real container
 )
 
 missing=()

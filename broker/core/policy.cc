@@ -247,16 +247,19 @@ namespace {
 
 using Status = std::optional<Error>;  // nullopt: fine
 
-constexpr std::string_view kTopKeys[] = {"daemon", "limits",      "events",
-                                         "rule",   "reservation", "pool"};
+constexpr std::string_view kTopKeys[] = {"daemon", "limits", "events", "rule",
+                                         "reservation", "pool", "share"};
 constexpr std::string_view kStateTopKeys[] = {"version", "reservation"};
 constexpr std::string_view kDaemonKeys[] = {"root_unrestricted", "ephemeral_guard"};
 constexpr std::string_view kLimitsKeys[] = {"max_connections_per_uid", "max_leases_per_uid"};
 constexpr std::string_view kEventsKeys[] = {"users", "groups", "cgroups"};
 constexpr std::string_view kRuleKeys[] = {"name",     "users",   "groups", "cgroups",   "ports",
                                           "protocol", "address", "modes",  "max_leases"};
-constexpr std::string_view kReservationKeys[] = {
-    "name", "users", "groups", "cgroups", "ports", "protocol", "address", "modes", "hold"};
+constexpr std::string_view kReservationKeys[] = {"name",  "users",    "groups",  "cgroups",
+                                                 "ports", "protocol", "address", "modes",
+                                                 "hold",  "listen"};
+constexpr std::string_view kShareKeys[] = {"name",  "users",    "groups",  "cgroups",
+                                           "ports", "protocol", "address", "modes"};
 constexpr std::string_view kPoolKeys[] = {"name",    "users", "groups",
                                           "cgroups", "ports", "protocol"};
 
@@ -701,8 +704,18 @@ class Parser {
     note(get_modes(t, r.modes));
     note(get_principals(t, r.principals));
     note(get_bool(t, "hold", r.hold));
+    note(reservation_listen(t, r));
     if (named) note(unique_name(t, "reservation", r.name, earlier));
     return finish(std::move(r), before);
+  }
+
+  Status reservation_listen(const toml::table& t, Reservation& r) const {
+    if (auto e = get_bool(t, "listen", r.listen)) return e;
+    if (!r.listen && !r.hold) {
+      return at(t.get("listen")->source(),
+                "'listen = false' needs 'hold = true': only a held port is bound by the daemon");
+    }
+    return std::nullopt;
   }
 
   Result<Pool> pool(const toml::table& t, const std::vector<Pool>& earlier) const {
@@ -723,6 +736,36 @@ class Parser {
     return finish(std::move(pool), before);
   }
 
+  // [[share]] is read by its own functions: sharing across uids is its own concern.
+  Result<Share> share(const toml::table& t, const std::vector<Share>& earlier) {
+    Share sh;
+    sh.origin = origin(t);
+    const size_t before = errors_.size();
+    note(check_keys(t, kShareKeys, "[[share]]"));
+    if (!note(get_name(t, true, "a [[share]]", sh.name))) {
+      note(unique_name(t, "share", sh.name, earlier));
+    }
+    const std::string label = "share '" + sh.name + "'";
+    note(get_ports(t, label, sh.ports));
+    note(get_protocols(t, sh.protocols));
+    note(get_addresses(t, sh.addresses));
+    note(share_modes(t, sh.modes));
+    if (!note(get_principals(t, sh.principals)) && sh.principals.empty()) {
+      note(at(t.source(), label + " shares with nobody: give it users, groups or cgroups"));
+    }
+    return finish(std::move(sh), before);
+  }
+
+  Status share_modes(const toml::table& t, ModeSet& out) const {
+    if (auto e = get_modes(t, out)) return e;
+    if (out.exclusive) {
+      return at(t.get("modes")->source(),
+                "a [[share]] cannot share an exclusive lease; its modes are shared and/or "
+                "reuseport");
+    }
+    return std::nullopt;
+  }
+
   Status reservations(const toml::table& root, bool runtime, std::vector<Reservation>& out) const {
     return each_table(root, "reservation", [&](const toml::table& t) {
       return append(reservation(t, runtime, out), out);
@@ -736,14 +779,8 @@ class Parser {
     auto read_limits = [&](const toml::table& t) { return limits(t, p.limits); };
     auto read_rule = [&](const toml::table& t) { return append(rule(t, p.rules), p.rules); };
     auto read_pool = [&](const toml::table& t) { return append(pool(t, p.pools), p.pools); };
-    note(check_keys(root, kTopKeys, ""));
-    note(section(root, "daemon", kDaemonKeys, read_daemon));
-    note(section(root, "limits", kLimitsKeys, read_limits));
-    auto read_events = [&](const toml::table& t) { return get_principals(t, p.event_readers); };
-    note(section(root, "events", kEventsKeys, read_events));
-    note(each_table(root, "rule", read_rule));
-    note(reservations(root, false, p.reservations));
-    note(each_table(root, "pool", read_pool));
+constexpr std::string_view kTopKeys[] = {"daemon", "limits", "events", "rule",
+                                         "reservation", "pool", "share"};
     if (p.pools.empty()) p.pools.push_back(embedded_default_policy().pools.front());
     return outcome(std::move(p));
   }
@@ -947,7 +984,50 @@ Decision rule_decision(const Policy& policy, const Principal& who, const Request
               " (deny by default)");
 }
 
+std::string share_label(const Share& sh) {
+  return "share '" + sh.name + "' (" + sh.origin.to_string() + ")";
+}
+
+bool share_covers(const Share& sh, const Request& req) {
+  return sh.protocols.has(req.protocol) && ports_contain(sh.ports, req.port) &&
+         address_set_grants(sh.addresses, req.address) && sh.modes.has(req.mode);
+}
+
+// A share grants its principals its ports in its modes, as a rule would.
+std::optional<Decision> share_grant(const Policy& policy, const Principal& who,
+                                    const Request& req) {
+  for (const auto& sh : policy.shares) {
+    if (share_covers(sh, req) && sh.principals.matches(who)) {
+      return allow("allowed by " + share_label(sh));
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+Decision Policy::may_join(const Principal& joiner, const Principal& creator,
+                          const Request& req) const {
+  const Share* covering = nullptr;
+  for (const auto& sh : shares) {
+    if (!share_covers(sh, req)) continue;
+    if (sh.principals.matches(joiner) && sh.principals.matches(creator)) {
+      return allow("joined under " + share_label(sh));
+    }
+    if (covering == nullptr) covering = &sh;
+  }
+  const std::string endpoint = format_endpoint(req.protocol, req.address, req.port);
+  if (covering == nullptr) {
+    return deny("only " + creator.describe() + " or root may join it (no [[share]] in " + source +
+                    " covers " + endpoint + " in mode " + mode_name(req.mode) + ")",
+                ErrorCode::kConflict);
+  }
+  const Principal& outsider = covering->principals.matches(joiner) ? creator : joiner;
+  return deny(outsider.describe() + " is not among the principals of " + share_label(*covering) +
+                  " (" + covering->principals.to_string() + "), so " + joiner.describe() +
+                  " may not join " + creator.describe() + "'s group",
+              ErrorCode::kConflict);
+}
 
 Decision Policy::check(const Principal& who, const Request& req,
                        std::span<const HeldLease> held) const {
@@ -970,7 +1050,11 @@ Decision Policy::check(const Principal& who, const Request& req,
     return d;
   }
   if (req.port == 0 || req.from_pool) return pool_decision(*this, who, req);
-  return rule_decision(*this, who, req, held);
+  Decision d = rule_decision(*this, who, req, held);
+  if (!d && d.code != ErrorCode::kLimitExceeded) {
+    if (auto shared = share_grant(*this, who, req)) return *shared;
+  }
+  return d;
 }
 
 std::vector<const Pool*> Policy::pools_for(const Principal& who, Protocol p) const {
@@ -1167,6 +1251,15 @@ Result<Reservation> make_runtime_reservation(std::string_view name, std::string_
   return r;
 }
 
+Result<void> set_no_listen(Reservation& r) {
+  if (!r.hold) {
+    return make_error(ErrorCode::kBadRequest,
+                      "--no-listen needs --hold: only a held port is bound by the daemon");
+  }
+  r.listen = false;
+  return {};
+}
+
 namespace {
 
 template <typename List, typename F>
@@ -1205,6 +1298,7 @@ toml::table state_table(const Reservation& r) {
     if (r.modes.has(m)) modes.push_back(mode_name(m));
   t.insert("modes", std::move(modes));
   t.insert("hold", r.hold);
+  if (!r.listen) t.insert("listen", false);
   return t;
 }
 

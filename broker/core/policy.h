@@ -136,6 +136,30 @@ struct Reservation {
   // The daemon binds the port(s) at start and keeps them; the first entitled lease gets that
   // very socket (Decision::reservation names it).
   bool hold = false;
+  // With hold: TCP sockets stay bound but never listen (`listen = false`, `reserve --hold
+  // --no-listen`), for ports a runtime publishes by DNAT (CNI portmap, hostPort): nobody else
+  // can bind the port and no connection is ever accepted on the host; an entitled lease still
+  // receives the very socket, listening. UDP holds are bound either way.
+  bool listen = true;
+};
+
+// `reserve --no-listen`: only a held reservation can be kept from listening.
+Result<void> set_no_listen(Reservation& r);
+
+// [[share]]: a port group several principals may join together, e.g. an app and its sidecar
+// (or two containers of one service) running as different uids. Joining a shared or reuseport
+// group that another uid created is allowed when the joiner and the group's creator are both
+// among the share's principals and the share covers the endpoint in that mode; without a
+// share only the creating uid (or root) joins. A share also grants its principals the ports
+// it covers in its modes, as a rule would.
+struct Share {
+  std::string name;  // required: refusals name it
+  Origin origin;
+  Principals principals;
+  std::vector<PortRange> ports;
+  ProtocolSet protocols;
+  std::vector<IpAddress> addresses;  // empty: any address
+  ModeSet modes{false, true, true};  // shared and/or reuseport, never exclusive
 };
 
 // A named range for port-0 requests.
@@ -202,8 +226,15 @@ struct Policy {
   std::vector<Rule> rules;
   std::vector<Reservation> reservations;  // file ones first, then runtime ones
   std::vector<Pool> pools;                // never empty after parse: "default" is added
+  std::vector<Share> shares;
 
   Decision check(const Principal& who, const Request& req, std::span<const HeldLease> held) const;
+
+  // May `joiner` (not root, not the group's creator) join the shared or reuseport group that
+  // `creator` created on req's endpoint in req.mode? Allowed by a [[share]] covering it whose
+  // principals include both; a refusal names the share that covers the endpoint, or says that
+  // none does.
+  Decision may_join(const Principal& joiner, const Principal& creator, const Request& req) const;
 
   // The pools a port-0 request may draw from, in file order (unrestricted root: all of them).
   std::vector<const Pool*> pools_for(const Principal& who, Protocol p) const;

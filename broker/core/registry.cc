@@ -72,7 +72,7 @@ std::string Registry::describe_holder(const Binding& b) const {
 }
 
 Result<Plan> Registry::plan(const Endpoint& ep, Mode mode, const SocketOptions& options,
-                            uint32_t requester_uid) const {
+                            uint32_t requester_uid, const JoinCheck& may_join) const {
   auto it = by_port_.find(port_key(ep.protocol, ep.port));
   if (it == by_port_.end()) return Plan{};
   for (uint64_t bid : it->second) {
@@ -89,10 +89,17 @@ Result<Plan> Registry::plan(const Endpoint& ep, Mode mode, const SocketOptions& 
           holder + "; to join it, ask for exactly " +
               format_endpoint(b.endpoint.protocol, b.endpoint.address, b.endpoint.port));
     }
-    // Joining a group gives a share of its connections: only its owner's uid (or root) may.
+    // Joining a group gives a share of its connections: its owner's uid, root, or a uid the
+    // policy lets join.
     if (requester_uid != 0 && requester_uid != b.owner_uid) {
-      return make_error(ErrorCode::kConflict, holder + "; only uid " + std::to_string(b.owner_uid) +
-                                                  " or root may join it");
+      if (!may_join) {
+        return make_error(
+            ErrorCode::kConflict,
+            holder + "; only uid " + std::to_string(b.owner_uid) + " or root may join it");
+      }
+      if (auto ok = may_join(b); !ok) {
+        return make_error(ErrorCode::kConflict, holder + "; " + ok.error().message);
+      }
     }
     if (!options_equal(b.options, options)) {
       return make_error(ErrorCode::kConflict,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -29,7 +30,10 @@ struct Binding {
   Endpoint endpoint;
   Mode mode = Mode::kExclusive;
   SocketOptions options;
-  uint32_t owner_uid = 0;  // the uid that created it; only it (or root) may join
+  // The uid that created it: only it (or root) may join, unless a JoinCheck (policy [[share]])
+  // lets another uid join. Its sockets are all created as this uid's (the kernel's
+  // SO_REUSEPORT group is per uid).
+  uint32_t owner_uid = 0;
   std::vector<uint64_t> leases;
 };
 
@@ -64,12 +68,17 @@ bool options_equal(const SocketOptions& a, const SocketOptions& b);
 // Whether two endpoints of the same protocol and port would collide in the kernel.
 bool endpoints_overlap(const Endpoint& a, const Endpoint& b);
 
+// Asked when a uid other than a group's owner (and not root) would join it: ok, or why not
+// (appended to the conflict message that names the holder).
+using JoinCheck = std::function<Result<void>(const Binding&)>;
+
 class Registry {
  public:
   // Decides whether `who` may hold `ep` in `mode`: a new binding, joining an existing shared
-  // or reuseport one, or a kConflict error that names the holder. `now_ms` formats "since".
+  // or reuseport one, or a kConflict error that names the holder. Another uid joins only when
+  // `may_join` says so.
   Result<Plan> plan(const Endpoint& ep, Mode mode, const SocketOptions& options,
-                    uint32_t requester_uid) const;
+                    uint32_t requester_uid, const JoinCheck& may_join = {}) const;
   // Whether any binding overlaps `ep` (used to skip ports when allocating from a pool).
   bool in_use(const Endpoint& ep) const;
 

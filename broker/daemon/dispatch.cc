@@ -216,6 +216,7 @@ ReservationInfo reservation_info(const Reservation& r) {
     out.port_last = r.ports.back().last;
   }
   out.hold = r.hold;
+  out.no_listen = !r.listen;
   out.origin = r.runtime ? "runtime (portbroker reserve)" : r.origin.to_string();
   out.principals = r.principals.to_string();
   out.target = r.protocols.tcp && r.protocols.udp ? "both:" : r.protocols.to_string() + ":";
@@ -250,6 +251,9 @@ void Server::do_reserve(Session& s, wire::Reservation::Reader r, Reply& reply) {
                                       std::string_view(r.getTarget().cStr()), users, groups,
                                       r.getHold(), system_name_resolver());
   if (!res) return reply.error(res.error());
+  if (r.getNoListen()) {
+    if (auto ok = set_no_listen(*res); !ok) return reply.error(ok.error());
+  }
   auto reserved = service_.reserve(std::move(res).value());
   log_notices();
   if (!reserved) return reply.error(reserved.error());

@@ -65,18 +65,27 @@ Result<PeerIdentity> read_peer_identity(int conn) {
 
 std::string read_comm(pid_t pid) { return first_line(proc_file(pid, "comm")); }
 
-std::string read_cgroup(pid_t pid) {
-  std::istringstream in(proc_file(pid, "cgroup"));
-  std::string line, first;
+std::string cgroup_from_proc(const std::string& proc_cgroup) {
+  std::istringstream in(proc_cgroup);
+  std::string line, first, unified, systemd;
   while (std::getline(in, line)) {
-    if (line.rfind("0::", 0) == 0) return line.substr(3);
-    if (first.empty()) {
-      auto pos = line.find(':', line.find(':') + 1);
-      if (pos != std::string::npos) first = line.substr(pos + 1);
+    if (line.rfind("0::", 0) == 0) {
+      unified = line.substr(3);
+      continue;
     }
+    auto pos = line.find(':', line.find(':') + 1);
+    if (pos == std::string::npos) continue;
+    if (first.empty()) first = line.substr(pos + 1);
+    if (line.find(":name=systemd:") != std::string::npos) systemd = line.substr(pos + 1);
   }
-  return first;
+  // On a hybrid host whose unified hierarchy is unused (every process at "/"), the cgroup that
+  // names a unit or a container is the name=systemd one (podman's cgroupfs manager, systemd).
+  if (!unified.empty() && (unified != "/" || systemd.empty() || systemd == "/")) return unified;
+  if (!systemd.empty()) return systemd;
+  return unified.empty() ? first : unified;
 }
+
+std::string read_cgroup(pid_t pid) { return cgroup_from_proc(proc_file(pid, "cgroup")); }
 
 bool pidfd_alive(int pidfd) {
   return pidfd >= 0 && ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0;

@@ -27,8 +27,11 @@ Result<PeerIdentity> read_peer_identity(int conn);
 
 // /proc/PID/comm, "" when unreadable.
 std::string read_comm(pid_t pid);
-// The unified-hierarchy path ("0::/system.slice/foo.service"), else the first line's path.
+// /proc/PID/cgroup's answer: the unified-hierarchy path ("0::/system.slice/foo.service"); on a
+// hybrid host where that is "/", the name=systemd hierarchy's path when it says more; else the
+// first line's path.
 std::string read_cgroup(pid_t pid);
+std::string cgroup_from_proc(const std::string& proc_cgroup);
 // Whether the process a pidfd pins is still alive.
 bool pidfd_alive(int pidfd);
 // Open descriptors of this process.

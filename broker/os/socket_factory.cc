@@ -80,9 +80,28 @@ Result<void> apply_late_options(SysCalls& sys, int fd, const SocketSpec& spec) {
   return {};
 }
 
-Result<UniqueFd> make_unbound_socket(SysCalls& sys, const SocketSpec& spec) {
+namespace {
+
+// socket() with the fs ids switched to `owner`'s, and always switched back, errno kept.
+int socket_as(SysCalls& sys, int domain, int type, std::optional<OwnerIds> owner) {
+  if (!owner) return sys.socket(domain, type, 0);
+  const int old_gid = sys.set_fsgid(owner->gid);
+  const int old_uid = sys.set_fsuid(owner->uid);
+  const int fd = sys.socket(domain, type, 0);
+  const int e = errno;
+  sys.set_fsuid(static_cast<uid_t>(old_uid));
+  sys.set_fsgid(static_cast<gid_t>(old_gid));
+  errno = e;
+  return fd;
+}
+
+}  // namespace
+
+Result<UniqueFd> make_unbound_socket(SysCalls& sys, const SocketSpec& spec,
+                                     std::optional<OwnerIds> owner) {
   const bool tcp = spec.protocol == Protocol::kTcp;
-  UniqueFd fd(sys.socket(spec.address.family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0));
+  UniqueFd fd(
+      socket_as(sys, spec.address.family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, owner));
   if (!fd) {
     int e = errno;
     ErrorCode code = (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
@@ -101,7 +120,7 @@ Result<UniqueFd> make_unbound_socket(SysCalls& sys, const SocketSpec& spec) {
   return fd;
 }
 
-Result<void> bind_and_listen(SysCalls& sys, int fd, const SocketSpec& spec, uint16_t port) {
+Result<void> bind_socket(SysCalls& sys, int fd, const SocketSpec& spec, uint16_t port) {
   sockaddr_storage ss{};
   socklen_t len;
   if (spec.address.family == AF_INET) {
@@ -138,6 +157,11 @@ Result<void> bind_and_listen(SysCalls& sys, int fd, const SocketSpec& spec, uint
         return sys_error(ErrorCode::kInternal, spec, port, "bind failed", e);
     }
   }
+  return {};
+}
+
+Result<void> bind_and_listen(SysCalls& sys, int fd, const SocketSpec& spec, uint16_t port) {
+  if (auto bound = bind_socket(sys, fd, spec, port); !bound) return bound;
   if (spec.protocol == Protocol::kTcp) {
     if (sys.listen(fd, spec.options.backlog.value_or(SOMAXCONN)) != 0) {
       int e = errno;
@@ -148,8 +172,9 @@ Result<void> bind_and_listen(SysCalls& sys, int fd, const SocketSpec& spec, uint
   return {};
 }
 
-Result<UniqueFd> make_bound_socket(SysCalls& sys, const SocketSpec& spec, uint16_t port) {
-  auto fd = make_unbound_socket(sys, spec);
+Result<UniqueFd> make_bound_socket(SysCalls& sys, const SocketSpec& spec, uint16_t port,
+                                   std::optional<OwnerIds> owner) {
+  auto fd = make_unbound_socket(sys, spec, owner);
   if (!fd) return fd;
   if (auto r = bind_and_listen(sys, fd->get(), spec, port); !r) return r.error();
   return fd;

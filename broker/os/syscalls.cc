@@ -1,6 +1,7 @@
 #include "broker/os/syscalls.h"
 
 #include <fcntl.h>
+#include <sys/fsuid.h>
 #include <unistd.h>
 
 namespace portbroker::broker {
@@ -20,6 +21,10 @@ int SysCalls::listen(int fd, int backlog) { return ::listen(fd, backlog); }
 int SysCalls::shutdown(int fd, int how) { return ::shutdown(fd, how); }
 
 int SysCalls::dup_cloexec(int fd) { return ::fcntl(fd, F_DUPFD_CLOEXEC, 3); }
+
+int SysCalls::set_fsuid(uid_t uid) { return ::setfsuid(uid); }
+
+int SysCalls::set_fsgid(gid_t gid) { return ::setfsgid(gid); }
 
 SysCalls& SysCalls::real() {
   static SysCalls calls;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/types.h>
 
 namespace portbroker::broker {
 
@@ -18,6 +19,11 @@ class SysCalls {
   virtual int shutdown(int fd, int how);
   // fcntl(F_DUPFD_CLOEXEC, 3): the broker's own references to a socket.
   virtual int dup_cloexec(int fd);
+  // setfsuid(2)/setfsgid(2), this thread only: the ids the kernel records as a new socket's
+  // owner. Each returns the previous value; a switch the process may not make (no
+  // CAP_SETUID/CAP_SETGID) leaves the id as it was.
+  virtual int set_fsuid(uid_t uid);
+  virtual int set_fsgid(gid_t gid);
 
   // The process's one set of real calls.
   static SysCalls& real();

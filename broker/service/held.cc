@@ -62,13 +62,14 @@ Result<void> LeaseService::hold_port(const Reservation& r, Protocol p, uint16_t 
     spec.address = want.address;
     spec.port = port;
     if (want.address.family == AF_INET6 && want.address.is_any()) spec.options.v6only = want.v6only;
-    auto fd = make_bound_socket(sys_, spec, port);
+    auto fd = make_held_socket(r, spec);
     if (!fd) {
       failed = fd.error();
       continue;
     }
     want.fd = std::move(fd).value();
     bound_any = true;
+    want.unlistened = !r.listen && p == Protocol::kTcp;
     store_hold(want.fd.get());
     entry.sockets.push_back(std::move(want));
   }
@@ -100,6 +101,24 @@ Result<void> LeaseService::hold_port(const Reservation& r, Protocol p, uint16_t 
     daemon_event(std::move(e));
   }
   return *failed;
+}
+
+Result<UniqueFd> LeaseService::make_held_socket(const Reservation& r, const SocketSpec& spec) {
+  if (r.listen || spec.protocol != Protocol::kTcp) return make_bound_socket(sys_, spec, spec.port);
+  // Bound with SO_REUSEADDR (a lease's old socket, shut down, may still be bound there), then
+  // without it: a non-listening socket with SO_REUSEADDR on would let another SO_REUSEADDR
+  // socket bind the same port.
+  auto fd = make_unbound_socket(sys_, spec);
+  if (!fd) return fd;
+  if (auto bound = bind_socket(sys_, fd->get(), spec, spec.port); !bound) return bound.error();
+  const int off = 0;
+  if (sys_.setsockopt(fd->get(), SOL_SOCKET, SO_REUSEADDR, &off, sizeof(off)) != 0) {
+    return errno_error(ErrorCode::kInternal,
+                       format_endpoint(spec.protocol, spec.address, spec.port) +
+                           ": cannot turn SO_REUSEADDR off on the held socket",
+                       errno);
+  }
+  return fd;
 }
 
 void LeaseService::unpark(Held& entry) {
@@ -159,9 +178,9 @@ std::vector<Error> LeaseService::sync_held(const std::string& only, bool from_sw
   return failures;
 }
 
-Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
+Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec, OwnerIds owner) {
   auto it = held_.find(port_key(spec.protocol, spec.port));
-  if (it == held_.end()) return make_bound_socket(sys_, spec, spec.port);
+  if (it == held_.end()) return make_bound_socket(sys_, spec, spec.port, owner);
   auto& socks = it->second.sockets;
   const auto& o = spec.options;
   const bool tcp = spec.protocol == Protocol::kTcp;
@@ -174,6 +193,17 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
         !o.freebind.value_or(false) && o.device.empty() && o.reuseaddr.value_or(tcp) == tcp;
     if (!fits) continue;
     // The held socket itself: nothing is released and rebound, so there is no window.
+    if (h->unlistened) {
+      // It was held without SO_REUSEADDR; the lease gets it as a new socket would be.
+      const int on = 1;
+      if (tcp && sys_.setsockopt(h->fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0) {
+        return errno_error(ErrorCode::kInternal,
+                           format_endpoint(spec.protocol, spec.address, spec.port) +
+                               ": cannot set reuseaddr on the held socket",
+                           errno);
+      }
+    }
+    // apply_late_options listens (an unlistened one starts listening now, for its lease).
     if (auto applied = apply_late_options(sys_, h->fd.get(), spec); !applied)
       return applied.error();
     unstore_hold(*h);  // before the lease stores it under its own name
@@ -197,10 +227,10 @@ Result<UniqueFd> LeaseService::bind_reserved(const SocketSpec& spec) {
       h.parked = true;
   }
   if (!tcp) std::erase_if(socks, drop_in_the_way);
-  auto fd = make_bound_socket(sys_, spec, spec.port);
+  auto fd = make_bound_socket(sys_, spec, spec.port, owner);
   if (!fd && fd.error().code == ErrorCode::kInUseOutside) {
     std::erase_if(socks, drop_in_the_way);  // e.g. the request has no SO_REUSEADDR
-    fd = make_bound_socket(sys_, spec, spec.port);
+    fd = make_bound_socket(sys_, spec, spec.port, owner);
   }
   // With SO_REUSEADDR off, a parked socket refuses every other bind of its address, even
   // one with SO_REUSEADDR (the kernel checks the flag of the socket already bound).

@@ -353,7 +353,8 @@ Result<UniqueFd> LeaseService::allocate_from_pools(const Session& s, SocketSpec&
                       s.principal.describe() + " may not lease " + protocol_name(spec.protocol) +
                           " ports from any pool (policy " + policy_.source + ")");
   }
-  auto sock = make_unbound_socket(sys_, spec);
+  const OwnerIds owner{s.holder.uid, s.holder.gid};
+  auto sock = make_unbound_socket(sys_, spec, owner);
   if (!sock) return sock.error();
   std::string names;
   for (const Pool* pool : pools) {
@@ -373,7 +374,7 @@ Result<UniqueFd> LeaseService::allocate_from_pools(const Session& s, SocketSpec&
       }
       if (bound.error().code != ErrorCode::kInUseOutside) return bound.error();
       if (is_bound(sock->get())) {
-        sock = make_unbound_socket(sys_, spec);  // bind worked but listen did not: start over
+        sock = make_unbound_socket(sys_, spec, owner);  // bind worked, listen did not: again
         if (!sock) return sock.error();
       }
     }
@@ -500,15 +501,18 @@ Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, Sock
     fresh = std::move(sock).value();
     binding = registry_.add_binding(ep, spec.mode, spec.options, h.uid);
   } else {
-    auto plan = registry_.plan(ep, spec.mode, spec.options, h.uid);
+    const JoinCheck may_join = [&](const Binding& b) { return share_allows(s, spec, b); };
+    auto plan = registry_.plan(ep, spec.mode, spec.options, h.uid, may_join);
     if (!plan && plan.error().code == ErrorCode::kConflict) {
       refresh_comms(ep);  // name the holder as it runs now
-      plan = registry_.plan(ep, spec.mode, spec.options, h.uid);
+      plan = registry_.plan(ep, spec.mode, spec.options, h.uid, may_join);
     }
     if (!plan) return plan.error();
     if (plan->kind == Plan::kCreate || spec.mode == Mode::kReuseport) {
-      auto sock = plan->kind == Plan::kCreate ? bind_reserved(spec)
-                                              : make_bound_socket(sys_, spec, spec.port);
+      auto sock = plan->kind == Plan::kCreate
+                      ? bind_reserved(spec, OwnerIds{h.uid, h.gid})
+                      : make_bound_socket(sys_, spec, spec.port,
+                                          group_owner(*registry_.find_binding(plan->binding), h));
       if (!sock) return sock.error();
       fresh = std::move(sock).value();
     }
@@ -531,6 +535,40 @@ Result<Grant> LeaseService::acquire_one(const Session& s, uint64_t session, Sock
                           ": the broker lost its copy of the socket at a restart");
   }
   return Grant{lease, fd, false};
+}
+
+Result<void> LeaseService::share_allows(const Session& s, const SocketSpec& spec,
+                                        const Binding& b) const {
+  // The group's creator as the policy knows principals: a member of its uid still in the group
+  // (its gid and cgroup), else only its uid.
+  Principal creator;
+  creator.uid = b.owner_uid;
+  for (uint64_t id : b.leases) {
+    const Lease* l = registry_.find_lease(id);
+    if (l == nullptr || l->holder.uid != b.owner_uid) continue;
+    auto owner_session = sessions_.find(l->session);
+    if (owner_session != sessions_.end()) {
+      creator = owner_session->second.principal;
+    } else {
+      creator.gid = l->holder.gid;
+      creator.cgroup = l->holder.cgroup;
+    }
+    break;
+  }
+  Request req{spec.protocol, spec.address, spec.port, spec.mode, false};
+  Decision d = policy_.may_join(s.principal, creator, req);
+  if (!d) return make_error(d.code, d.reason);
+  return {};
+}
+
+OwnerIds LeaseService::group_owner(const Binding& b, const Holder& joiner) const {
+  if (joiner.uid == b.owner_uid) return OwnerIds{joiner.uid, joiner.gid};
+  for (uint64_t id : b.leases) {
+    const Lease* l = registry_.find_lease(id);
+    if (l != nullptr && l->holder.uid == b.owner_uid) return OwnerIds{l->holder.uid, l->holder.gid};
+  }
+  // The owner's own members have all left: only its uid matters to the kernel's check.
+  return OwnerIds{b.owner_uid, joiner.gid};
 }
 
 std::optional<uint64_t> LeaseService::own_reclaimable(const Session& s,

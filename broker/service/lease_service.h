@@ -17,6 +17,7 @@
 #include "broker/core/registry.h"
 #include "broker/os/handover.h"
 #include "broker/os/journal_file.h"
+#include "broker/os/socket_factory.h"
 #include "broker/os/syscalls.h"
 #include "broker/service/guard.h"
 #include "broker/service/notice.h"
@@ -49,6 +50,9 @@ struct HeldSocket {
   bool v6only = false;
   UniqueFd fd;
   bool parked = false;  // TCP: shut down (bound, not listening) while leased elsewhere
+  // TCP, `listen = false` reservations: bound, never listening, SO_REUSEADDR off (so no other
+  // bind of the port succeeds, with or without it) until a lease takes it.
+  bool unlistened = false;
 };
 
 // One granted socket of an acquire. `fd` is the service's own copy: valid until the lease
@@ -216,6 +220,11 @@ class LeaseService {
   // `reclaiming`: the session's own lingering lease the spec takes back, not counted as held.
   Result<void> authorize(const Session& s, const SocketSpec& spec, bool from_pool,
                          uint64_t reclaiming = 0) const;
+  // Whether the session's uid may join `b`, a group another uid created ([[share]]).
+  Result<void> share_allows(const Session& s, const SocketSpec& spec, const Binding& b) const;
+  // Whom the kernel sees as the owner of a new member of `b`: its owner uid, so that members
+  // of a group shared across uids land in one SO_REUSEPORT group.
+  OwnerIds group_owner(const Binding& b, const Holder& joiner) const;
   Result<UniqueFd> allocate_from_pools(const Session& s, SocketSpec& spec, Endpoint& ep);
   std::vector<HeldLease> held_by(uint32_t uid, uint64_t except = 0) const;
   // The lingering lease of the session's own uid that `spec` would take back: taking it back
@@ -250,8 +259,10 @@ class LeaseService {
   void store_hold(int fd);
   void unstore_hold(const HeldSocket& h);
   void hold_one_port(const Reservation& r, uint16_t port, std::vector<Error>& failures);
-  Result<UniqueFd> bind_reserved(const SocketSpec& spec);
+  // A socket of its own is created as `owner`'s; a held socket handed over stays the daemon's.
+  Result<UniqueFd> bind_reserved(const SocketSpec& spec, OwnerIds owner);
   Result<void> hold_port(const Reservation& r, Protocol p, uint16_t port);
+  Result<UniqueFd> make_held_socket(const Reservation& r, const SocketSpec& spec);
   bool any_parked() const;
   void rehold_if_reserved(const Endpoint& ep, UniqueFd old);
   std::vector<HeldSocket> hold_addresses(const Reservation& r) const;

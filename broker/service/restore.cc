@@ -161,6 +161,10 @@ void LeaseService::adopt_holds(std::vector<UniqueFd> holds) {
     h.parked = p == Protocol::kTcp && listening == 0;
     for (const Reservation* r : policy_.reservations_at(p, port)) {
       if (!r->hold) continue;
+      if (!r->listen && p == Protocol::kTcp) {  // never listening by design, not parked
+        h.parked = false;
+        h.unlistened = true;
+      }
       Held& entry = held_[port_key(p, port)];
       entry.reservation = r->name;
       h.fd = std::move(fd);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cli.h"
+#include "portbroker/container.hpp"
 
 namespace portbroker::cli {
 
@@ -77,6 +78,7 @@ nlohmann::json reservation_to_json(const ReservationInfo& r) {
       {"port_first", r.port_first},
       {"port_last", r.port_last},
       {"hold", r.hold},
+      {"no_listen", r.no_listen},
       {"principals", r.principals},
       {"origin", r.origin},
   };
@@ -89,6 +91,12 @@ std::string format_lease_table(const std::vector<LeaseInfo>& leases) {
   rows.reserve(leases.size() + 1);
   rows.push_back(
       {"ID", "NAME", "PROTO", "ADDRESS", "PORT", "MODE", "PID", "UID", "COMM", "SINCE", "STATE"});
+  // The CONTAINER column only when some holder runs in one: hosts without containers keep
+  // the table they know.
+  const bool containers = std::any_of(leases.begin(), leases.end(), [](const LeaseInfo& l) {
+    return container_of_cgroup(l.holder.cgroup).has_value();
+  });
+  if (containers) rows.front().push_back("CONTAINER");
   for (const auto& l : leases) {
     std::string state = l.state == "lingering" ? "lingering until " + format_time(l.linger_until_ms)
                                                : or_dash(l.state);
@@ -96,9 +104,32 @@ std::string format_lease_table(const std::vector<LeaseInfo>& leases) {
                     l.address.to_string(), std::to_string(l.port), mode_name(l.mode),
                     std::to_string(l.holder.pid), std::to_string(l.holder.uid),
                     or_dash(l.holder.comm), format_time(l.created_at_ms), state});
+    if (containers) {
+      auto c = container_of_cgroup(l.holder.cgroup);
+      rows.back().push_back(c ? c->to_string() : "-");
+    }
   }
   return format_table(rows);
 }
+
+namespace {
+
+nlohmann::json container_json(const std::string& cgroup) {
+  auto c = container_of_cgroup(cgroup);
+  if (!c) return nullptr;
+  return {{"runtime", c->runtime}, {"name", c->name}};
+}
+
+// The holder's cgroup, and the container it names, under a `who` lease line.
+std::string holder_place(const Holder& h) {
+  if (auto c = container_of_cgroup(h.cgroup)) {
+    return "    container: " + c->to_string() + " (cgroup " + h.cgroup + ")\n";
+  }
+  if (!h.cgroup.empty() && h.cgroup != "/") return "    cgroup: " + h.cgroup + "\n";
+  return "";
+}
+
+}  // namespace
 
 nlohmann::json leases_to_json(const std::vector<LeaseInfo>& leases) {
   auto out = nlohmann::json::array();
@@ -115,7 +146,8 @@ nlohmann::json leases_to_json(const std::vector<LeaseInfo>& leases) {
           {"uid", l.holder.uid},
           {"gid", l.holder.gid},
           {"comm", l.holder.comm},
-          {"cgroup", l.holder.cgroup}}},
+          {"cgroup", l.holder.cgroup},
+          {"container", container_json(l.holder.cgroup)}}},
         {"session", l.session},
         {"created_at_ms", l.created_at_ms},
         {"state", l.state},
@@ -163,8 +195,11 @@ std::string format_reservation_table(const std::vector<ReservationInfo>& reserva
   rows.reserve(reservations.size() + 1);
   rows.push_back({"NAME", "TARGET", "HOLD", "PRINCIPALS", "ORIGIN"});
   for (const auto& r : reservations) {
-    rows.push_back(
-        {r.name, target_text(r), r.hold ? "yes" : "no", or_dash(r.principals), or_dash(r.origin)});
+    rows.push_back({r.name, target_text(r),
+                    r.no_listen ? "no-listen"
+                    : r.hold    ? "yes"
+                                : "no",
+                    or_dash(r.principals), or_dash(r.origin)});
   }
   return format_table(rows);
 }
@@ -194,7 +229,7 @@ std::string format_who(const WhoReport& w) {
            (l.name.empty() ? "" : " \"" + l.name + "\"") + " " + mode_name(l.mode) + " " +
            host_port(l.address, l.port) + " by pid " + std::to_string(l.holder.pid) + " (" +
            or_dash(l.holder.comm) + ", uid " + std::to_string(l.holder.uid) + ") since " +
-           format_time(l.created_at_ms) + "\n";
+           format_time(l.created_at_ms) + "\n" + holder_place(l.holder);
   }
   for (const auto& o : w.outside) {
     out += "  outside the broker: " + or_dash(o.state) + " " + host_port(o.address, o.port) +
@@ -205,8 +240,11 @@ std::string format_who(const WhoReport& w) {
   }
   if (w.held) out += "  held: by portbrokerd for its reservation, until a lease takes it\n";
   for (const auto& r : w.reservations) {
-    out += "  reserved: " + r.name + " (" + target_text(r) + (r.hold ? ", hold" : "") + ") for " +
-           or_dash(r.principals) + (r.origin.empty() ? "" : ", from " + r.origin) + "\n";
+    out += "  reserved: " + r.name + " (" + target_text(r) +
+           (r.no_listen ? ", hold, not listening"
+            : r.hold    ? ", hold"
+                        : "") +
+           ") for " + or_dash(r.principals) + (r.origin.empty() ? "" : ", from " + r.origin) + "\n";
   }
   if (!w.pools.empty()) {
     out += std::string(w.pools.size() == 1 ? "  pool: " : "  pools: ") + join(w.pools, ", ") + "\n";

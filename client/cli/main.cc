@@ -52,7 +52,11 @@ int run_release(const std::string& socket_path, const std::string& id_text) {
 
 int run_reserve(const std::string& socket_path, const std::string& name, const std::string& target,
                 const std::vector<std::string>& users, const std::vector<std::string>& groups,
-                bool hold) {
+                bool hold, bool no_listen) {
+  if (no_listen && !hold) {
+    std::fprintf(stderr, "portbroker reserve: --no-listen needs --hold\n");
+    return kExitUsage;
+  }
   // Checked here too, so that a typo is a usage error even before reaching the daemon.
   if (auto parsed = parse_reservation_target(target); !parsed) {
     std::fprintf(stderr, "portbroker reserve: %s\n", parsed.error().message.c_str());
@@ -60,7 +64,7 @@ int run_reserve(const std::string& socket_path, const std::string& name, const s
   }
   auto client = Client::connect(socket_path);
   if (!client) return fail(client.error());
-  auto reserved = client->reserve(name, target, users, groups, hold);
+  auto reserved = client->reserve(name, target, users, groups, hold, no_listen);
   if (!reserved) return fail(reserved.error());
   return kExitOk;
 }
@@ -229,7 +233,7 @@ int run(int argc, char** argv) {
 
   std::string name, target;
   std::vector<std::string> users, groups;
-  bool hold = false;
+  bool hold = false, no_listen = false;
   auto* reserve = app.add_subcommand("reserve", "Reserve a port or range for a service (root).");
   reserve->footer(
       "Only the given users and groups may lease a reserved port; with --hold the daemon binds "
@@ -247,6 +251,9 @@ int run(int argc, char** argv) {
   reserve->add_option("--group", groups, "A group (name or gid) that may lease it. Repeatable.")
       ->allow_extra_args(false);
   reserve->add_flag("--hold", hold, "Bind the port now and keep it until leased.");
+  reserve->add_flag("--no-listen", no_listen,
+                    "With --hold: keep TCP sockets bound but never listening, for ports "
+                    "published by DNAT (CNI portmap, hostPort): no connection is accepted.");
 
   auto* unreserve = app.add_subcommand("unreserve", "Remove a runtime reservation (root).");
   unreserve->add_option("NAME", name, "The reservation's name.")->required();
@@ -322,7 +329,7 @@ int run(int argc, char** argv) {
   if (*status) return run_status(socket_path, json);
   if (*release) return run_release(socket_path, lease_id);
   if (*exec) return run_exec(socket_path, specs, command, keep_fds);
-  if (*reserve) return run_reserve(socket_path, name, target, users, groups, hold);
+  if (*reserve) return run_reserve(socket_path, name, target, users, groups, hold, no_listen);
   if (*unreserve) return run_unreserve(socket_path, name);
   if (*reservations) return run_reservations(socket_path, json);
   if (*reload) return run_reload(socket_path);

@@ -18,6 +18,17 @@ IpAddress ip(const char* text) {
   return *a;
 }
 
+bool contains_line_ending(const std::string& text, const std::string& end) {
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t nl = text.find('\n', start);
+    if (nl == std::string::npos) nl = text.size();
+    if (std::string_view(text).substr(start, nl - start).ends_with(end)) return true;
+    start = nl + 1;
+  }
+  return false;
+}
+
 ReservationInfo web_reservation() {
   ReservationInfo r;
   r.name = "web";
@@ -76,6 +87,47 @@ TEST_CASE("who: leases, outside holders, reservations and pools, one line each")
         "/etc/portbroker/portbroker.toml:12\n"
         "  pools: default, ci\n"
         "  ephemeral range: outside\n");
+}
+
+TEST_CASE("containers: who names the holder's cgroup and container; list adds a column") {
+  WhoReport w;
+  w.port = 8080;
+  LeaseInfo l;
+  l.id = 3;
+  l.address = ip("0.0.0.0");
+  l.port = 8080;
+  l.holder.pid = 4242;
+  l.holder.comm = "python3";
+  l.holder.cgroup = "/machine.slice/libpod-3f2a1b4c5d6e7f80.scope";
+  w.leases.push_back(l);
+  l.id = 4;
+  l.holder.cgroup = "/system.slice/envoy.service";
+  w.leases.push_back(l);
+  l.id = 5;
+  l.holder.cgroup = "/";
+  w.leases.push_back(l);
+  CHECK(format_who(w) ==
+        "tcp port 8080\n"
+        "  leased: lease 3 exclusive 0.0.0.0:8080 by pid 4242 (python3, uid 0) since -\n"
+        "    container: podman 3f2a1b4c5d6e (cgroup /machine.slice/libpod-3f2a1b4c5d6e7f80.scope)\n"
+        "  leased: lease 4 exclusive 0.0.0.0:8080 by pid 4242 (python3, uid 0) since -\n"
+        "    cgroup: /system.slice/envoy.service\n"
+        "  leased: lease 5 exclusive 0.0.0.0:8080 by pid 4242 (python3, uid 0) since -\n"
+        "  ephemeral range: outside\n");
+
+  const std::string table = format_lease_table(w.leases);
+  CHECK(table.substr(0, table.find('\n')).ends_with("CONTAINER"));
+  CHECK(contains_line_ending(table, "podman 3f2a1b4c5d6e"));
+  w.leases.erase(w.leases.begin());
+  const std::string plain = format_lease_table(w.leases);
+  CHECK(plain.find("CONTAINER") == std::string::npos);
+
+  auto j = leases_to_json({w.leases.front()});
+  CHECK(j[0]["holder"]["container"].is_null());
+  l.holder.cgroup = "/docker/0123456789abcdef0123";
+  j = leases_to_json({l});
+  CHECK(j[0]["holder"]["container"]["runtime"] == "docker");
+  CHECK(j[0]["holder"]["container"]["name"] == "0123456789ab");
 }
 
 TEST_CASE("who: a port the daemon holds for a reservation is not free") {

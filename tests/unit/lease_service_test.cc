@@ -8,7 +8,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/fsuid.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -1025,5 +1027,116 @@ ports = "8160-8169"
     REQUIRE(journal->state().leases().size() == 1);
     CHECK(journal->state().leases().begin()->second.holder_start_time == process_start_time(pid));
     CHECK(journal->state().leases().begin()->second.holder_start_time != 0);
+  }
+
+  // The kernel's record of a socket's owner (its inode's uid, which SO_REUSEPORT's same-uid check
+  // and `ss -e` read), and whether this process may switch its fsuid at all (not in a user
+  // namespace with only its own uid mapped).
+  uint32_t owner_uid(int fd) {
+    struct stat st {};
+    REQUIRE(::fstat(fd, &st) == 0);
+    return st.st_uid;
+  }
+  bool may_switch_fsuid() {
+    const int old = ::setfsuid(1000);
+    const bool ok = ::setfsuid(static_cast<uid_t>(-1)) == 1000;
+    ::setfsuid(static_cast<uid_t>(old));
+    return ok;
+  }
+
+  constexpr std::string_view kSharePolicy = R"([daemon]
+ephemeral_guard = false
+
+[[rule]]
+users = ["*"]
+ports = "8170-8179"
+
+[[share]]
+name = "edge"
+users = [1000, 1001]
+ports = [8171, 8172]
+)";
+
+  TEST_CASE("owner: every socket is created as its holder's uid, a group's as its owner's") {
+    Sandbox sandbox;
+    Service s(policy_from(kSharePolicy));
+    s.open(1, 1000, 4242);
+    s.open(2, 1001, 5000);
+    s.open(3, 1002, 6000);
+    const bool switched = may_switch_fsuid();
+    const uint32_t self = ::geteuid();
+    auto expect_owner = [&](int fd, uint32_t uid) {
+      CHECK(owner_uid(fd) == (switched ? uid : self));
+    };
+    expect_owner(s.grant(2, {"tcp:127.0.0.1:8170"})[0].fd, 1001);
+    expect_owner(s.grant(2, {"tcp:127.0.0.1:0"})[0].fd, 1001);
+
+    // 1001 joins 1000's groups under the share: one kernel group, so every member is 1000's.
+    const Grant a = s.grant(1, {"tcp:127.0.0.1:8171,reuseport"})[0];
+    const Grant b = s.grant(2, {"tcp:127.0.0.1:8171,reuseport"})[0];
+    CHECK(cookie(a.fd) != cookie(b.fd));
+    expect_owner(a.fd, 1000);
+    expect_owner(b.fd, 1000);
+    const Grant sa = s.grant(1, {"udp:127.0.0.1:8172,shared"})[0];
+    const Grant sb = s.grant(2, {"udp:127.0.0.1:8172,shared"})[0];
+    CHECK(cookie(sa.fd) == cookie(sb.fd));
+    expect_owner(sa.fd, 1000);
+
+    // 1002 is not in the share: refused, the share named.
+    auto join = specs({"tcp:127.0.0.1:8171,reuseport"});
+    AcquireOutcome refused = s.svc.acquire(3, join);
+    REQUIRE(refused.error);
+    CHECK(refused.error->code == ErrorCode::kConflict);
+    CHECK_MESSAGE(contains(refused.error->message,
+                           "uid 1002 is not among the principals of share 'edge' (policy.toml:"),
+                  refused.error->message);
+    // A port no share covers keeps the old rule.
+    const Grant c = s.grant(1, {"tcp:127.0.0.1:8173,reuseport"})[0];
+    auto other = specs({"tcp:127.0.0.1:8173,reuseport"});
+    AcquireOutcome no_share = s.svc.acquire(2, other);
+    REQUIRE(no_share.error);
+    CHECK_MESSAGE(contains(no_share.error->message,
+                           "only uid 1000 or root may join it (no "
+                           "[[share]] in policy.toml covers"),
+                  no_share.error->message);
+    (void)c;
+    // The fs ids are back to the daemon's own after every socket.
+    CHECK(::setfsuid(static_cast<uid_t>(-1)) == static_cast<int>(self));
+    CHECK(::setfsgid(static_cast<gid_t>(-1)) == static_cast<int>(::getegid()));
+  }
+
+  TEST_CASE("held without listening: bound, refusing binds and connections; the lease gets it") {
+    Sandbox sandbox;
+    Service s(policy_from(R"([daemon]
+ephemeral_guard = false
+
+[[reservation]]
+name = "nat"
+ports = 8180
+protocol = "tcp"
+address = "0.0.0.0"
+users = [1000]
+hold = true
+listen = false
+)"));
+    CHECK(s.svc.port_held(Protocol::kTcp, 8180));
+    CHECK(s.svc.hold_failures().empty());
+    CHECK_FALSE(bindable(Protocol::kTcp, "127.0.0.1", 8180, true));
+    CHECK_FALSE(bindable(Protocol::kTcp, "127.0.0.1", 8180, false));
+    CHECK(connect_to(8180) == ECONNREFUSED);
+
+    s.open(1, 1000, 4242);
+    const size_t binds = s.sys.calls(Call::kBind);
+    const Grant g = s.grant(1, {"tcp:0.0.0.0:8180"})[0];
+    CHECK(s.sys.calls(Call::kBind) == binds);  // the held socket itself
+    CHECK(listening(g.fd));
+    CHECK(int_option(g.fd, SOL_SOCKET, SO_REUSEADDR) == 1);
+    CHECK(serves(g.fd, 8180));
+
+    // Ended: held again, still never listening.
+    s.release(1, g.lease);
+    CHECK(s.svc.port_held(Protocol::kTcp, 8180));
+    CHECK(connect_to(8180) == ECONNREFUSED);
+    CHECK_FALSE(bindable(Protocol::kTcp, "127.0.0.1", 8180, true));
   }
 }

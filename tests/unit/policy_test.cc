@@ -440,7 +440,7 @@ TEST_CASE("policy: invalid files name the line and the problem") {
       {"unknown top-level key", "\nrules = 5\n",
        "policy.toml:2:1:", "unknown key 'rules'; did you mean 'rule'?"},
       {"unknown key, far from any", "zzzzzzzz = 1\n", "policy.toml:1:1:",
-       "unknown key 'zzzzzzzz'; expected one of: daemon limits events rule reservation pool"},
+       "unknown key 'zzzzzzzz'; expected one of: daemon limits events rule reservation pool share"},
       {"unknown key in a rule", "[[rule]]\nusers = [\"*\"]\nprots = 80\n",
        "policy.toml:3:1:", "unknown key 'prots' in [[rule]]; did you mean 'ports'?"},
       {"unknown key in daemon", "[daemon]\nroot_unrestrict = true\n", "policy.toml:2:1:",

@@ -147,11 +147,13 @@ class Client {
   Result<DaemonStatus> status();
 
   // Root only. Reserves `target` (`PROTO:ADDR:PORT[-PORT]`) as `name` for the given users and
-  // groups (names or numeric ids); `hold` makes the daemon bind and keep the port(s). Runtime
+  // groups (names or numeric ids); `hold` makes the daemon bind and keep the port(s), and
+  // `no_listen` (with hold) keeps held TCP sockets bound but never listening. Runtime
   // reservations persist across daemon restarts.
   Result<void> reserve(std::string_view name, std::string_view target,
                        const std::vector<std::string>& users = {},
-                       const std::vector<std::string>& groups = {}, bool hold = false);
+                       const std::vector<std::string>& groups = {}, bool hold = false,
+                       bool no_listen = false);
   Result<void> unreserve(std::string_view name);  // root only
   Result<std::vector<ReservationInfo>> reservations();
   // Root only. Reloads the policy; leases it would now refuse are kept and listed.

@@ -53,6 +53,7 @@ struct ReservationInfo {
   std::vector<std::string> users;   // as requested (names or numeric ids); empty in replies
   std::vector<std::string> groups;  // likewise
   bool hold = false;                // the daemon binds and keeps the port(s)
+  bool no_listen = false;           // held TCP sockets bound, never listening
   std::string origin;               // replies: "FILE:LINE" or the runtime origin
   std::string principals;           // replies: who may lease it, for people
 };
