@@ -178,4 +178,8 @@ struct Reply {
     problems @9 :List(Problem);    # check: empty when all is well
     reservations @10 :List(Reservation);
   }
+  # A reply too large for one record comes in parts, each a whole Reply of the same kind:
+  # every part but the last has `more` set, and the lists of the parts append to each other
+  # (who: the scalar fields are the first part's). The requester sends nothing meanwhile.
+  more @11 :Bool;
 }
