@@ -360,6 +360,24 @@ void Server::do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply) {
       });
 }
 
+std::vector<std::string> Server::refused_lines() {
+  if (refused_generation_ != policy_generation_) {
+    refused_ = service_.refused_leases();
+    refused_generation_ = policy_generation_;
+  }
+  // Leases that ended, or that another session took back, since: no longer the policy's
+  // concern (whoever holds them now was allowed by it).
+  const Registry& reg = service_.registry();
+  std::erase_if(refused_, [&](const LeaseService::RefusedLease& r) {
+    const Lease* l = reg.find_lease(r.lease);
+    return l == nullptr || l->session != r.session;
+  });
+  std::vector<std::string> out;
+  out.reserve(refused_.size());
+  for (const auto& r : refused_) out.push_back(r.line);
+  return out;
+}
+
 void Server::do_check(Session& s, Reply& /*reply*/) {
   auto check = std::make_shared<CheckReport>();
   for (const auto& line : service_.policy().lint()) check->problems.emplace_back("policy", line);
@@ -369,9 +387,7 @@ void Server::do_check(Session& s, Reply& /*reply*/) {
                                               std::to_string(f.port) + " of reservation " +
                                               f.reservation + " is not held (retrying): " + f.why);
   }
-  for (const auto& line : service_.leases_refused_by_policy()) {
-    check->later.emplace_back("lease-refused", line);
-  }
+  for (std::string& line : refused_lines()) check->later.emplace_back("lease-refused", line);
   defer(
       s, [check, viewer = s.holder.uid] { scan_check(*check, viewer); },
       [check](Session& session, Reply&) {

@@ -272,6 +272,7 @@ void Server::do_reserve(Session& s, wire::Reservation::Reader r, Reply& reply) {
   auto reserved = service_.reserve(std::move(res).value());
   log_notices();
   if (!reserved) return reply.error(reserved.error());
+  ++policy_generation_;
   spdlog::info("pid={} uid={} reserved {}", s.holder.pid, s.holder.uid, *reserved);
   reply.root.setDone();
 }
@@ -281,6 +282,7 @@ void Server::do_unreserve(Session& s, std::string_view name, Reply& reply) {
   auto removed = service_.unreserve(name);
   log_notices();
   if (!removed) return reply.error(removed.error());
+  ++policy_generation_;
   spdlog::info("pid={} uid={} unreserved {}", s.holder.pid, s.holder.uid, name);
   reply.root.setDone();
 }
@@ -307,6 +309,7 @@ Result<std::vector<std::string>> Server::reload() {
     return next.error();
   }
   auto refused = service_.replace_policy(std::move(next).value());
+  ++policy_generation_;
   const Policy& policy = service_.policy();
   spdlog::info("policy reloaded from {}; {} lease(s) kept that it would now refuse", policy.source,
                refused.size());

@@ -26,8 +26,9 @@ constexpr int kListenBacklog = 1024;
 // A uid's requests off the loop at one time (who, check, naming an outside holder): with the
 // thread pool's 4 threads, one uid's flood leaves room for others' scans.
 constexpr size_t kMaxDeferredPerUid = 2;
-// Room left in a record for a part's own framing beyond its items.
-constexpr size_t kPartMarginWords = 64;
+// A part of a long reply aims at half a record: each is built in one turn of the scheduler,
+// and half a record's items are about as long a turn as a cheap request's.
+constexpr size_t kPartBudgetWords = ipc::kMaxRecordWords / 2;
 
 rlim_t open_file_limit() {
   rlimit rl{};
@@ -622,11 +623,11 @@ void Server::read_request(Session& s) {
 
 void Server::send_next_part(Session& s) {
   Parts& p = *s.parts;
-  const size_t budget = ipc::kMaxRecordWords - kPartMarginWords;
+  const size_t budget = kPartBudgetWords;
   std::optional<Reply> part;
   for (;;) {
     const size_t n = std::min(p.guess, p.total - p.next);
-    part.emplace(static_cast<unsigned>(ipc::kMaxRecordWords));
+    part.emplace(static_cast<unsigned>(kPartBudgetWords + kPartBudgetWords / 4));
     p.fill(part->root, p.next, p.next + n);
     const size_t words = capnp::computeSerializedSizeInWords(part->message);
     if (words > budget && n > 1) {

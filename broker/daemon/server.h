@@ -201,6 +201,12 @@ class Server {
   size_t fd_limit_ = 1024;
   size_t fd_share_ = (1024 - kReservedFds) / 2;
   LogLimiter log_limiter_{10, 60'000};  // per uid: 10 lines a minute
+  // `check`'s leases the policy would refuse, kept until the policy changes (reload, reserve,
+  // unreserve): computing them walks every lease on the loop.
+  uint64_t policy_generation_ = 1;
+  uint64_t refused_generation_ = 0;
+  std::vector<LeaseService::RefusedLease> refused_;
+  std::vector<std::string> refused_lines();
   std::unordered_map<uint32_t, UidQueue> uid_queues_;
   std::deque<uint32_t> uid_ring_;  // uids with work, served in turn
   uv_idle_t schedule_idle_{};      // active while any uid has work

@@ -105,8 +105,9 @@ TEST_CASE("one uid's flood of every expensive request kind leaves another uid an
   acquire_many(holder, 2000, 40000);
   const long rss_before = rss_kib(d.pid());
 
+  const uint32_t idle_sessions = d.connect().status()->sessions;
   for (FloodKind kind : common::kFloodKinds) {
-    INFO("flood of " << common::flood_name(kind));
+    INFO("flood of " << std::string(common::flood_name(kind)));
     Child flood = start_flood(d, kind, 60);
     flood.send_line("start");
     auto started = flood.read_line();
@@ -128,37 +129,40 @@ TEST_CASE("one uid's flood of every expensive request kind leaves another uid an
     CHECK(flood_count(flood) > before);
     flood.close_input();
     CHECK(flood.wait().ok());
+    // The next flood's connections count against the same per-uid limit: let these go first.
+    CHECK(d.wait_until([&](portbroker::Client& c) {
+      auto st = c.status();
+      return st.ok() && st->sessions <= idle_sessions;
+    }));
   }
   // Nothing piled up in the daemon: its memory is about what it was (parts are built one at a
   // time, scans are bounded per uid), and ~Daemon checks its fds.
   CHECK(rss_kib(d.pid()) < rss_before + 64 * 1024);
-  CHECK(d.wait_until([](portbroker::Client& c) {
-    auto st = c.status();
-    return st.ok() && st->sessions <= 2;
-  }));
 }
 
-TEST_CASE("list with 20,000 leases arrives whole, in parts") {
+TEST_CASE("list with 19,500 leases arrives whole, in parts") {
   FdLeakCheck fds;
-  // Each lease is one fd in the daemon: above the harness's 20,000 open-file limit, so the
-  // daemon (started as root) gets a limit of its own.
-  Daemon d({.log_level = "info", .nofile_limit = 40'000});
+  // Each lease is one fd in the daemon, which inherits the harness's hard limit of 20,000 open
+  // files (raising it needs CAP_SYS_RESOURCE, which the test machine lacks): 19,500 leases
+  // leave room for the daemon's own fds. About 5 MB of listing, 80 times the record limit.
+  constexpr size_t kLeases = 19'500;
+  Daemon d({.log_level = "warn"});
   portbroker::Client c = d.connect();
-  acquire_many(c, 20'000, 30000);
+  acquire_many(c, kLeases, 30000);
   auto all = c.list();
   REQUIRE_MESSAGE(all.ok(), all.error().message);
-  CHECK(all->size() == 20'000);
+  CHECK(all->size() == kLeases);
   std::set<uint64_t> ids;
   for (const auto& l : *all) ids.insert(l.id);
-  CHECK(ids.size() == 20'000);
+  CHECK(ids.size() == kLeases);
   // The connection is in step afterwards: the next request gets its own reply.
   auto st = c.status();
   REQUIRE(st.ok());
-  CHECK(st->leases == 20'000);
+  CHECK(st->leases == kLeases);
   // The CLI's listing too.
   CommandResult r = run_cli(d, {"list", "--json"});
   CHECK_MESSAGE(r.status.ok(), r.describe().substr(0, 2000));
-  CHECK(r.out.size() > 20'000 * 100);
+  CHECK(r.out.size() > kLeases * 100);
 }
 
 TEST_CASE("who with thousands of members of one reuseport group, and many reservations") {

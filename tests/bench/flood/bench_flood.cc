@@ -12,6 +12,7 @@
 // the figures), 1 when it could not run.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,7 +81,7 @@ void hold_leases(portbroker::Client& c, size_t count) {
   std::vector<portbroker::SocketSpec> specs;
   for (size_t i = 0; i < count; ++i) {
     auto spec = portbroker::parse_socket_spec("tcp:127.0.0." + std::to_string(1 + i % 8) + ":" +
-                                              std::to_string(30000 + i / 8));
+                                              std::to_string(31000 + i / 8));
     if (!spec) die("spec: %s", spec.error().message.c_str());
     specs.push_back(*spec);
     if (specs.size() == 64 || i + 1 == count) {
@@ -164,6 +165,8 @@ int run(const Options& o) {
   const uint64_t nofile = raise_fd_limit();
   if (nofile < o.held + 1000) die("RLIMIT_NOFILE %lu is too low for --held %zu", nofile, o.held);
   TempDir dir;
+  // The flooding uid must reach the socket in it.
+  if (::chmod(dir.path().c_str(), 0755) != 0) die("chmod %s", dir.path().c_str());
   const std::string config = dir.path() + "/portbroker.toml";
   std::ofstream(config) << "[[reservation]]\nname = \"big\"\nusers = [65534]\n"
                            "ports = \"30000-30063\"\nprotocol = \"both\"\n";
