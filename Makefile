@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build run test test-asan complexity bench format install deb clean
+.PHONY: all deps configure build run test test-asan complexity bench bench-flood format install deb clean
 
 all: build
 
@@ -39,6 +39,10 @@ complexity: build
 
 bench: build
 	$(BUILD)/tests/portbroker_bench
+
+# One uid floods, another's status latency is measured (root: the flood runs as uid 65534).
+bench-flood: build
+	$(BUILD)/tests/portbroker_bench_flood
 
 format:
 	@git ls-files '*.cc' '*.h' '*.hpp' '*.c' | xargs clang-format -i

@@ -96,8 +96,9 @@ class Connection {
     buf_.fds.clear();
   }
 
-  // Sends the request `fill` writes and waits for its reply, valid until the next call.
-  // May throw kj::Exception while decoding; callers run under no_throw.
+  // Sends the request `fill` writes and waits for its reply (the first part of one in parts:
+  // see receive), valid until the next call. May throw kj::Exception while decoding; callers
+  // run under no_throw.
   template <typename Fill>
   Result<wire::Reply::Reader> call(Fill&& fill) {
     if (!fd_) {
@@ -111,12 +112,28 @@ class Connection {
       fill(request);
       auto sent = ipc::send_message(fd_.get(), message);
       if (!sent) {
-        // The daemon is gone (EPIPE, ECONNRESET): the session and its leases went with it.
+        // The daemon is gone (EPIPE, ECONNRESET): the session and its leases went with it. A
+        // daemon that refused the connection (a limit) left one record saying why.
+        if (auto refusal = read_refusal()) return *refusal;
         fd_.reset();
         return sent.error();
       }
     }
-    const auto st = ipc::recv_record(fd_.get(), buf_, /*accept_fds=*/true, /*dont_wait=*/false);
+    return receive();
+  }
+
+  // The next record of the reply: the first, or the next part of a reply in parts.
+  Result<wire::Reply::Reader> receive() {
+    if (!fd_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+    forget_reply();
+    auto st = ipc::recv_record(fd_.get(), buf_, /*accept_fds=*/true, /*dont_wait=*/false);
+    if (st == ipc::RecvStatus::kError && buf_.error == ECONNRESET) {
+      // The daemon closed the connection with our request unread; a refusal it sent first is
+      // still queued behind the reset.
+      if (auto refusal = read_refusal()) return *refusal;
+      return make_error(ErrorCode::kConnectionFailed,
+                        std::string("cannot read from portbrokerd: ") + std::strerror(ECONNRESET));
+    }
     switch (st) {
       case ipc::RecvStatus::kRecord:
         break;
@@ -168,6 +185,12 @@ class Connection {
     }
   }
 
+  // A reply in parts was abandoned midway: the rest would answer the next request.
+  void abandon() {
+    forget_reply();
+    fd_.reset();
+  }
+
   Result<void> release(uint64_t lease_id) {
     auto reply = call([&](wire::Request::Builder r) { r.setRelease(lease_id); });
     if (!reply) return reply.error();
@@ -200,6 +223,29 @@ class Connection {
     return reader_->getRoot<wire::Reply>();
   }
 
+  // The error record a daemon sends before closing a connection it refuses (over a limit,
+  // out of fds), read without waiting; the connection is closed either way.
+  std::optional<Error> read_refusal() {
+    std::optional<Error> refusal;
+    // At most two reads: the first may only report the reset that hides the record.
+    for (int i = 0; i < 2 && !refusal; ++i) {
+      auto st = ipc::recv_record(fd_.get(), buf_, /*accept_fds=*/true, /*dont_wait=*/true);
+      if (st == ipc::RecvStatus::kRecord) {
+        try {
+          capnp::FlatArrayMessageReader reader(buf_.record(), ipc::reader_options());
+          auto reply = reader.getRoot<wire::Reply>();
+          if (reply.isError()) refusal = ipc::error_from_wire(reply);
+        } catch (const kj::Exception&) {
+        }
+        break;
+      }
+      if (st != ipc::RecvStatus::kError) break;
+    }
+    buf_.fds.clear();
+    fd_.reset();
+    return refusal;
+  }
+
   UniqueFd fd_;
   std::string path_;
   ipc::RecvBuffer buf_;
@@ -221,27 +267,73 @@ class ReplyScope {
   Connection& conn_;
 };
 
-// One request and its reply: `fill` writes the request, `read` turns a non-error reply into
-// the result (refusing a reply of the wrong kind).
+// The most parts a reply may come in: 65,536 leases take a few hundred.
+constexpr size_t kMaxReplyParts = 1 << 16;
+
+// Hangs up unless disarmed: a reply in parts left unread midway (a bad part, an exception)
+// would otherwise answer the next request.
+class PartsGuard {
+ public:
+  explicit PartsGuard(Connection& conn) : conn_(conn) {}
+  PartsGuard(const PartsGuard&) = delete;
+  PartsGuard& operator=(const PartsGuard&) = delete;
+  ~PartsGuard() {
+    if (armed_) conn_.abandon();
+  }
+  void arm(bool on) { armed_ = on; }
+
+ private:
+  Connection& conn_;
+  bool armed_ = false;
+};
+
+// One request and its reply: `fill` writes the request, `read(reply, result, first)` adds a
+// non-error reply (or one part of it) to the result, refusing a reply of the wrong kind.
+// `in_parts`: whether this kind of reply may come in parts (lists); any other refuses `more`.
 template <typename T, typename Fill, typename Read>
-Result<T> round_trip(Connection* conn, Fill&& fill, Read&& read) {
+Result<T> round_trip(Connection* conn, Fill&& fill, Read&& read, bool in_parts = false) {
   if (!conn) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
   return no_throw<T>([&]() -> Result<T> {
     auto reply = conn->call(fill);
-    if (!reply) return reply.error();
-    ReplyScope scope(*conn);
-    if (reply->isError()) return ipc::error_from_wire(*reply);
-    return read(*reply);
+    T result{};
+    PartsGuard guard(*conn);
+    for (size_t part = 0;; ++part) {
+      if (!reply) return reply.error();
+      {
+        ReplyScope scope(*conn);
+        const bool more = reply->getMore();
+        guard.arm(more);
+        if (reply->isError()) return ipc::error_from_wire(*reply);
+        if (more && (!in_parts || part + 1 >= kMaxReplyParts)) {
+          return protocol_error("a reply in more parts than expected");
+        }
+        auto added = read(*reply, result, part == 0);
+        if (!added) return added.error();
+        if (!more) return result;
+      }
+      reply = conn->receive();
+    }
   });
+}
+
+template <typename T>
+void append(std::vector<T>& to, std::vector<T>&& more) {
+  if (to.empty()) {
+    to = std::move(more);
+  } else {
+    to.insert(to.end(), std::make_move_iterator(more.begin()), std::make_move_iterator(more.end()));
+  }
 }
 
 // For requests answered by `done`.
 template <typename Fill>
 Result<void> round_trip_done(Connection* conn, Fill&& fill) {
-  auto done = round_trip<bool>(conn, fill, [](wire::Reply::Reader reply) -> Result<bool> {
-    if (!reply.isDone()) return unexpected_reply(reply, "done");
-    return true;
-  });
+  auto done =
+      round_trip<bool>(conn, fill, [](wire::Reply::Reader reply, bool& out, bool) -> Result<void> {
+        if (!reply.isDone()) return unexpected_reply(reply, "done");
+        out = true;
+        return {};
+      });
   if (!done) return done.error();
   return {};
 }
@@ -397,18 +489,23 @@ Result<void> Client::release(uint64_t lease_id) {
 Result<std::vector<LeaseInfo>> Client::list() {
   return round_trip<std::vector<LeaseInfo>>(
       conn_.get(), [](wire::Request::Builder r) { r.setList(); },
-      [](wire::Reply::Reader reply) -> Result<std::vector<LeaseInfo>> {
+      [](wire::Reply::Reader reply, std::vector<LeaseInfo>& out, bool) -> Result<void> {
         if (!reply.isLeases()) return unexpected_reply(reply, "leases");
-        return from_reply(ipc::leases_from_wire(reply.getLeases()));
-      });
+        auto part = from_reply(ipc::leases_from_wire(reply.getLeases()));
+        if (!part) return part.error();
+        append(out, std::move(part).value());
+        return {};
+      },
+      true);
 }
 
 Result<DaemonStatus> Client::status() {
   return round_trip<DaemonStatus>(
       conn_.get(), [](wire::Request::Builder r) { r.setStatus(); },
-      [](wire::Reply::Reader reply) -> Result<DaemonStatus> {
+      [](wire::Reply::Reader reply, DaemonStatus& out, bool) -> Result<void> {
         if (!reply.isStatus()) return unexpected_reply(reply, "status");
-        return ipc::status_from_wire(reply.getStatus());
+        out = ipc::status_from_wire(reply.getStatus());
+        return {};
       });
 }
 
@@ -436,10 +533,14 @@ Result<void> Client::unreserve(std::string_view name) {
 Result<std::vector<ReservationInfo>> Client::reservations() {
   return round_trip<std::vector<ReservationInfo>>(
       conn_.get(), [](wire::Request::Builder r) { r.setReservations(); },
-      [](wire::Reply::Reader reply) -> Result<std::vector<ReservationInfo>> {
+      [](wire::Reply::Reader reply, std::vector<ReservationInfo>& out, bool) -> Result<void> {
         if (!reply.isReservations()) return unexpected_reply(reply, "reservations");
-        return from_reply(ipc::reservations_from_wire(reply.getReservations()));
-      });
+        auto part = from_reply(ipc::reservations_from_wire(reply.getReservations()));
+        if (!part) return part.error();
+        append(out, std::move(part).value());
+        return {};
+      },
+      true);
 }
 
 Result<void> Client::shutdown(bool revoke_all) {
@@ -454,10 +555,14 @@ Result<void> Client::upgrade() {
 Result<ReloadReport> Client::reload() {
   return round_trip<ReloadReport>(
       conn_.get(), [](wire::Request::Builder r) { r.setReload(); },
-      [](wire::Reply::Reader reply) -> Result<ReloadReport> {
+      [](wire::Reply::Reader reply, ReloadReport& out, bool first) -> Result<void> {
         if (!reply.isReloaded()) return unexpected_reply(reply, "reloaded");
-        return ipc::reload_from_wire(reply.getReloaded());
-      });
+        ReloadReport part = ipc::reload_from_wire(reply.getReloaded());
+        if (first) out.source = std::move(part.source);
+        append(out.refused_leases, std::move(part.refused_leases));
+        return {};
+      },
+      true);
 }
 
 Result<WhoReport> Client::who(Protocol protocol, uint16_t port) {
@@ -466,19 +571,32 @@ Result<WhoReport> Client::who(Protocol protocol, uint16_t port) {
       [&](wire::Request::Builder r) {
         ipc::who_query_to_wire(ipc::WhoQuery{protocol, port}, r.initWho());
       },
-      [](wire::Reply::Reader reply) -> Result<WhoReport> {
+      [](wire::Reply::Reader reply, WhoReport& out, bool first) -> Result<void> {
         if (!reply.isWho()) return unexpected_reply(reply, "who");
-        return from_reply(ipc::who_from_wire(reply.getWho()));
-      });
+        auto part = from_reply(ipc::who_from_wire(reply.getWho()));
+        if (!part) return part.error();
+        if (first) {
+          out = std::move(part).value();
+          return {};
+        }
+        append(out.leases, std::move(part->leases));
+        append(out.outside, std::move(part->outside));
+        append(out.reservations, std::move(part->reservations));
+        append(out.pools, std::move(part->pools));
+        return {};
+      },
+      true);
 }
 
 Result<std::vector<Problem>> Client::check() {
   return round_trip<std::vector<Problem>>(
       conn_.get(), [](wire::Request::Builder r) { r.setCheck(); },
-      [](wire::Reply::Reader reply) -> Result<std::vector<Problem>> {
+      [](wire::Reply::Reader reply, std::vector<Problem>& out, bool) -> Result<void> {
         if (!reply.isProblems()) return unexpected_reply(reply, "problems");
-        return ipc::problems_from_wire(reply.getProblems());
-      });
+        append(out, ipc::problems_from_wire(reply.getProblems()));
+        return {};
+      },
+      true);
 }
 
 Result<std::string> Client::metrics() {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 
 #include "broker/core/port_set.h"
 #include "broker/daemon/server_internal.h"
@@ -30,9 +31,7 @@ bool contains(const std::vector<PortRange>& ranges, uint16_t port) {
 // Sockets on the port that are not the broker's own (its copies of leased or held sockets).
 // Like ss(8) for a user, a caller other than root sees which processes hold a socket only when
 // they are its own; of other users' sockets it sees the owning uid (what /proc/net shows).
-std::vector<PortHolder> outside_holders(Protocol p, uint16_t port, HolderScope scope,
-                                        uint32_t viewer_uid) {
-  auto found = find_port_holders(p, port, scope);
+std::vector<PortHolder> outside_only(Result<std::vector<PortHolder>> found, uint32_t viewer_uid) {
   if (!found) {
     spdlog::warn("socket diagnostics failed: {}", found.error().message);
     return {};
@@ -49,6 +48,11 @@ std::vector<PortHolder> outside_holders(Protocol p, uint16_t port, HolderScope s
     out.push_back(std::move(h));
   }
   return out;
+}
+
+std::vector<PortHolder> outside_holders(Protocol p, uint16_t port, HolderScope scope,
+                                        uint32_t viewer_uid) {
+  return outside_only(find_port_holders(p, port, scope), viewer_uid);
 }
 
 std::string describe_outside(const PortHolder& h) {
@@ -109,41 +113,61 @@ void scan_who(WhoReport& who, uint32_t viewer) {
   if (auto reserved = read_reserved_ports()) who.guarded = contains(*reserved, who.port);
 }
 
-void fill_who(const WhoReport& who, wire::Reply::Builder root) {
+void outside_to_wire(const PortHolder& h, wire::OutsideHolder::Builder o) {
+  o.setProtocol(ipc::protocol_to_wire(h.protocol));
+  o.setAddress(ipc::address_bytes(h.address));
+  o.setPort(h.port);
+  o.setState(h.state);
+  o.setUid(h.uid);
+  if (!h.processes.empty()) {
+    o.setPid(h.processes.front().pid);
+    o.setUid(h.processes.front().uid);
+    std::string comm = h.processes.front().comm;
+    if (h.processes.size() > 1) comm += " +" + std::to_string(h.processes.size() - 1);
+    o.setComm(comm);
+  }
+}
+
+// The items [begin, end) of a who reply, counted across its lists in order (leases, outside
+// holders, reservations, pools), with the scalar fields in every part.
+void fill_who(const WhoReport& who, wire::Reply::Builder root, size_t begin, size_t end) {
   auto out = root.initWho();
   out.setProtocol(ipc::protocol_to_wire(who.protocol));
   out.setPort(who.port);
-  auto wl = out.initLeases(static_cast<unsigned>(who.leases.size()));
-  for (size_t i = 0; i < who.leases.size(); ++i) {
+  // The part of list `size` items long, starting at `offset` in the whole reply.
+  size_t offset = 0;
+  auto slice = [&](size_t size) {
+    size_t from = std::clamp(begin, offset, offset + size) - offset;
+    size_t to = std::clamp(end, offset, offset + size) - offset;
+    offset += size;
+    return std::pair<size_t, size_t>(from, to);
+  };
+  auto [lf, lt] = slice(who.leases.size());
+  auto wl = out.initLeases(static_cast<unsigned>(lt - lf));
+  for (size_t i = lf; i < lt; ++i) {
     ipc::lease_to_wire(lease_view(who.leases[i].first, &who.leases[i].second, who.comms[i]),
-                       wl[static_cast<unsigned>(i)]);
+                       wl[static_cast<unsigned>(i - lf)]);
   }
-  auto wo = out.initOutside(static_cast<unsigned>(who.outside.size()));
-  for (size_t i = 0; i < who.outside.size(); ++i) {
-    const PortHolder& h = who.outside[i];
-    auto o = wo[static_cast<unsigned>(i)];
-    o.setProtocol(ipc::protocol_to_wire(h.protocol));
-    o.setAddress(ipc::address_bytes(h.address));
-    o.setPort(h.port);
-    o.setState(h.state);
-    o.setUid(h.uid);
-    if (!h.processes.empty()) {
-      o.setPid(h.processes.front().pid);
-      o.setUid(h.processes.front().uid);
-      std::string comm = h.processes.front().comm;
-      if (h.processes.size() > 1) comm += " +" + std::to_string(h.processes.size() - 1);
-      o.setComm(comm);
-    }
+  auto [of, ot] = slice(who.outside.size());
+  auto wo = out.initOutside(static_cast<unsigned>(ot - of));
+  for (size_t i = of; i < ot; ++i)
+    outside_to_wire(who.outside[i], wo[static_cast<unsigned>(i - of)]);
+  auto [rf, rt] = slice(who.reservations.size());
+  auto wr = out.initReservations(static_cast<unsigned>(rt - rf));
+  for (size_t i = rf; i < rt; ++i) {
+    ipc::reservation_to_wire(reservation_info(who.reservations[i]),
+                             wr[static_cast<unsigned>(i - rf)]);
   }
-  auto wr = out.initReservations(static_cast<unsigned>(who.reservations.size()));
-  for (size_t i = 0; i < who.reservations.size(); ++i) {
-    ipc::reservation_to_wire(reservation_info(who.reservations[i]), wr[static_cast<unsigned>(i)]);
-  }
-  auto wp = out.initPools(static_cast<unsigned>(who.pools.size()));
-  for (size_t i = 0; i < who.pools.size(); ++i) wp.set(static_cast<unsigned>(i), who.pools[i]);
+  auto [pf, pt] = slice(who.pools.size());
+  auto wp = out.initPools(static_cast<unsigned>(pt - pf));
+  for (size_t i = pf; i < pt; ++i) wp.set(static_cast<unsigned>(i - pf), who.pools[i]);
   if (who.in_ephemeral_range) out.setInEphemeralRange(*who.in_ephemeral_range);
   if (who.guarded) out.setGuarded(*who.guarded);
   out.setHeld(who.held);
+}
+
+size_t who_items(const WhoReport& who) {
+  return who.leases.size() + who.outside.size() + who.reservations.size() + who.pools.size();
 }
 
 // What `check` reports: problems known on the loop, then those the scans find.
@@ -153,25 +177,50 @@ struct CheckReport {
   std::vector<std::pair<std::string, std::string>> later;     // known, listed after the scans
 };
 
+// The ports of a reservation that `check` inspects, for each protocol it covers.
+template <typename Visit>
+void checked_ports(const Reservation& r, Visit visit) {
+  size_t checked = 0;
+  for (const PortRange& pr : r.ports) {
+    for (uint32_t port = pr.first; port <= pr.last && checked < kMaxCheckedPortsPerReservation;
+         ++port, ++checked) {
+      for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
+        if (r.protocols.has(p)) visit(p, static_cast<uint16_t>(port));
+      }
+    }
+  }
+}
+
+uint32_t port_key(Protocol p, uint16_t port) {
+  return (p == Protocol::kUdp ? 0x10000u : 0u) | port;
+}
+
 void scan_check(CheckReport& check, uint32_t viewer) {
   auto range = read_local_port_range();
   auto reserved = read_reserved_ports();
+  // One scan for every port of every reservation.
+  PortSelection wanted;
   for (const Reservation& r : check.reservations) {
-    size_t checked = 0;
-    for (const PortRange& pr : r.ports) {
-      for (uint32_t port = pr.first; port <= pr.last && checked < kMaxCheckedPortsPerReservation;
-           ++port, ++checked) {
-        for (Protocol p : {Protocol::kTcp, Protocol::kUdp}) {
-          if (!r.protocols.has(p)) continue;
-          for (const PortHolder& h :
-               outside_holders(p, static_cast<uint16_t>(port), HolderScope::kBound, viewer)) {
-            check.problems.emplace_back(
-                "held-outside", "port " + std::to_string(port) + " of reservation " + r.name +
-                                    " is held outside the broker: " + describe_outside(h));
-          }
-        }
-      }
+    checked_ports(r, [&](Protocol p, uint16_t port) {
+      (p == Protocol::kUdp ? wanted.udp : wanted.tcp).push_back(port);
+    });
+  }
+  std::unordered_map<uint32_t, std::vector<PortHolder>> holders;
+  if (!wanted.tcp.empty() || !wanted.udp.empty()) {
+    for (PortHolder& h : outside_only(find_port_holders(wanted, HolderScope::kBound), viewer)) {
+      holders[port_key(h.protocol, h.port)].push_back(std::move(h));
     }
+  }
+  for (const Reservation& r : check.reservations) {
+    checked_ports(r, [&](Protocol p, uint16_t port) {
+      auto it = holders.find(port_key(p, port));
+      if (it == holders.end()) return;
+      for (const PortHolder& h : it->second) {
+        check.problems.emplace_back("held-outside",
+                                    "port " + std::to_string(port) + " of reservation " + r.name +
+                                        " is held outside the broker: " + describe_outside(h));
+      }
+    });
     if (range && reserved) {
       auto open = unprotected_ports(r.ports, *reserved, *range);
       if (!open.empty()) {
@@ -188,11 +237,14 @@ void scan_check(CheckReport& check, uint32_t viewer) {
 
 }  // namespace
 
-void Server::defer(Session& s, std::function<void()> work, std::function<void(Reply&)> done) {
+void Server::defer(Session& s, std::function<void()> work,
+                   std::function<void(Session&, Reply&)> done) {
   auto* d = new Deferred;
   d->req.data = d;
   d->server = this;
   d->session = s.id;
+  d->uid = s.holder.uid;
+  ++uid_queues_[d->uid].in_flight;
   d->work = std::move(work);
   d->done = std::move(done);
   s.deferred = true;
@@ -220,15 +272,29 @@ void Server::on_deferred_done(uv_work_t* req, int /*status*/) {
   std::unique_ptr<Deferred> d(static_cast<Deferred*>(req->data));
   Server* self = d->server;
   --self->deferred_in_flight_;
+  if (auto q = self->uid_queues_.find(d->uid); q != self->uid_queues_.end()) {
+    UidQueue& queue = q->second;
+    if (queue.in_flight > 0) --queue.in_flight;
+    if (queue.ready.empty() && queue.in_flight == 0 && !queue.in_ring) {
+      self->uid_queues_.erase(q);
+    } else {
+      self->ring_uid(d->uid, queue);
+    }
+  }
   auto it = self->sessions_.find(d->session);
-  if (it == self->sessions_.end()) return;  // the client left meanwhile
+  if (it == self->sessions_.end() || it->second->closing) return;  // the client left meanwhile
   Session& s = *it->second;
   s.deferred = false;
   try {
     Reply reply;
-    d->done(reply);
-    if (!self->send_reply(s, reply)) return;
-    uv_poll_start(&s.poll, UV_READABLE | UV_DISCONNECT, &Server::on_session_event);
+    d->done(s, reply);
+    if (s.parts) {
+      self->send_next_part(s);
+    } else {
+      (void)self->send_reply(s, reply);
+    }
+    s.drained = false;
+    self->resume(s);
   } catch (const std::exception& e) {
     spdlog::error("pid={} uid={} session failed: {}", s.holder.pid, s.holder.uid, e.what());
     self->close_session(s);
@@ -252,7 +318,7 @@ void Server::refuse_acquire(Session& s, const SocketSpec& spec, size_t index, si
       [named, p = spec.protocol, port = spec.port, uid = s.holder.uid] {
         named->message += outside_holders_text(p, port, uid);
       },
-      [named, finish](Reply& out) { finish(*named, out); });
+      [named, finish](Session&, Reply& out) { finish(*named, out); });
 }
 
 void Server::do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply) {
@@ -285,7 +351,31 @@ void Server::do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply) {
   who->held = service_.port_held(who->protocol, who->port);
   defer(
       s, [who, viewer = s.holder.uid] { scan_who(*who, viewer); },
-      [who](Reply& out) { fill_who(*who, out.root); });
+      [who](Session& session, Reply&) {
+        session.parts = std::make_unique<Parts>();
+        session.parts->total = who_items(*who);
+        session.parts->fill = [who](wire::Reply::Builder root, size_t begin, size_t end) {
+          fill_who(*who, root, begin, end);
+        };
+      });
+}
+
+std::vector<std::string> Server::refused_lines() {
+  if (refused_generation_ != policy_generation_) {
+    refused_ = service_.refused_leases();
+    refused_generation_ = policy_generation_;
+  }
+  // Leases that ended, or that another session took back, since: no longer the policy's
+  // concern (whoever holds them now was allowed by it).
+  const Registry& reg = service_.registry();
+  std::erase_if(refused_, [&](const LeaseService::RefusedLease& r) {
+    const Lease* l = reg.find_lease(r.lease);
+    return l == nullptr || l->session != r.session;
+  });
+  std::vector<std::string> out;
+  out.reserve(refused_.size());
+  for (const auto& r : refused_) out.push_back(r.line);
+  return out;
 }
 
 void Server::do_check(Session& s, Reply& /*reply*/) {
@@ -297,17 +387,19 @@ void Server::do_check(Session& s, Reply& /*reply*/) {
                                               std::to_string(f.port) + " of reservation " +
                                               f.reservation + " is not held (retrying): " + f.why);
   }
-  for (const auto& line : service_.leases_refused_by_policy()) {
-    check->later.emplace_back("lease-refused", line);
-  }
+  for (std::string& line : refused_lines()) check->later.emplace_back("lease-refused", line);
   defer(
       s, [check, viewer = s.holder.uid] { scan_check(*check, viewer); },
-      [check](Reply& out) {
-        auto list = out.root.initProblems(static_cast<unsigned>(check->problems.size()));
-        for (size_t i = 0; i < check->problems.size(); ++i) {
-          list[static_cast<unsigned>(i)].setKind(check->problems[i].first);
-          list[static_cast<unsigned>(i)].setMessage(check->problems[i].second);
-        }
+      [check](Session& session, Reply&) {
+        session.parts = std::make_unique<Parts>();
+        session.parts->total = check->problems.size();
+        session.parts->fill = [check](wire::Reply::Builder root, size_t begin, size_t end) {
+          auto list = root.initProblems(static_cast<unsigned>(end - begin));
+          for (size_t i = begin; i < end; ++i) {
+            list[static_cast<unsigned>(i - begin)].setKind(check->problems[i].first);
+            list[static_cast<unsigned>(i - begin)].setMessage(check->problems[i].second);
+          }
+        };
       });
 }
 

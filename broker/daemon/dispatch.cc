@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <memory>
 #include <unordered_map>
 
 #include "broker/daemon/server_internal.h"
@@ -19,6 +20,10 @@ void Server::handle_record(Session& s, Reply& reply) {
     capnp::FlatArrayMessageReader reader(recv_buf_.record(), ipc::reader_options());
     auto req = reader.getRoot<wire::Request>();
     if (req.getVersion() != wire::PROTOCOL_VERSION) {
+      if (may_log(s.holder.uid)) {
+        spdlog::info("pid={} uid={} speaks protocol version {}", s.holder.pid, s.holder.uid,
+                     req.getVersion());
+      }
       reply.error(make_error(ErrorCode::kUnsupportedVersion,
                              "protocol version " + std::to_string(req.getVersion()) +
                                  " is not supported; this daemon speaks version " +
@@ -33,7 +38,7 @@ void Server::handle_record(Session& s, Reply& reply) {
         do_release(s, req.getRelease(), reply);
         return;
       case wire::Request::LIST:
-        do_list(reply);
+        do_list(s);
         return;
       case wire::Request::STATUS:
         do_status(reply);
@@ -47,7 +52,7 @@ void Server::handle_record(Session& s, Reply& reply) {
         return;
       }
       case wire::Request::RESERVATIONS:
-        do_reservations(reply);
+        do_reservations(s);
         return;
       case wire::Request::RELOAD:
         do_reload(s, reply);
@@ -75,8 +80,11 @@ void Server::handle_record(Session& s, Reply& reply) {
                            "unknown request kind " + std::to_string(static_cast<int>(req.which())) +
                                " (client newer than daemon?)"));
   } catch (const kj::Exception& e) {
-    spdlog::info("pid={} uid={} sent a malformed request: {}", s.holder.pid, s.holder.uid,
-                 e.getDescription().cStr());
+    if (may_log(s.holder.uid)) {
+      auto bytes = recv_buf_.record().asBytes();
+      spdlog::info("pid={} uid={} sent a malformed request: {}", s.holder.pid, s.holder.uid,
+                   hex_prefix(std::span<const unsigned char>(bytes.begin(), bytes.size())));
+    }
     reply.root = reply.message.initRoot<wire::Reply>();
     reply.error(make_error(ErrorCode::kBadRequest,
                            std::string("malformed request: ") + e.getDescription().cStr()));
@@ -131,6 +139,12 @@ void Server::do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader lis
   }
 
   const uint64_t began = uv_hrtime();
+  // Every lease costs the daemon an fd: no uid may take so many that others are locked out.
+  if (auto share = over_fd_share(h.uid, specs.size())) {
+    spdlog::info("pid={} uid={} acquire refused: {}", h.pid, h.uid, share->message);
+    reply.error(*share);
+    return;
+  }
   AcquireOutcome outcome = service_.acquire(s.id, specs);
   metrics_.observe_acquire(static_cast<double>(uv_hrtime() - began) / 1e9);
   log_notices();
@@ -174,19 +188,32 @@ void Server::do_release(Session& s, uint64_t lease_id, Reply& reply) {
   reply.root.setReleased();
 }
 
-void Server::do_list(Reply& reply) {
-  const Registry& reg = service_.registry();
-  auto leases = reg.all_leases();
-  auto out = reply.root.initLeases(static_cast<unsigned>(leases.size()));
-  // A holder may have exec'd since it connected (`portbroker exec` does): show what runs now.
-  std::unordered_map<uint64_t, std::string> comm_now;
-  for (size_t i = 0; i < leases.size(); ++i) {
-    const Lease& l = *leases[i];
-    auto [it, fresh] = comm_now.try_emplace(l.session);
-    if (fresh) it->second = service_.current_comm(l);
-    ipc::lease_to_wire(lease_view(l, reg.find_binding(l.binding), it->second),
-                       out[static_cast<unsigned>(i)]);
-  }
+void Server::do_list(Session& s) {
+  // In parts, each looking its leases up again: a lease that ends while the listing goes out is
+  // left out of the parts still to come, one that begins is not in it.
+  auto ids = std::make_shared<std::vector<uint64_t>>();
+  ids->reserve(service_.registry().lease_count());
+  for (const Lease* l : service_.registry().all_leases()) ids->push_back(l->id);
+  s.parts = std::make_unique<Parts>();
+  s.parts->total = ids->size();
+  s.parts->fill = [this, ids](wire::Reply::Builder root, size_t begin, size_t end) {
+    const Registry& reg = service_.registry();
+    std::vector<const Lease*> leases;
+    leases.reserve(end - begin);
+    for (size_t i = begin; i < end; ++i) {
+      if (const Lease* l = reg.find_lease((*ids)[i])) leases.push_back(l);
+    }
+    auto out = root.initLeases(static_cast<unsigned>(leases.size()));
+    // A holder may have exec'd since it connected (`portbroker exec` does): show what runs now.
+    std::unordered_map<uint64_t, std::string> comm_now;
+    for (size_t i = 0; i < leases.size(); ++i) {
+      const Lease& l = *leases[i];
+      auto [it, fresh] = comm_now.try_emplace(l.session);
+      if (fresh) it->second = service_.current_comm(l);
+      ipc::lease_to_wire(lease_view(l, reg.find_binding(l.binding), it->second),
+                         out[static_cast<unsigned>(i)]);
+    }
+  };
 }
 
 void Server::do_status(Reply& reply) {
@@ -257,6 +284,7 @@ void Server::do_reserve(Session& s, wire::Reservation::Reader r, Reply& reply) {
   auto reserved = service_.reserve(std::move(res).value());
   log_notices();
   if (!reserved) return reply.error(reserved.error());
+  ++policy_generation_;
   spdlog::info("pid={} uid={} reserved {}", s.holder.pid, s.holder.uid, *reserved);
   reply.root.setDone();
 }
@@ -266,16 +294,24 @@ void Server::do_unreserve(Session& s, std::string_view name, Reply& reply) {
   auto removed = service_.unreserve(name);
   log_notices();
   if (!removed) return reply.error(removed.error());
+  ++policy_generation_;
   spdlog::info("pid={} uid={} unreserved {}", s.holder.pid, s.holder.uid, name);
   reply.root.setDone();
 }
 
-void Server::do_reservations(Reply& reply) {
-  const auto& reservations = service_.policy().reservations;
-  auto out = reply.root.initReservations(static_cast<unsigned>(reservations.size()));
-  for (size_t i = 0; i < reservations.size(); ++i) {
-    ipc::reservation_to_wire(reservation_info(reservations[i]), out[static_cast<unsigned>(i)]);
+void Server::do_reservations(Session& s) {
+  auto infos = std::make_shared<std::vector<ReservationInfo>>();
+  for (const Reservation& r : service_.policy().reservations) {
+    infos->push_back(reservation_info(r));
   }
+  s.parts = std::make_unique<Parts>();
+  s.parts->total = infos->size();
+  s.parts->fill = [infos](wire::Reply::Builder root, size_t begin, size_t end) {
+    auto out = root.initReservations(static_cast<unsigned>(end - begin));
+    for (size_t i = begin; i < end; ++i) {
+      ipc::reservation_to_wire((*infos)[i], out[static_cast<unsigned>(i - begin)]);
+    }
+  };
 }
 
 Result<std::vector<std::string>> Server::reload() {
@@ -285,6 +321,7 @@ Result<std::vector<std::string>> Server::reload() {
     return next.error();
   }
   auto refused = service_.replace_policy(std::move(next).value());
+  ++policy_generation_;
   const Policy& policy = service_.policy();
   spdlog::info("policy reloaded from {}; {} lease(s) kept that it would now refuse", policy.source,
                refused.size());
@@ -322,10 +359,16 @@ void Server::do_reload(Session& s, Reply& reply) {
   spdlog::info("pid={} uid={} asked for a reload", s.holder.pid, s.holder.uid);
   auto refused = reload();
   if (!refused) return reply.error(refused.error());
-  auto out = reply.root.initReloaded();
-  out.setSource(service_.policy().source);
-  auto list = out.initRefusedLeases(static_cast<unsigned>(refused->size()));
-  for (size_t i = 0; i < refused->size(); ++i) list.set(static_cast<unsigned>(i), (*refused)[i]);
+  auto lines = std::make_shared<std::vector<std::string>>(std::move(refused).value());
+  s.parts = std::make_unique<Parts>();
+  s.parts->total = lines->size();
+  s.parts->fill = [lines, source = service_.policy().source](wire::Reply::Builder root,
+                                                             size_t begin, size_t end) {
+    auto out = root.initReloaded();
+    out.setSource(source);
+    auto list = out.initRefusedLeases(static_cast<unsigned>(end - begin));
+    for (size_t i = begin; i < end; ++i) list.set(static_cast<unsigned>(i - begin), (*lines)[i]);
+  };
 }
 
 }  // namespace portbroker::broker

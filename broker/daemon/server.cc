@@ -2,12 +2,14 @@
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "broker/daemon/server_internal.h"
@@ -20,10 +22,18 @@ namespace portbroker::broker {
 
 namespace {
 
-// Fairness between busy clients: a client that answers quickly would otherwise be served again
-// and again in one wake-up while the others wait (4 keeps the throughput of larger batches).
-constexpr int kMaxRecordsPerWakeup = 4;
 constexpr int kListenBacklog = 1024;
+// A uid's requests off the loop at one time (who, check, naming an outside holder): with the
+// thread pool's 4 threads, one uid's flood leaves room for others' scans.
+constexpr size_t kMaxDeferredPerUid = 2;
+// A part of a long reply aims at half a record: each is built in one turn of the scheduler,
+// and half a record's items are about as long a turn as a cheap request's.
+constexpr size_t kPartBudgetWords = ipc::kMaxRecordWords / 2;
+
+rlim_t open_file_limit() {
+  rlimit rl{};
+  return ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+}
 
 }  // namespace
 
@@ -81,6 +91,7 @@ Result<void> Server::start() {
   }
   socket_created_ = true;
   reserve_fd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  set_fd_share();
   if (auto restored = restore(std::move(passed)); !restored) return restored;
 
   uv_poll_init(loop_, &listen_poll_, listen_fd_.get());
@@ -96,6 +107,8 @@ Result<void> Server::start() {
   shutdown_timer_.data = this;
   uv_timer_init(loop_, &upgrade_timer_);
   upgrade_timer_.data = this;
+  uv_idle_init(loop_, &schedule_idle_);
+  schedule_idle_.data = this;
   start_monitoring();
   listening_ = true;
   return {};
@@ -251,6 +264,10 @@ void Server::stop(bool revoke_all) {
     uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
     uv_timer_stop(&upgrade_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&upgrade_timer_), nullptr);
+    uv_idle_stop(&schedule_idle_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&schedule_idle_), nullptr);
+    uid_ring_.clear();
+    uid_queues_.clear();
     stop_monitoring();
     listening_ = false;
   }
@@ -314,12 +331,21 @@ void Server::accept_pending() {
     if (e == EAGAIN || e == EWOULDBLOCK) return;
     if (e == EINTR || e == ECONNABORTED) continue;
     if (e == EMFILE || e == ENFILE) {
-      // Out of fds: accept with the reserve fd and drop the connection, so the client sees a
-      // hang-up instead of the listen queue filling and the loop spinning on readability.
-      spdlog::warn("out of file descriptors ({}); dropping a new connection", std::strerror(e));
+      // Out of fds: accept with the reserve fd and refuse the connection, so the client reads
+      // why instead of the listen queue filling and the loop spinning on readability.
+      spdlog::warn("out of file descriptors ({}); refusing a new connection", std::strerror(e));
       reserve_fd_.reset();
-      UniqueFd dropped(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      dropped.reset();
+      UniqueFd refused(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (refused) {
+        refuse_connection(
+            std::move(refused),
+            make_error(ErrorCode::kResourceExhausted,
+                       e == EMFILE ? "portbrokerd is out of file descriptors (its limit, "
+                                     "RLIMIT_NOFILE, is " +
+                                         std::to_string(open_file_limit()) + "); try again later"
+                                   : "the system is out of file descriptors (fs.file-max); "
+                                     "portbrokerd cannot take a connection now"));
+      }
       reserve_fd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
       return;
     }
@@ -329,6 +355,58 @@ void Server::accept_pending() {
 }
 
 void Server::accept_one(UniqueFd conn) { add_session(std::move(conn), 0); }
+
+void Server::refuse_connection(UniqueFd conn, const Error& e) {
+  // What the client sent is read (and dropped) first: a connection closed with a record unread
+  // makes the client's next read fail with ECONNRESET, which would hide the error behind it.
+  char sink[64];
+  for (int i = 0; i < 16; ++i) {
+    if (::recv(conn.get(), sink, sizeof(sink), MSG_DONTWAIT | MSG_TRUNC) <= 0) break;
+  }
+  kj::FixedArray<capnp::word, 256> scratch;
+  std::memset(scratch.begin(), 0, sizeof(capnp::word) * scratch.size());
+  Reply reply(scratch);
+  reply.error(e);
+  (void)ipc::send_message(conn.get(), reply.message, {}, true);
+}
+
+bool Server::may_log(uint32_t uid) {
+  size_t suppressed = 0;
+  if (!log_limiter_.allow(uid, uv_now(loop_), &suppressed)) return false;
+  if (suppressed > 0) {
+    spdlog::info("uid={}: {} more line(s) of this uid's bad input were not logged", uid,
+                 suppressed);
+  }
+  return true;
+}
+
+void Server::set_fd_share() {
+  // Every lease costs the daemon an fd (its copy of the socket), and so does every connection:
+  // raise the soft limit as far as the hard one allows, then give no uid but root more than
+  // half of what is left after a reserve for the daemon's own files and root's requests.
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rlimit raised{rl.rlim_max, rl.rlim_max};
+    if (rl.rlim_max != RLIM_INFINITY && ::setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+  }
+  const size_t limit = open_file_limit();
+  fd_limit_ = limit;
+  fd_share_ = std::max<size_t>(kMinFdShare, limit > kReservedFds ? (limit - kReservedFds) / 2 : 0);
+}
+
+std::optional<Error> Server::over_fd_share(uint32_t uid, size_t more) const {
+  if (uid == 0) return std::nullopt;
+  auto c = connections_per_uid_.find(uid);
+  const size_t used =
+      (c == connections_per_uid_.end() ? 0 : c->second) + service_.registry().leases_of_uid(uid);
+  if (used + more <= fd_share_) return std::nullopt;
+  return make_error(ErrorCode::kLimitExceeded,
+                    "uid " + std::to_string(uid) + " already uses " + std::to_string(used) +
+                        " of portbrokerd's file descriptors (connections and leases); one uid's "
+                        "share is " +
+                        std::to_string(fd_share_) + " of its limit of " +
+                        std::to_string(fd_limit_));
+}
 
 void Server::add_session(UniqueFd conn, uint64_t id) {
   auto peer = read_peer_identity(conn.get());
@@ -351,18 +429,21 @@ void Server::add_session(UniqueFd conn, uint64_t id) {
 
   const UidLimits lim = service_.limits_for(cred.uid);
   size_t& conns = connections_per_uid_[cred.uid];
+  std::optional<Error> over;
   if (conns >= lim.connections) {
-    spdlog::warn("pid={} uid={} refused: {} connections open (limit {})", cred.pid, cred.uid, conns,
-                 lim.connections);
-    kj::FixedArray<capnp::word, 256> scratch;
-    std::memset(scratch.begin(), 0, sizeof(capnp::word) * scratch.size());
-    Reply reply(scratch);
-    reply.error(make_error(ErrorCode::kLimitExceeded, "uid " + std::to_string(cred.uid) +
-                                                          " already has " + std::to_string(conns) +
-                                                          " connections to portbrokerd (limit " +
-                                                          std::to_string(lim.connections) + ")"));
-    (void)ipc::send_message(s->conn.get(), reply.message, {}, true);
+    over = make_error(ErrorCode::kLimitExceeded, "uid " + std::to_string(cred.uid) +
+                                                     " already has " + std::to_string(conns) +
+                                                     " connections to portbrokerd (limit " +
+                                                     std::to_string(lim.connections) + ")");
+  } else if (auto share = over_fd_share(cred.uid, 1)) {
+    over = std::move(share);
+  }
+  if (over) {
+    if (may_log(cred.uid)) {
+      spdlog::warn("pid={} uid={} connection refused: {}", cred.pid, cred.uid, over->message);
+    }
     if (conns == 0) connections_per_uid_.erase(cred.uid);
+    refuse_connection(std::move(s->conn), *over);
     return;
   }
   ++conns;
@@ -407,9 +488,14 @@ void Server::on_session_event(uv_poll_t* handle, int status, int events) {
       if (s->closing) return;
     } else if (events & UV_WRITABLE) {
       self->flush_pending(*s);
-      if (s->closing || s->pending.size() != 0) return;
+      return;
     }
-    if (events & (UV_READABLE | UV_DISCONNECT)) self->read_requests(*s);
+    if (s->deferred) {
+      // Only a hang-up is watched while its reply is made off the loop: nobody waits for it.
+      if (events & UV_DISCONNECT) self->close_session(*s);
+      return;
+    }
+    if (events & (UV_READABLE | UV_DISCONNECT)) self->enqueue(*s);
   } catch (const std::exception& e) {
     // Only resource exhaustion gets here (requests catch their own errors): this client
     // loses its session, the daemon and everyone else carry on.
@@ -418,44 +504,160 @@ void Server::on_session_event(uv_poll_t* handle, int status, int events) {
   }
 }
 
-void Server::read_requests(Session& s) {
-  for (int i = 0; i < kMaxRecordsPerWakeup && !s.closing && !s.deferred && s.pending.size() == 0;
-       ++i) {
-    auto st = ipc::recv_record(s.conn.get(), recv_buf_, false, true);
-    if (st == ipc::RecvStatus::kWouldBlock) return;
-    s.spoke = true;
-    if (st == ipc::RecvStatus::kEof || st == ipc::RecvStatus::kError || s.subscriber) {
-      if (s.subscriber && st != ipc::RecvStatus::kEof && st != ipc::RecvStatus::kError) {
-        spdlog::info("pid={} uid={} closed: sent a request on an events connection", s.holder.pid,
-                     s.holder.uid);
-      }
-      close_session(s);
-      return;
-    }
-    Reply reply(kj::arrayPtr(scratch_.data(), scratch_.size()));
-    switch (st) {
-      case ipc::RecvStatus::kTruncated:
-        reply.error(make_error(
-            ErrorCode::kBadRequest,
-            "record larger than " + std::to_string(ipc::kMaxRecordBytes) + " bytes refused"));
-        break;
-      case ipc::RecvStatus::kBadFds:
-        reply.error(
-            make_error(ErrorCode::kBadRequest, "records carrying file descriptors are refused"));
-        break;
-      case ipc::RecvStatus::kMisaligned:
-        reply.error(make_error(ErrorCode::kBadRequest, "record of " +
-                                                           std::to_string(recv_buf_.bytes) +
-                                                           " bytes is not a Cap'n Proto message"));
-        break;
-      default:
-        handle_record(s, reply);
-        break;
-    }
-    if (s.deferred) return;  // its reply comes from on_deferred_done
-    if (!send_reply(s, reply)) return;
-    if (s.subscribing) return begin_subscription(s);
+void Server::enqueue(Session& s) {
+  if (s.closing || s.queued) return;
+  uv_poll_stop(&s.poll);
+  s.queued = true;
+  UidQueue& q = uid_queues_[s.holder.uid];
+  q.ready.push_back(s.id);
+  ring_uid(s.holder.uid, q);
+}
+
+void Server::ring_uid(uint32_t uid, UidQueue& q) {
+  if (q.in_ring || q.ready.empty() || q.in_flight >= kMaxDeferredPerUid || !listening_) return;
+  q.in_ring = true;
+  uid_ring_.push_back(uid);
+  if (uid_ring_.size() == 1) uv_idle_start(&schedule_idle_, &Server::on_schedule);
+}
+
+void Server::on_schedule(uv_idle_t* handle) {
+  auto* self = static_cast<Server*>(handle->data);
+  try {
+    self->run_round();
+  } catch (const std::exception& e) {  // bad_alloc: the next round tries again
+    spdlog::error("serving requests failed: {}", e.what());
   }
+  if (self->uid_ring_.empty()) uv_idle_stop(&self->schedule_idle_);
+}
+
+void Server::run_round() {
+  // One unit of work for each uid that had work when the round began; those that still have
+  // some go round again, after everyone else.
+  for (size_t n = uid_ring_.size(); n > 0 && !uid_ring_.empty(); --n) {
+    const uint32_t uid = uid_ring_.front();
+    uid_ring_.pop_front();
+    auto qit = uid_queues_.find(uid);
+    if (qit == uid_queues_.end()) continue;
+    // A reference stays valid as other uids come and go; in_ring stays set while this uid is
+    // served, so that nothing forgets its queue meanwhile.
+    UidQueue& q = qit->second;
+    Session* s = nullptr;
+    while (s == nullptr && !q.ready.empty()) {
+      auto it = sessions_.find(q.ready.front());
+      q.ready.pop_front();
+      if (it != sessions_.end() && it->second->queued) s = it->second.get();
+    }
+    if (s != nullptr) {
+      s->queued = false;
+      try {
+        serve(*s);
+      } catch (const std::exception& e) {
+        spdlog::error("pid={} uid={} session failed: {}", s->holder.pid, s->holder.uid, e.what());
+        close_session(*s);
+      }
+      resume(*s);
+    }
+    q.in_ring = false;
+    if (q.ready.empty() && q.in_flight == 0) {
+      uid_queues_.erase(uid);
+    } else {
+      ring_uid(uid, q);
+    }
+  }
+}
+
+void Server::serve(Session& s) {
+  if (s.closing || s.deferred || s.pending.size() != 0) return;
+  if (s.parts) {
+    send_next_part(s);
+  } else {
+    read_request(s);
+  }
+}
+
+void Server::resume(Session& s) {
+  // A reply made off the loop or waiting for room resumes the session from its callback.
+  if (s.closing || s.deferred || s.pending.size() != 0) return;
+  if (s.subscriber && s.drained) {
+    flush_events(s);  // and polls for what the stream needs (room to write, a hang-up)
+    return;
+  }
+  if (s.parts || !s.drained) {
+    enqueue(s);
+    return;
+  }
+  uv_poll_start(&s.poll, UV_READABLE | UV_DISCONNECT, &Server::on_session_event);
+}
+
+void Server::read_request(Session& s) {
+  auto st = ipc::recv_record(s.conn.get(), recv_buf_, false, true);
+  s.drained = st == ipc::RecvStatus::kWouldBlock;
+  if (s.drained) return;
+  s.spoke = true;
+  if (st == ipc::RecvStatus::kEof || st == ipc::RecvStatus::kError || s.subscriber) {
+    if (s.subscriber && st != ipc::RecvStatus::kEof && st != ipc::RecvStatus::kError) {
+      spdlog::info("pid={} uid={} closed: sent a request on an events connection", s.holder.pid,
+                   s.holder.uid);
+    }
+    close_session(s);
+    return;
+  }
+  Reply reply(kj::arrayPtr(scratch_.data(), scratch_.size()));
+  if (st != ipc::RecvStatus::kRecord && may_log(s.holder.uid)) {
+    spdlog::info("pid={} uid={} sent a bad record: {}", s.holder.pid, s.holder.uid,
+                 st == ipc::RecvStatus::kTruncated ? "larger than the limit"
+                 : st == ipc::RecvStatus::kBadFds  ? "carrying fds"
+                                                   : "not whole words");
+  }
+  switch (st) {
+    case ipc::RecvStatus::kTruncated:
+      reply.error(make_error(
+          ErrorCode::kBadRequest,
+          "record larger than " + std::to_string(ipc::kMaxRecordBytes) + " bytes refused"));
+      break;
+    case ipc::RecvStatus::kBadFds:
+      reply.error(
+          make_error(ErrorCode::kBadRequest, "records carrying file descriptors are refused"));
+      break;
+    case ipc::RecvStatus::kMisaligned:
+      reply.error(make_error(
+          ErrorCode::kBadRequest,
+          "record of " + std::to_string(recv_buf_.bytes) + " bytes is not a Cap'n Proto message"));
+      break;
+    default:
+      handle_record(s, reply);
+      break;
+  }
+  if (s.deferred) return;  // its reply comes from on_deferred_done
+  if (s.parts) {
+    send_next_part(s);
+    return;
+  }
+  if (send_reply(s, reply) && s.subscribing) begin_subscription(s);
+}
+
+void Server::send_next_part(Session& s) {
+  Parts& p = *s.parts;
+  const size_t budget = kPartBudgetWords;
+  std::optional<Reply> part;
+  for (;;) {
+    const size_t n = std::min(p.guess, p.total - p.next);
+    part.emplace(static_cast<unsigned>(kPartBudgetWords + kPartBudgetWords / 4));
+    p.fill(part->root, p.next, p.next + n);
+    const size_t words = capnp::computeSerializedSizeInWords(part->message);
+    if (words > budget && n > 1) {
+      p.guess = n / 2;
+      continue;
+    }
+    p.next += n;
+    // Aim the next part at 90% of the budget, judging by this one's items.
+    if (n > 0) p.guess = std::max<size_t>(1, n * budget * 9 / 10 / std::max<size_t>(words, 1));
+    break;
+  }
+  const bool more = p.next < p.total;
+  part->root.setMore(more);
+  if (!more) s.parts.reset();
+  (void)send_reply(s, *part);
 }
 
 bool Server::send_reply(Session& s, Reply& reply) {
@@ -498,13 +700,17 @@ void Server::flush_pending(Session& s) {
   }
   s.pending = nullptr;
   s.pending_fds.clear();
-  uv_poll_start(&s.poll, UV_READABLE | UV_DISCONNECT, &Server::on_session_event);
+  s.drained = false;
   if (s.subscribing) begin_subscription(s);
+  if (s.closing) return;
+  enqueue(s);
 }
 
 void Server::close_session(Session& s) {
   if (s.closing) return;
   s.closing = true;
+  s.queued = false;  // its uid's queue forgets it when it comes to it
+  s.parts.reset();
   events_.unsubscribe(s.id);
   auto ended = service_.end_session(s.id);
   log_notices();

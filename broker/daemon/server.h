@@ -2,11 +2,18 @@
 // sweep timer and request dispatch between the wire and the LeaseService, which owns every lease
 // and socket. Single-threaded on a libuv loop: whatever could block (the /proc and sock_diag
 // scans of who, check and refusals) runs on libuv's thread pool.
+//
+// Fairness is per uid, not per connection: a session with something to read waits in its uid's
+// queue, and each round of the scheduler serves one unit of work (one request, or one part of a
+// long reply) to each uid with work, so a uid with 60 connections gets one uid's share. A uid
+// has at most kMaxDeferredPerUid requests off the loop at a time; long replies are built and
+// sent one record at a time, each in its own turn.
 #pragma once
 
 #include <uv.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -16,6 +23,7 @@
 
 #include "broker/daemon/events.h"
 #include "broker/daemon/metrics.h"
+#include "broker/daemon/log_limit.h"
 #include "broker/service/lease_service.h"
 #include "broker/service/policy_source.h"
 #include "ipc/framing.h"
@@ -87,6 +95,14 @@ class Server {
   struct Session;
   struct Reply;
   struct Deferred;
+  struct Parts;
+
+  // A uid's sessions with work waiting, in the order they got it.
+  struct UidQueue {
+    std::deque<uint64_t> ready;
+    size_t in_flight = 0;  // its requests being worked on off the loop
+    bool in_ring = false;
+  };
 
   static void on_listen_readable(uv_poll_t* handle, int status, int events);
   static void on_session_event(uv_poll_t* handle, int status, int events);
@@ -94,6 +110,15 @@ class Server {
 
   void accept_pending();
   void accept_one(UniqueFd conn);
+  // One error record, then the connection closes (a limit, out of fds).
+  static void refuse_connection(UniqueFd conn, const Error& e);
+  // The most fds (connections and leases) one uid other than root may cost the daemon.
+  void set_fd_share();
+  // Why `more` fds for `uid` would exceed its share, if they would.
+  std::optional<Error> over_fd_share(uint32_t uid, size_t more) const;
+  // Whether a line `uid` caused may be logged now (see LogLimiter); says once how many were
+  // suppressed before it.
+  bool may_log(uint32_t uid);
   // A connection: a new one (id 0: the next id), or one a previous daemon passed on.
   void add_session(UniqueFd conn, uint64_t id);
   // What a previous daemon passed on: the control socket and sessions are taken here, the
@@ -108,7 +133,18 @@ class Server {
   void adopt_new_holder(HolderSearch& search);
   void watch_orphan(OrphanSession o);
   static void on_upgrade_timer(uv_timer_t* t);
-  void read_requests(Session& s);
+  // Scheduling: `enqueue` puts a session with work in its uid's queue (it is not polled
+  // meanwhile); each round serves one unit per uid.
+  void enqueue(Session& s);
+  static void on_schedule(uv_idle_t* handle);
+  void run_round();
+  void ring_uid(uint32_t uid, UidQueue& q);
+  void serve(Session& s);
+  void read_request(Session& s);
+  // The next part of a long reply (Session::parts), sent.
+  void send_next_part(Session& s);
+  // After a unit of work: back in the queue while it has more, else polled again.
+  void resume(Session& s);
   void flush_pending(Session& s);
   bool send_reply(Session& s, Reply& reply);
   void handle_record(Session& s, Reply& reply);
@@ -133,11 +169,11 @@ class Server {
   // Requests (dispatch.cc, diag.cc).
   void do_acquire(Session& s, capnp::List<wire::SocketRequest>::Reader list, Reply& reply);
   void do_release(Session& s, uint64_t lease_id, Reply& reply);
-  void do_list(Reply& reply);
+  void do_list(Session& s);
   void do_status(Reply& reply);
   void do_reserve(Session& s, wire::Reservation::Reader r, Reply& reply);
   void do_unreserve(Session& s, std::string_view name, Reply& reply);
-  void do_reservations(Reply& reply);
+  void do_reservations(Session& s);
   void do_reload(Session& s, Reply& reply);
   void do_who(Session& s, wire::WhoRequest::Reader r, Reply& reply);
   void do_check(Session& s, Reply& reply);
@@ -152,7 +188,8 @@ class Server {
   // Work off the loop (diag.cc): `work` runs on libuv's thread pool and must touch no state of
   // the daemon; `done` then runs on the loop and fills the reply, sent to the session if it is
   // still there. The session reads no further request meanwhile, so replies stay in order.
-  void defer(Session& s, std::function<void()> work, std::function<void(Reply&)> done);
+  // `done` fills the reply, or sets the session's parts for a long one.
+  void defer(Session& s, std::function<void()> work, std::function<void(Session&, Reply&)> done);
   static void on_deferred_work(uv_work_t* req);
   static void on_deferred_done(uv_work_t* req, int status);
 
@@ -184,6 +221,21 @@ class Server {
   uint64_t next_session_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::unordered_map<uint32_t, size_t> connections_per_uid_;
+  // Fds kept out of any one uid's share: the daemon's own files, and room for root.
+  static constexpr size_t kReservedFds = 32;
+  static constexpr size_t kMinFdShare = 8;
+  size_t fd_limit_ = 1024;
+  size_t fd_share_ = (1024 - kReservedFds) / 2;
+  LogLimiter log_limiter_{10, 60'000};  // per uid: 10 lines a minute
+  // `check`'s leases the policy would refuse, kept until the policy changes (reload, reserve,
+  // unreserve): computing them walks every lease on the loop.
+  uint64_t policy_generation_ = 1;
+  uint64_t refused_generation_ = 0;
+  std::vector<LeaseService::RefusedLease> refused_;
+  std::vector<std::string> refused_lines();
+  std::unordered_map<uint32_t, UidQueue> uid_queues_;
+  std::deque<uint32_t> uid_ring_;  // uids with work, served in turn
+  uv_idle_t schedule_idle_{};      // active while any uid has work
 
   ipc::RecvBuffer recv_buf_;
   // The first segment of every reply; MallocMessageBuilder zeroes what it used when done.

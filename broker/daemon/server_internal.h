@@ -25,7 +25,8 @@ struct Server::Reply {
 
   explicit Reply(kj::ArrayPtr<capnp::word> scratch)
       : message(scratch), root(message.initRoot<wire::Reply>()) {}
-  Reply() : root(message.initRoot<wire::Reply>()) {}
+  explicit Reply(unsigned first_segment_words = capnp::SUGGESTED_FIRST_SEGMENT_WORDS)
+      : message(first_segment_words), root(message.initRoot<wire::Reply>()) {}
 
   void error(const Error& e) {
     ipc::error_to_wire(e, root);
@@ -42,9 +43,12 @@ struct Server::Session {
   Principal principal;  // what the policy sees: holder's ids plus supplementary groups
   uv_poll_t poll{};
   bool closing = false;
-  bool spoke = false;      // has sent at least one record
-  bool deferred = false;   // a reply is being prepared off the loop; read nothing meanwhile
-  bool searching = false;  // looking for the process that now holds the connection
+  bool spoke = false;            // has sent at least one record
+  bool deferred = false;         // a reply is being prepared off the loop; read nothing meanwhile
+  bool searching = false;        // looking for the process that now holds the connection
+  bool queued = false;           // waits in its uid's queue (and is not polled meanwhile)
+  bool drained = false;          // the last read found nothing more to read
+  std::unique_ptr<Parts> parts;  // the rest of a reply too long for one record
   // Events (monitor.cc): asked for, starting once the reply saying so is out; then streaming.
   bool subscribing = false;
   bool subscriber = false;
@@ -70,8 +74,20 @@ struct Server::Deferred {
   uv_work_t req{};
   Server* server = nullptr;
   uint64_t session = 0;
+  uint32_t uid = 0;
   std::function<void()> work;
-  std::function<void(Reply&)> done;
+  std::function<void(Session&, Reply&)> done;
+};
+
+// A reply too long for one record, sent in parts of as many items as fit: `fill` writes items
+// [begin, end) of `total` (the reply's kind, its lists and any scalar fields) into a fresh
+// reply. Each part is built in its own turn of the scheduler, so a long listing never holds
+// the loop; `fill` must look its items up again (what ended meanwhile is left out).
+struct Server::Parts {
+  size_t total = 0;
+  size_t next = 0;
+  size_t guess = 64;  // items to try in the next part; adapts to the items' size
+  std::function<void(wire::Reply::Builder root, size_t begin, size_t end)> fill;
 };
 
 // The lease as the wire shows it, borrowed from the registry: nothing is copied per grant.

@@ -39,7 +39,9 @@ void Server::request_upgrade() {
 void Server::on_upgrade_timer(uv_timer_t* t) {
   auto* self = static_cast<Server*>(t->data);
   bool busy = self->deferred_in_flight_ > 0;
-  for (const auto& [id, s] : self->sessions_) busy = busy || s->pending.size() != 0;
+  for (const auto& [id, s] : self->sessions_) {
+    busy = busy || s->pending.size() != 0 || s->parts != nullptr;
+  }
   if (busy) {
     // A reply in the making or waiting for room would be lost in the exec: wait for it.
     uv_timer_start(&self->upgrade_timer_, &Server::on_upgrade_timer, 10, 0);

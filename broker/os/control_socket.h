@@ -8,10 +8,12 @@
 
 namespace portbroker::broker {
 
-// Creates the socket's directory if needed and refuses unsafe ones (a symlink, a directory
-// others may write to without the sticky bit, one owned by another user); refuses a symlink
-// or non-socket at `path`; removes the socket file of a dead daemon (then returns true);
-// refuses to start when a live daemon answers there.
+// Creates the socket's directory if needed and refuses unsafe ones: the directory a symlink,
+// or any directory from / down to it (as written and as resolved) owned by a user other than
+// root or the daemon's, or writable by others without the sticky bit; the error names the
+// directory. Refuses a symlink or non-socket at `path`; removes the socket file of a dead daemon
+// (then returns true); refuses to start when any process answers there, naming it (pid, uid,
+// command, by SO_PEERCRED).
 Result<bool> prepare_socket_path(const std::string& path);
 
 // A SOCK_SEQPACKET socket bound at `path` (mode 0666: anyone may connect; what a caller may do

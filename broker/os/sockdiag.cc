@@ -78,16 +78,24 @@ const char* state_name(uint8_t state) {
 
 bool holds_for_bind(const PortHolder& h) { return h.state == "LISTEN" || h.state == "UNCONN"; }
 
-// The kernel runs this filter on every socket of the dump, so only the port's sockets cross
-// into userspace. S_GE + S_LE rather than S_EQ: S_EQ needs Linux 4.16. A failed test jumps
-// past the end (remaining length + 4), which the kernel reads as "reject".
-std::vector<uint8_t> dump_request(int family, Protocol protocol, uint16_t port, uint32_t states,
-                                  uint32_t seq) {
+// The ports a dump asks for: sorted, no duplicates.
+using Ports = std::vector<uint16_t>;
+
+bool wanted_port(const Ports& ports, uint16_t port) {
+  return std::binary_search(ports.begin(), ports.end(), port);
+}
+
+// The kernel runs this filter on every socket of the dump, so only sockets on ports from the
+// lowest to the highest wanted cross into userspace. S_GE + S_LE rather than S_EQ: S_EQ needs
+// Linux 4.16. A failed test jumps past the end (remaining length + 4), which the kernel reads
+// as "reject".
+std::vector<uint8_t> dump_request(int family, Protocol protocol, const Ports& ports,
+                                  uint32_t states, uint32_t seq) {
   const inet_diag_bc_op ops[4] = {
       {INET_DIAG_BC_S_GE, 8, 16 + 4},
-      {0, 0, port},
+      {0, 0, ports.front()},
       {INET_DIAG_BC_S_LE, 8, 8 + 4},
-      {0, 0, port},
+      {0, 0, ports.back()},
   };
   inet_diag_req_v2 req{};
   req.sdiag_family = static_cast<uint8_t>(family);
@@ -184,13 +192,14 @@ Result<DumpStep> dump_refused(const nlmsghdr* h, int family, Protocol protocol) 
   return errno_error(ErrorCode::kInternal, "sock_diag dump", err);
 }
 
-std::optional<PortHolder> holder_from(const nlmsghdr* h, Protocol protocol, uint16_t port) {
+std::optional<PortHolder> holder_from(const nlmsghdr* h, Protocol protocol, const Ports& ports) {
   if (h->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return std::nullopt;
   const auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
   if (m->idiag_family != AF_INET && m->idiag_family != AF_INET6) return std::nullopt;
-  // The bytecode already filtered; checking again costs nothing and survives a kernel that
-  // ignored it.
-  if (ntohs(m->id.idiag_sport) != port) return std::nullopt;
+  // The bytecode already filtered to the range; checking again costs nothing and survives a
+  // kernel that ignored it.
+  const uint16_t port = ntohs(m->id.idiag_sport);
+  if (!wanted_port(ports, port)) return std::nullopt;
   PortHolder holder;
   holder.protocol = protocol;
   holder.address = address_from(m->idiag_family, m->id.idiag_src);
@@ -205,15 +214,15 @@ std::optional<PortHolder> holder_from(const nlmsghdr* h, Protocol protocol, uint
   return holder;
 }
 
-Result<DumpStep> read_dump_message(const nlmsghdr* h, int family, Protocol protocol, uint16_t port,
-                                   std::vector<PortHolder>& out) {
+Result<DumpStep> read_dump_message(const nlmsghdr* h, int family, Protocol protocol,
+                                   const Ports& ports, std::vector<PortHolder>& out) {
   switch (h->nlmsg_type) {
     case NLMSG_DONE:
       return dump_done(h);
     case NLMSG_ERROR:
       return dump_refused(h, family, protocol);
     case SOCK_DIAG_BY_FAMILY:
-      if (auto holder = holder_from(h, protocol, port)) out.push_back(std::move(*holder));
+      if (auto holder = holder_from(h, protocol, ports)) out.push_back(std::move(*holder));
       break;
     default:
       break;
@@ -222,13 +231,13 @@ Result<DumpStep> read_dump_message(const nlmsghdr* h, int family, Protocol proto
 }
 
 // One SOCK_DIAG_BY_FAMILY dump for one address family, appended to `out`.
-Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, HolderScope scope,
-                         uint32_t seq, std::vector<PortHolder>& out) {
+Result<void> dump_family(int nl, int family, Protocol protocol, const Ports& ports,
+                         HolderScope scope, uint32_t seq, std::vector<PortHolder>& out) {
   uint32_t states = ~0u;
   if (protocol == Protocol::kTcp && scope == HolderScope::kBound) {
     states = (1u << kListen) | (1u << kClose) | (1u << kBoundInactive);
   }
-  if (auto sent = send_to_kernel(nl, dump_request(family, protocol, port, states, seq)); !sent) {
+  if (auto sent = send_to_kernel(nl, dump_request(family, protocol, ports, states, seq)); !sent) {
     return sent.error();
   }
   // Dumps arrive in parts of up to a page or two each; 64 KiB never truncates one.
@@ -240,7 +249,7 @@ Result<void> dump_family(int nl, int family, Protocol protocol, uint16_t port, H
     for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, len);
          h = NLMSG_NEXT(h, len)) {
       if (h->nlmsg_seq != seq) continue;
-      auto step = read_dump_message(h, family, protocol, port, out);
+      auto step = read_dump_message(h, family, protocol, ports, out);
       if (!step) return step.error();
       if (step.value() == DumpStep::kDone) return {};
     }
@@ -397,13 +406,26 @@ Result<std::vector<SocketOwner>> unix_peer_processes(int fd) {
 
 Result<std::vector<PortHolder>> find_port_holders(Protocol protocol, uint16_t port,
                                                   HolderScope scope) {
+  PortSelection one;
+  (protocol == Protocol::kUdp ? one.udp : one.tcp).push_back(port);
+  return find_port_holders(one, scope);
+}
+
+Result<std::vector<PortHolder>> find_port_holders(const PortSelection& selection,
+                                                  HolderScope scope) {
   UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
   if (!nl) return errno_error(ErrorCode::kInternal, "socket(NETLINK_SOCK_DIAG)", errno);
   std::vector<PortHolder> holders;
   uint32_t seq = 1;
-  for (int family : {AF_INET, AF_INET6}) {
-    auto r = dump_family(nl.get(), family, protocol, port, scope, seq++, holders);
-    if (!r) return r.error();
+  for (Protocol protocol : {Protocol::kTcp, Protocol::kUdp}) {
+    Ports ports = protocol == Protocol::kTcp ? selection.tcp : selection.udp;
+    if (ports.empty()) continue;
+    std::sort(ports.begin(), ports.end());
+    ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
+    for (int family : {AF_INET, AF_INET6}) {
+      auto r = dump_family(nl.get(), family, protocol, ports, scope, seq++, holders);
+      if (!r) return r.error();
+    }
   }
   if (auto r = attach_processes(holders); !r) return r.error();
   std::stable_sort(holders.begin(), holders.end(), [](const PortHolder& a, const PortHolder& b) {

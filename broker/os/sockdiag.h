@@ -62,4 +62,14 @@ Result<std::vector<SocketOwner>> unix_peer_processes(int fd);
 Result<std::vector<PortHolder>> find_port_holders(Protocol protocol, uint16_t port,
                                                   HolderScope scope = HolderScope::kAll);
 
+// Many ports at once (`check`): one dump per protocol and address family, filtered in the
+// kernel to the lowest..highest port asked for, and one /proc scan for all of them, however
+// many ports. Ordered as above, listening/bound first.
+struct PortSelection {
+  std::vector<uint16_t> tcp;
+  std::vector<uint16_t> udp;
+};
+Result<std::vector<PortHolder>> find_port_holders(const PortSelection& selection,
+                                                  HolderScope scope = HolderScope::kAll);
+
 }  // namespace portbroker::broker

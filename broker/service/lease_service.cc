@@ -707,6 +707,12 @@ std::vector<std::string> LeaseService::replace_policy(Policy next) {
 
 std::vector<std::string> LeaseService::leases_refused_by_policy() const {
   std::vector<std::string> out;
+  for (RefusedLease& r : refused_leases()) out.push_back(std::move(r.line));
+  return out;
+}
+
+std::vector<LeaseService::RefusedLease> LeaseService::refused_leases() const {
+  std::vector<RefusedLease> out;
   for (const Lease* l : registry_.all_leases()) {
     const Binding* b = registry_.find_binding(l->binding);
     if (b == nullptr) continue;
@@ -725,10 +731,12 @@ std::vector<std::string> LeaseService::leases_refused_by_policy() const {
       d = policy_.check(who, req, held);
     }
     if (!d) {
-      out.push_back("lease " + std::to_string(l->id) + " (" +
-                    format_endpoint(b->endpoint.protocol, b->endpoint.address, b->endpoint.port) +
-                    ", pid " + std::to_string(l->holder.pid) + " " + current_comm(*l) +
-                    "): " + d.reason);
+      out.push_back(RefusedLease{
+          l->id, l->session,
+          "lease " + std::to_string(l->id) + " (" +
+              format_endpoint(b->endpoint.protocol, b->endpoint.address, b->endpoint.port) +
+              ", pid " + std::to_string(l->holder.pid) + " " + current_comm(*l) +
+              "): " + d.reason});
     }
   }
   return out;

@@ -154,6 +154,15 @@ class LeaseService {
   std::string current_comm(const Lease& l) const;
   // Leases the current policy would refuse, one line each.
   std::vector<std::string> leases_refused_by_policy() const;
+  // The same, with the lease and session each line is about. A walk over every lease: a
+  // caller that asks often keeps it until the policy changes (a lease granted since was
+  // allowed by the policy in force, so only ended or re-held leases drop out).
+  struct RefusedLease {
+    uint64_t lease = 0;
+    uint64_t session = 0;
+    std::string line;
+  };
+  std::vector<RefusedLease> refused_leases() const;
   // Whether the port is held now (a held socket, not parked).
   bool port_held(Protocol p, uint16_t port) const;
   // Held ports that could not be held: reservation name and why.
