@@ -211,5 +211,5 @@ struct Reply {
   # A reply too large for one record comes in parts, each a whole Reply of the same kind:
   # every part but the last has `more` set, and the lists of the parts append to each other
   # (who: the scalar fields are the first part's). The requester sends nothing meanwhile.
-  more @11 :Bool;
+  more @14 :Bool;
 }
