@@ -38,6 +38,8 @@ struct ServerConfig {
   std::string runtime_dir;
   bool journal = true;
   bool fd_store = false;  // keep sockets and sessions in the service manager's fd store
+  // The lease sockets' system calls; null means the real ones (tests/fuzz injects faults).
+  SysCalls* sys = nullptr;
 
   PolicySource policy_source() const { return PolicySource{config_path, state_dir, pool}; }
   std::string journal_dir() const;
