@@ -41,10 +41,10 @@ using namespace portbroker::broker;
 class FaultPlan final : public SysCalls {
  public:
   void plan(uint8_t byte) {
-    kind_ = byte & 7;                 // 0-5: which call; 6, 7: none
-    nth_ = ((byte >> 3) & 3) + 1;     // its 1st to 4th occurrence
-    static constexpr int kErrnos[] = {EMFILE, ENOBUFS, EADDRINUSE, EACCES, ENOMEM,
-                                      EINVAL, EPERM,  EADDRNOTAVAIL};
+    kind_ = byte & 7;              // 0-5: which call; 6, 7: none
+    nth_ = ((byte >> 3) & 3) + 1;  // its 1st to 4th occurrence
+    static constexpr int kErrnos[] = {EMFILE, ENOBUFS, EADDRINUSE, EACCES,
+                                      ENOMEM, EINVAL,  EPERM,      EADDRNOTAVAIL};
     err_ = kErrnos[(byte >> 5) & 7];
     seen_ = 0;
   }
@@ -90,7 +90,8 @@ struct World {
     if (!pbtest::enter_private_netns(why)) die("no private network namespace: " + why);
     ::signal(SIGPIPE, SIG_IGN);
     // Every log line is still formatted (client bytes go into some), but goes nowhere.
-    auto logger = std::make_shared<spdlog::logger>("fuzz", std::make_shared<spdlog::sinks::null_sink_mt>());
+    auto logger =
+        std::make_shared<spdlog::logger>("fuzz", std::make_shared<spdlog::sinks::null_sink_mt>());
     logger->set_level(spdlog::level::trace);
     spdlog::set_default_logger(logger);
     char tmpl[] = "/tmp/pb-fuzz-dispatch-XXXXXX";

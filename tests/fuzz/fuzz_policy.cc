@@ -1,7 +1,5 @@
 // The policy parser (TOML through toml++ into the policy model), then what the daemon does with
 // a policy it accepted: lint it, compute the guard's ports, and decide requests.
-#include "tests/fuzz/targets.h"
-
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -10,6 +8,7 @@
 #include <string_view>
 
 #include "broker/core/policy.h"
+#include "tests/fuzz/targets.h"
 
 namespace {
 
@@ -65,7 +64,8 @@ int policy_one(const uint8_t* data, size_t size) {
 
 }  // namespace pbfuzz
 
-// The unit tests replay the corpus and every regression input through policy_one (without libFuzzer).
+// The unit tests replay the corpus and every regression input through policy_one (without
+// libFuzzer).
 #ifndef PB_FUZZ_NO_MAIN
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   return pbfuzz::policy_one(data, size);

@@ -3,8 +3,6 @@
 // through the codec, plus the request-side codec the daemon runs before dispatch.
 #include <capnp/serialize.h>
 
-#include "tests/fuzz/targets.h"
-
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +12,7 @@
 #include "ipc/framing.h"
 #include "ipc/portbroker.capnp.h"
 #include "ipc/wire.h"
+#include "tests/fuzz/targets.h"
 
 namespace {
 
@@ -92,7 +91,8 @@ int record_one(const uint8_t* data, size_t size) {
 
 }  // namespace pbfuzz
 
-// The unit tests replay the corpus and every regression input through record_one (without libFuzzer).
+// The unit tests replay the corpus and every regression input through record_one (without
+// libFuzzer).
 #ifndef PB_FUZZ_NO_MAIN
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   return pbfuzz::record_one(data, size);

@@ -1,8 +1,6 @@
 // The socket-spec grammar ([NAME=]PROTO:ADDRESS:PORT[,OPTION...]), the reservation target and
 // the port range, as the CLI and the daemon read them. What parses must survive its own
 // canonical form: format, parse again, format again, same text.
-#include "tests/fuzz/targets.h"
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -10,6 +8,7 @@
 #include <string_view>
 
 #include "portbroker/spec.hpp"
+#include "tests/fuzz/targets.h"
 
 namespace pbfuzz {
 

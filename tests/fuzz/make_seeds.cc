@@ -23,7 +23,8 @@ void write(const std::string& path, const std::string& prefix, capnp::MessageBui
   auto bytes = words.asBytes();
   std::ofstream out(path, std::ios::binary);
   out << prefix;
-  out.write(reinterpret_cast<const char*>(bytes.begin()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.begin()),
+            static_cast<std::streamsize>(bytes.size()));
 }
 
 using RequestFill = std::function<void(wire::Request::Builder)>;
@@ -53,19 +54,22 @@ int main(int argc, char** argv) {
   }
   std::string dir = argv[1];
   std::vector<std::pair<std::string, RequestFill>> requests = {
-      {"acquire", [](auto r) {
+      {"acquire",
+       [](auto r) {
          std::vector<SocketSpec> s = {spec("http=tcp:127.0.0.1:8080,backlog=16"),
                                       spec("udp:[::1]:0,reuseport"), spec("tcp:0.0.0.0:80,shared")};
          ipc::acquire_to_wire(s, r);
        }},
-      {"acquire-linger", [](auto r) {
+      {"acquire-linger",
+       [](auto r) {
          std::vector<SocketSpec> s = {spec("tcp:127.0.0.1:0,linger=1,freebind,keepalive")};
          ipc::acquire_to_wire(s, r);
        }},
       {"release", [](auto r) { r.setRelease(1); }},
       {"list", [](auto r) { r.setList(); }},
       {"status", [](auto r) { r.setStatus(); }},
-      {"reserve", [](auto r) {
+      {"reserve",
+       [](auto r) {
          ReservationInfo info;
          info.name = "web";
          info.target = "tcp:8000-8009";
@@ -79,7 +83,10 @@ int main(int argc, char** argv) {
       {"unreserve", [](auto r) { r.setUnreserve("web"); }},
       {"reservations", [](auto r) { r.setReservations(); }},
       {"reload", [](auto r) { r.setReload(); }},
-      {"who", [](auto r) { ipc::who_query_to_wire({Protocol::kTcp, 8080}, r.initWho()); }},
+      {"who",
+       [](auto r) {
+         ipc::who_query_to_wire({Protocol::kTcp, 8080}, r.initWho());
+       }},
       {"check", [](auto r) { r.setCheck(); }},
       {"shutdown", [](auto r) { r.initShutdown().setRevokeAll(false); }},
   };
@@ -95,34 +102,39 @@ int main(int argc, char** argv) {
   }
   std::vector<std::pair<std::string, ReplyFill>> replies = {
       {"error", [](auto r) { ipc::error_to_wire(make_error(ErrorCode::kConflict, "held"), r); }},
-      {"acquired", [](auto r) {
-         ipc::grant_to_wire(ipc::view_of(lease()), 0, r.initAcquired(1)[0]);
-       }},
-      {"leases", [](auto r) {
+      {"acquired",
+       [](auto r) { ipc::grant_to_wire(ipc::view_of(lease()), 0, r.initAcquired(1)[0]); }},
+      {"leases",
+       [](auto r) {
          std::vector<LeaseInfo> l = {lease(), lease()};
          ipc::leases_to_wire(l, r);
        }},
-      {"status", [](auto r) {
+      {"status",
+       [](auto r) {
          DaemonStatus s;
          s.version = "0.1.0";
          s.socket_path = "/run/portbroker/portbroker.sock";
          ipc::status_to_wire(s, r.initStatus());
        }},
-      {"reloaded", [](auto r) {
+      {"reloaded",
+       [](auto r) {
          ipc::reload_to_wire({"/etc/portbroker/portbroker.toml", {"lease 3"}}, r.initReloaded());
        }},
-      {"who", [](auto r) {
+      {"who",
+       [](auto r) {
          WhoReport w;
          w.port = 8080;
          w.leases = {lease()};
          w.pools = {"default"};
          ipc::who_to_wire(w, r.initWho());
        }},
-      {"problems", [](auto r) {
+      {"problems",
+       [](auto r) {
          std::vector<Problem> p = {{"unprotected", "port 1433 is in the ephemeral range"}};
          ipc::problems_to_wire(p, r);
        }},
-      {"reservations", [](auto r) {
+      {"reservations",
+       [](auto r) {
          ReservationInfo info;
          info.name = "db";
          info.target = "tcp:1433";

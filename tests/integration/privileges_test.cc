@@ -6,7 +6,6 @@
 #include <linux/capability.h>
 #include <sys/stat.h>
 
-#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -40,8 +39,8 @@ uint64_t mask(std::initializer_list<int> caps) {
 uint64_t hex(const std::string& s) { return std::stoull(s, nullptr, 16); }
 
 // What a root daemon keeps on the embedded default policy (see README, "Least privilege").
-const uint64_t kRootKept = mask({CAP_NET_BIND_SERVICE, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH,
-                                 CAP_SETUID, CAP_SETGID});
+const uint64_t kRootKept =
+    mask({CAP_NET_BIND_SERVICE, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_SETUID, CAP_SETGID});
 
 void check_reduced(pid_t pid, bool filter = true) {
   auto st = proc_status(pid);
@@ -65,27 +64,6 @@ void check_reduced(pid_t pid, bool filter = true) {
   } else {
     CHECK(st["Seccomp"] == "0");
   }
-}
-
-// A listener outside the broker, as uid 65534 when the harness may switch uids.
-Child start_outside_as_nobody(uint16_t port) {
-  SpawnOptions so{.name = "pbnobodysrv"};
-  if (can_switch_uid()) so.uid = 65534;
-  Child c = Child::run(
-      [port](ChildIo& io) {
-        UniqueFd fd = bind_outside(SOCK_STREAM, port);
-        if (!fd) {
-          io.send_line(std::string("bind failed: ") + std::strerror(errno));
-          return 1;
-        }
-        io.send_line("bound");
-        while (io.read_line()) {
-        }
-        return 0;
-      },
-      so);
-  REQUIRE_MESSAGE(c.read_line() == "bound", c.output());
-  return c;
 }
 
 }  // namespace
@@ -112,7 +90,9 @@ TEST_CASE("who and check see another user's process with the kept capabilities")
   FdLeakCheck fds;
   Daemon d({.config_text = "[[reservation]]\nname = \"db\"\nusers = [0]\nports = 18611\n"
                            "protocol = \"tcp\"\n"});
-  Child outside = start_outside_as_nobody(18611);
+  SpawnOptions nobody{.name = "pbnobodysrv"};
+  if (can_switch_uid()) nobody.uid = 65534;
+  Child outside = start_outside(18611, SOCK_STREAM, nobody);
   const std::string pid = std::to_string(outside.pid());
   CommandResult who = run_cli(d, {"who", "18611"});
   INFO(who.describe());
@@ -130,8 +110,9 @@ TEST_CASE("who and check see another user's process with the kept capabilities")
 TEST_CASE("reload, the guard's sysctl and shutdown --revoke-all work under the filter") {
   FdLeakCheck fds;
   TempDir dir;
-  const std::string config = "[[reservation]]\nname = \"web\"\nusers = [0]\nports = 18620\n"
-                             "protocol = \"tcp\"\n";
+  const std::string config =
+      "[[reservation]]\nname = \"web\"\nusers = [0]\nports = 18620\n"
+      "protocol = \"tcp\"\n";
   Daemon d({.dir = &dir, .config_text = config});
   // The guard wrote the reservation into the (namespace's) sysctl as the daemon started.
   CHECK(contains(read_file("/proc/sys/net/ipv4/ip_local_reserved_ports"), "18620"));
@@ -174,8 +155,8 @@ TEST_CASE("journal compaction while serving works under the filter") {
       largest = std::max(largest, st.st_size);
     }
   }
-  CHECK_MESSAGE(compacted, "no compaction seen; the log grew to " << largest << " bytes at "
-                                                                   << log_path);
+  CHECK_MESSAGE(compacted,
+                "no compaction seen; the log grew to " << largest << " bytes at " << log_path);
   CHECK(c.status().ok());
 }
 

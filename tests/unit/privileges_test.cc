@@ -87,16 +87,16 @@ TEST_CASE("the allow-list has no call that would undo the drop") {
   for (const char* banned : {"capset", "setuid", "setresuid", "setgid", "mount", "ptrace",
                              "init_module", "bpf", "unshare", "setns", "seccomp"}) {
 #if !defined(__SANITIZE_ADDRESS__)
-    CHECK_MESSAGE(std::find_if(list.begin(), list.end(),
-                               [&](const char* n) { return std::string(n) == banned; }) ==
-                      list.end(),
-                  banned);
+    CHECK_MESSAGE(
+        std::find_if(list.begin(), list.end(),
+                     [&](const char* n) { return std::string(n) == banned; }) == list.end(),
+        banned);
 #else
     if (std::string(banned) != "ptrace") {
-      CHECK_MESSAGE(std::find_if(list.begin(), list.end(),
-                                 [&](const char* n) { return std::string(n) == banned; }) ==
-                        list.end(),
-                    banned);
+      CHECK_MESSAGE(
+          std::find_if(list.begin(), list.end(),
+                       [&](const char* n) { return std::string(n) == banned; }) == list.end(),
+          banned);
     }
 #endif
   }
