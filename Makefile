@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build run test test-asan complexity bench bench-flood format install deb clean
+.PHONY: all deps configure build run test test-asan complexity bench bench-flood fuzz format install deb clean
 
 all: build
 
@@ -32,6 +32,18 @@ test-asan: deps
 	  -DCMAKE_EXE_LINKER_FLAGS="$(SAN)" -DCMAKE_SHARED_LINKER_FLAGS="$(SAN)" >/dev/null
 	@cmake --build $(BUILD)-asan -j $(JOBS)
 	cd $(BUILD)-asan && ctest --output-on-failure -j 1 -E '^install$$' -LE package
+
+# libFuzzer targets (tests/fuzz), built apart with clang and the sanitizers, each run for
+# FUZZ_SECONDS from the checked-in corpus; any finding fails (see tests/fuzz/run.sh).
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 20
+CCACHE := $(shell command -v ccache 2>/dev/null)
+fuzz: deps
+	@cmake -S . -B $(FUZZ_BUILD) -DPORTBROKER_FUZZ=ON -DPORTBROKER_TESTS=OFF \
+	  -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+	  $(if $(CCACHE),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache) >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_targets
+	@bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 # No function under broker/ above clang-tidy's cognitive complexity threshold (see the script).
 complexity: build

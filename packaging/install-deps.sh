@@ -8,7 +8,7 @@ packages=(
   libuv1-dev capnproto libcapnp-dev
   libspdlog-dev libfmt-dev doctest-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
-  libcap-dev libsystemd-dev libdeflate-dev
+  libcap-dev libseccomp-dev libsystemd-dev libdeflate-dev
   iproute2 procps util-linux clang-format clang-tidy
   systemd  # tests/systemd boots it, in private namespaces
   scdoc bash-completion  # man pages; the completion's test
@@ -17,6 +17,7 @@ packages=(
   python3-aiohttp gunicorn  # the README's Python server examples, tested
   prometheus-node-exporter  # tests/integration/metrics_test reads the textfile through it
   podman crun conmon curl  # tests/integration/containers_test.cc runs a real container
+  clang-14 libfuzzer-14-dev  # tests/fuzz (make fuzz): libFuzzer targets, built apart with clang
 )
 
 missing=()

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +13,7 @@
 #include <string>
 #include <utility>
 
+#include "broker/daemon/privileges.h"
 #include "broker/daemon/server.h"
 #include "ipc/paths.h"
 
@@ -27,6 +29,37 @@ void raise_fd_limit() {
     rl.rlim_cur = rl.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
+}
+
+// Before anything is served (and before libuv's pool starts a thread): the capabilities the
+// configured features need and nothing else, no_new_privs, and the system-call allow-list. An
+// upgraded daemon starts with exactly this, so start-up itself must work within it.
+bool reduce_privileges(const portbroker::broker::Policy& policy, bool filter) {
+  namespace pb = portbroker::broker;
+  pb::PrivilegeFeatures features{.root = ::geteuid() == 0,
+                                 .guard = !policy.guarded_ports().empty()};
+  auto caps = pb::drop_privileges(pb::needed_capabilities(features));
+  if (!caps) {
+    spdlog::critical("cannot start: {}", caps.error().message);
+    return false;
+  }
+  for (const auto& c : caps->kept) spdlog::info("privileges: keeping {}", c);
+  for (const auto& c : caps->missing) spdlog::warn("privileges: lacking {}", c);
+  if (!caps->bounding_dropped) {
+    spdlog::info("privileges: no CAP_SETPCAP, so the bounding set stays as given");
+  }
+  if (!filter) {
+    spdlog::warn("privileges: no_new_privs set; system-call filter off (--no-seccomp)");
+    return true;
+  }
+  auto f = pb::install_syscall_filter();
+  if (!f) {
+    spdlog::critical("cannot start: {}", f.error().message);
+    return false;
+  }
+  spdlog::info("privileges: no_new_privs set; seccomp allow-list of {} system calls{}", f->syscalls,
+               f->inherited ? " (inherited through the upgrade)" : "");
+  return true;
 }
 
 struct Signals {
@@ -66,6 +99,10 @@ struct Signals {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (auto r = portbroker::broker::catch_filtered_syscalls(); !r) {
+    std::fprintf(stderr, "portbrokerd: %s\n", r.error().message.c_str());
+    return 1;
+  }
   CLI::App app{
       "portbrokerd: the port broker daemon. Owns the host's port leases and hands bound,\n"
       "listening sockets to local processes over a Unix socket. Runs in the foreground."};
@@ -130,6 +167,9 @@ int main(int argc, char** argv) {
                  "events waiting per subscriber that reads slowly, before it loses them")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  bool no_seccomp = false;
+  app.add_flag("--no-seccomp", no_seccomp,
+               "debugging: install no system-call filter (capabilities are still dropped)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -185,6 +225,8 @@ int main(int argc, char** argv) {
   }
   spdlog::info("policy: {}", policy->source);
   for (const auto& line : policy->lint()) spdlog::warn("policy: {}", line);
+
+  if (!reduce_privileges(*policy, !no_seccomp)) return 1;
 
   uv_loop_t* loop = uv_default_loop();
   Server server(loop, cfg, std::move(policy).value());

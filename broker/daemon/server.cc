@@ -55,7 +55,8 @@ struct Server::HolderWatch {
 Server::Server(uv_loop_t* loop, ServerConfig config, Policy policy)
     : loop_(loop),
       config_(std::move(config)),
-      service_(config_.service_config(), std::move(policy)),
+      service_(config_.service_config(), std::move(policy),
+               config_.sys != nullptr ? *config_.sys : SysCalls::real()),
       events_(config_.events),
       fd_store_(config_.fd_store) {}
 

@@ -52,6 +52,8 @@ struct ServerConfig {
   EventHub::Limits events;
   std::string metrics_textfile;  // "": none
   uint64_t metrics_interval_ms = 5000;
+  // The lease sockets' system calls; null means the real ones (tests/fuzz injects faults).
+  SysCalls* sys = nullptr;
 
   PolicySource policy_source() const { return PolicySource{config_path, state_dir, pool}; }
   std::string journal_dir() const;

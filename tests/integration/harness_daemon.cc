@@ -210,12 +210,23 @@ void Daemon::check_no_fd_leak() {
                                      << describe_fd_diff(baseline_fds_, now));
 }
 
+// Every daemon runs under its seccomp allow-list: a call it trapped (logged, failed with ENOSYS)
+// is a path the list forgot, whatever the test was about.
+void Daemon::check_no_filtered_syscall() const {
+  std::string l = log();
+  auto at = l.find("is not in the daemon's allow-list");
+  CHECK_MESSAGE(at == std::string::npos,
+                "portbrokerd made a system call outside its seccomp allow-list: " << l.substr(
+                    l.rfind('\n', at) + 1, l.find('\n', at) - l.rfind('\n', at)));
+}
+
 void Daemon::stop(int sig) {
   if (stopped_ || !proc_) return;
   stopped_ = true;
   probe_.reset();
   proc_->kill(sig);
   ExitStatus st = proc_->wait(std::chrono::seconds(20));
+  check_no_filtered_syscall();
   CHECK_MESSAGE(st.ok(),
                 "portbrokerd did not exit cleanly on signal " << sig << ": " << st.describe());
   if (manager_ != nullptr) {
@@ -233,6 +244,7 @@ void Daemon::wait_stopped() {
   stopped_ = true;
   probe_.reset();
   ExitStatus st = proc_->wait(std::chrono::seconds(20));
+  check_no_filtered_syscall();
   CHECK_MESSAGE(st.ok(), "portbrokerd did not exit cleanly: " << st.describe());
   CHECK_MESSAGE(!path_exists(socket_path_), "portbrokerd left its socket file " << socket_path_);
 }
@@ -243,6 +255,7 @@ void Daemon::kill_hard() {
   probe_.reset();
   proc_->kill(SIGKILL);
   proc_->wait(std::chrono::seconds(20));
+  check_no_filtered_syscall();
 }
 
 FailedStart start_daemon_expect_failure(const std::vector<std::string>& args, const TempDir& dir) {

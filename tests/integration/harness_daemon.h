@@ -96,6 +96,7 @@ class Daemon {
   void wait_stopped();
 
  private:
+  void check_no_filtered_syscall() const;
   void register_for_failure_log();
   void unregister_for_failure_log();
 

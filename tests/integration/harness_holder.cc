@@ -146,4 +146,22 @@ AcquireOutcome acquire_in_child(const Daemon& d, const std::string& spec, SpawnO
   return o;
 }
 
+Child start_outside(uint16_t port, int type, const SpawnOptions& opts) {
+  Child c = Child::run(
+      [port, type](ChildIo& io) {
+        UniqueFd fd = bind_outside(type, port);
+        if (!fd) {
+          io.send_line(std::string("bind failed: ") + std::strerror(errno));
+          return 1;
+        }
+        io.send_line("bound");
+        while (io.read_line()) {
+        }
+        return 0;
+      },
+      opts);
+  REQUIRE_MESSAGE(c.read_line() == "bound", c.output());
+  return c;
+}
+
 }  // namespace pbtest

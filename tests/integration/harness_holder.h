@@ -43,4 +43,8 @@ Holder spawn_holder(const Daemon& d, const std::string& spec, SpawnOptions opts 
 // Acquires `spec` in a short-lived child process and returns what happened.
 AcquireOutcome acquire_in_child(const Daemon& d, const std::string& spec, SpawnOptions opts = {});
 
+// A child (comm `opts.name`, as `opts.uid` when set) that binds 127.0.0.1:`port` outside the
+// broker (SOCK_STREAM listens) and holds it until its input closes. REQUIREs the bind.
+Child start_outside(uint16_t port, int type, const SpawnOptions& opts);
+
 }  // namespace pbtest

@@ -44,26 +44,6 @@ bool looks_like_json(const std::string& text) {
   return false;
 }
 
-// A process outside the broker (comm `name`) holding `port` (TCP: listening; UDP: bound) on
-// 127.0.0.1 until the parent closes its input.
-Child start_outside(uint16_t port, int type, const std::string& name) {
-  Child c = Child::run(
-      [port, type](ChildIo& io) {
-        UniqueFd fd = bind_outside(type, port);
-        if (!fd) {
-          io.send_line(std::string("bind failed: ") + std::strerror(errno));
-          return 1;
-        }
-        io.send_line("bound");
-        while (io.read_line()) {
-        }
-        return 0;
-      },
-      {.name = name});
-  REQUIRE_MESSAGE(c.read_line() == "bound", c.output());
-  return c;
-}
-
 std::string own_comm() {
   std::string comm = read_file("/proc/self/comm");
   while (!comm.empty() && comm.back() == '\n') comm.pop_back();
@@ -75,7 +55,7 @@ std::string own_comm() {
 TEST_CASE("who names the process outside the broker that holds a port") {
   FdLeakCheck fds;
   Daemon d;
-  Child tcp = start_outside(18500, SOCK_STREAM, "pboutside");
+  Child tcp = start_outside(18500, SOCK_STREAM, {.name = "pboutside"});
   const std::string pid = std::to_string(tcp.pid());
 
   CommandResult r = run_cli(d, {"who", "18500"});
@@ -106,7 +86,7 @@ TEST_CASE("who names the process outside the broker that holds a port") {
   }
 
   // UDP is its own port space.
-  Child udp = start_outside(18501, SOCK_DGRAM, "pbudp");
+  Child udp = start_outside(18501, SOCK_DGRAM, {.name = "pbudp"});
   CommandResult u = run_cli(d, {"who", "18501", "--udp"});
   INFO("who 18501 --udp: " << u.describe());
   CHECK(u.status.ok());
@@ -218,8 +198,8 @@ protocol = "udp"
 TEST_CASE("check reports reserved ports held outside the broker, naming the process") {
   FdLeakCheck fds;
   // The outsiders got there before the daemon started.
-  Child pg = start_outside(15432, SOCK_STREAM, "pboutside");
-  Child dns = start_outside(15353, SOCK_DGRAM, "pbdns");
+  Child pg = start_outside(15432, SOCK_STREAM, {.name = "pboutside"});
+  Child dns = start_outside(15353, SOCK_DGRAM, {.name = "pbdns"});
   Daemon d({.config_text = kReservedPg});
 
   CommandResult r = run_cli(d, {"check"});
