@@ -39,6 +39,7 @@ complexity: build
 
 bench: build
 	$(BUILD)/tests/portbroker_bench
+	$(BUILD)/tests/portbroker_bench_intercept
 
 format:
 	@git ls-files '*.cc' '*.h' '*.hpp' '*.c' | xargs clang-format -i

@@ -8,9 +8,10 @@ packages=(
   libuv1-dev capnproto libcapnp-dev
   libspdlog-dev libfmt-dev doctest-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
-  libcap-dev libsystemd-dev libdeflate-dev
+  libcap-dev libsystemd-dev libdeflate-dev libseccomp-dev
   iproute2 procps util-linux clang-format clang-tidy
   systemd  # tests/systemd boots it, in private namespaces
+  nginx-light authbind python3  # exec --intercept tests (unmodified nginx) and its benchmark
 )
 
 missing=()

@@ -27,7 +27,9 @@ nlohmann::json problems_to_json(const std::vector<Problem>& problems);
 
 // Acquires `specs`, then replaces this process with `command`, systemd socket-activation style.
 // Returns only on failure, with the exit code.
+// With `intercept.enabled`, every bind() of CMD and its descendants is brokered too.
+struct InterceptOptions;
 int run_exec(const std::string& socket_path, const std::vector<std::string>& specs,
-             const std::vector<std::string>& command);
+             const std::vector<std::string>& command, const InterceptOptions& intercept);
 
 }  // namespace portbroker::cli

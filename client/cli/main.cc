@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "cli.h"
+#include "client/intercept/plan.h"
+#include "intercept.h"
 
 namespace portbroker::cli {
 namespace {
@@ -156,12 +158,22 @@ int run(int argc, char** argv) {
       "CMD gets the sockets as fds 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES set "
       "as systemd socket activation sets them, so any sd_listen_fds(3) server runs unchanged. "
       "The leases last as long as CMD (or any process it passes PORTBROKER_SESSION_FD to) "
-      "runs.\nExample: portbroker exec --listen http=tcp:0.0.0.0:8080 -- nginx");
+      "runs. With --intercept, CMD's own bind() calls become broker requests (a preload "
+      "library, and a seccomp filter for static binaries), so a server that binds by itself "
+      "runs unchanged too.\nExamples: portbroker exec --listen http=tcp:0.0.0.0:8080 -- "
+      "lighttpd -D -f lighttpd.conf\n          portbroker exec --intercept -- nginx -g "
+      "'daemon off;'");
   exec->add_option("--listen", specs,
                    "A socket to acquire: [NAME=]PROTO:ADDRESS:PORT[,OPTION...], e.g. "
                    "http=tcp:0.0.0.0:8080. Repeat for more; all are acquired or none.")
-      ->required()
       ->allow_extra_args(false);
+  InterceptOptions intercept;
+  exec->add_flag("--intercept", intercept.enabled,
+                 "Broker every bind() CMD and its descendants make (an unmodified server: "
+                 "nginx, redis, node, a static Go binary), as well as any --listen.");
+  exec->add_option("--pass-loopback", intercept.pass_loopback,
+                   "With --intercept: loopback ports (PORT[-PORT][,...]) whose binds on "
+                   "127.0.0.0/8 or ::1 go to the kernel untouched.");
   exec->add_option("CMD", command, "The command and its arguments (after `--`).")->required();
   exec->positionals_at_end();  // everything from CMD on belongs to CMD
 
@@ -243,7 +255,19 @@ int run(int argc, char** argv) {
   if (*list) return run_list(socket_path, json);
   if (*status) return run_status(socket_path, json);
   if (*release) return run_release(socket_path, lease_id);
-  if (*exec) return run_exec(socket_path, specs, command);
+  if (*exec) {
+    if (specs.empty() && !intercept.enabled) {
+      std::fprintf(stderr, "portbroker exec: --listen is required (or --intercept)\n");
+      return kExitUsage;
+    }
+    if (!intercept.pass_loopback.empty()) {
+      if (auto pass = intercept::PassList::parse(intercept.pass_loopback); !pass) {
+        std::fprintf(stderr, "portbroker exec: %s\n", pass.error().message.c_str());
+        return kExitUsage;
+      }
+    }
+    return run_exec(socket_path, specs, command, intercept);
+  }
   if (*reserve) return run_reserve(socket_path, name, target, users, groups, hold);
   if (*unreserve) return run_unreserve(socket_path, name);
   if (*reservations) return run_reservations(socket_path, json);
