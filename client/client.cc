@@ -80,6 +80,7 @@ class Connection {
   int fd() const { return fd_.get(); }
   int detach() {
     forget_reply();
+    drain();  // whoever takes the fd over must not read our replies
     return fd_.release();
   }
 
@@ -94,22 +95,64 @@ class Connection {
   // May throw kj::Exception while decoding; callers run under no_throw.
   template <typename Fill>
   Result<wire::Reply::Reader> call(Fill&& fill) {
+    if (auto sent = send(fill); !sent) return sent.error();
+    return receive();
+  }
+
+  // Sends a release and returns at once; its reply is read (and dropped) before the next
+  // request's. The daemon answers a session's requests in order.
+  Result<void> release_nowait(uint64_t lease_id) {
+    auto sent = send([&](wire::Request::Builder r) { r.setRelease(lease_id); });
+    if (sent) ++unread_;
+    return sent;
+  }
+
+  Result<void> release(uint64_t lease_id) {
+    auto reply = call([&](wire::Request::Builder r) { r.setRelease(lease_id); });
+    if (!reply) return reply.error();
+    Result<void> result;
+    if (reply->isError()) {
+      result = ipc::error_from_wire(*reply);
+    } else if (!reply->isReleased()) {
+      result = unexpected_reply(*reply, "released");
+    }
+    forget_reply();
+    return result;
+  }
+
+ private:
+  static constexpr size_t kScratchWords = 512;
+
+  template <typename Fill>
+  Result<void> send(Fill&& fill) {
     if (!fd_) {
       return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
     }
     forget_reply();
-    {
-      capnp::MallocMessageBuilder message(kj::arrayPtr(scratch_.data(), scratch_.size()));
-      auto request = message.initRoot<wire::Request>();
-      request.setVersion(wire::PROTOCOL_VERSION);
-      fill(request);
-      auto sent = ipc::send_message(fd_.get(), message);
-      if (!sent) {
-        // The daemon is gone (EPIPE, ECONNRESET): the session and its leases went with it.
-        fd_.reset();
-        return sent.error();
-      }
+    drain();
+    if (!fd_) return make_error(ErrorCode::kConnectionFailed, "portbrokerd closed the connection");
+    capnp::MallocMessageBuilder message(kj::arrayPtr(scratch_.data(), scratch_.size()));
+    auto request = message.initRoot<wire::Request>();
+    request.setVersion(wire::PROTOCOL_VERSION);
+    fill(request);
+    auto sent = ipc::send_message(fd_.get(), message);
+    if (!sent) {
+      // The daemon is gone (EPIPE, ECONNRESET): the session and its leases went with it.
+      fd_.reset();
+      return sent.error();
     }
+    return {};
+  }
+
+  void drain() {
+    for (; unread_ > 0 && fd_; --unread_) {
+      (void)receive();
+      forget_reply();
+    }
+    unread_ = 0;
+  }
+
+  Result<wire::Reply::Reader> receive() {
     switch (ipc::recv_record(fd_.get(), buf_, /*accept_fds=*/true, /*dont_wait=*/false)) {
       case ipc::RecvStatus::kRecord:
         break;
@@ -142,23 +185,8 @@ class Connection {
     return reader_->getRoot<wire::Reply>();
   }
 
-  Result<void> release(uint64_t lease_id) {
-    auto reply = call([&](wire::Request::Builder r) { r.setRelease(lease_id); });
-    if (!reply) return reply.error();
-    Result<void> result;
-    if (reply->isError()) {
-      result = ipc::error_from_wire(*reply);
-    } else if (!reply->isReleased()) {
-      result = unexpected_reply(*reply, "released");
-    }
-    forget_reply();
-    return result;
-  }
-
- private:
-  static constexpr size_t kScratchWords = 512;
-
   UniqueFd fd_;
+  int unread_ = 0;  // replies to release_nowait not read yet
   ipc::RecvBuffer buf_;
   std::vector<capnp::word> scratch_;
   std::optional<capnp::FlatArrayMessageReader> reader_;
@@ -349,6 +377,11 @@ Result<std::vector<Lease>> Client::acquire_all(const std::vector<SocketSpec>& sp
 Result<void> Client::release(uint64_t lease_id) {
   if (!conn_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
   return no_throw<void>([&] { return conn_->release(lease_id); });
+}
+
+Result<void> Client::release_nowait(uint64_t lease_id) {
+  if (!conn_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+  return no_throw<void>([&] { return conn_->release_nowait(lease_id); });
 }
 
 Result<std::vector<LeaseInfo>> Client::list() {

@@ -328,7 +328,9 @@ Result<void> start_intercept(Client& client, const std::string& socket_path,
   if (::setenv("LD_PRELOAD", preload.c_str(), 1) != 0 ||
       ::setenv("PORTBROKER_SOCKET", socket_path.c_str(), 1) != 0 ||
       (!options.pass_loopback.empty() &&
-       ::setenv(intercept::kPassLoopbackEnv, options.pass_loopback.c_str(), 1) != 0)) {
+       ::setenv(intercept::kPassLoopbackEnv, options.pass_loopback.c_str(), 1) != 0) ||
+      (!options.linger.empty() &&
+       ::setenv(intercept::kLingerEnv, options.linger.c_str(), 1) != 0)) {
     return errno_error(ErrorCode::kInternal, "cannot set the environment", errno);
   }
 

@@ -11,6 +11,7 @@ namespace portbroker::cli {
 struct InterceptOptions {
   bool enabled = false;
   std::string pass_loopback;  // "PORT[-PORT][,...]": loopback ports left to the kernel
+  std::string linger;         // seconds each intercepted lease lingers; empty: none
 };
 
 // Run by `exec` just before it execs CMD, with the client whose session CMD inherits:

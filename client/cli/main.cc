@@ -174,6 +174,9 @@ int run(int argc, char** argv) {
   exec->add_option("--pass-loopback", intercept.pass_loopback,
                    "With --intercept: loopback ports (PORT[-PORT][,...]) whose binds on "
                    "127.0.0.0/8 or ::1 go to the kernel untouched.");
+  exec->add_option("--linger", intercept.linger,
+                   "With --intercept: seconds each intercepted lease lingers after its holder "
+                   "exits, for a restarted server to take back.");
   exec->add_option("CMD", command, "The command and its arguments (after `--`).")->required();
   exec->positionals_at_end();  // everything from CMD on belongs to CMD
 
@@ -265,6 +268,11 @@ int run(int argc, char** argv) {
         std::fprintf(stderr, "portbroker exec: %s\n", pass.error().message.c_str());
         return kExitUsage;
       }
+    }
+    if (!intercept.linger.empty() && !parse_decimal(intercept.linger, 3600)) {
+      std::fprintf(stderr, "portbroker exec: --linger takes seconds (0-3600), not '%s'\n",
+                   intercept.linger.c_str());
+      return kExitUsage;
     }
     return run_exec(socket_path, specs, command, intercept);
   }

@@ -152,6 +152,9 @@ std::optional<SocketSpec> spec_for_socket(int fd, const BindTarget& target) {
   buffer_options(fd, *domain, *type, o);
   if (spec.protocol == Protocol::kTcp) tcp_options(fd, o);
   o.device = bound_device(fd);
+  if (const char* linger = std::getenv(kLingerEnv)) {
+    spec.linger = static_cast<uint32_t>(parse_decimal(linger, UINT32_MAX).value_or(0));
+  }
   return spec;
 }
 

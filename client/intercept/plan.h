@@ -16,6 +16,8 @@ namespace portbroker::intercept {
 
 // The environment the preload library and the supervisor read (documented in README).
 inline constexpr const char* kPassLoopbackEnv = "PORTBROKER_PASS_LOOPBACK";
+// Seconds every intercepted lease lingers after its holder exits (`linger=` of a spec).
+inline constexpr const char* kLingerEnv = "PORTBROKER_LINGER";
 
 // Loopback ports an admin leaves to the kernel: binds of 127.0.0.0/8 or ::1 to these ports
 // are not brokered. Written "PORT[-PORT][,...]".
@@ -39,9 +41,9 @@ std::optional<BindTarget> bind_target(const sockaddr* addr, socklen_t len);
 // The spec for binding socket `fd` (the app's, or the supervisor's duplicate of it) to
 // `target`: TCP or UDP from the socket itself, and every option the app set before bind
 // (SO_REUSEPORT -> reuseport mode, IPV6_V6ONLY, buffers, TCP_DEFER_ACCEPT, TCP_FASTOPEN,
-// SO_BINDTODEVICE, SO_KEEPALIVE, IP_FREEBIND). nullopt when the broker has no business with
-// the socket: not TCP or UDP, another family than the address, already bound, or not a
-// socket at all (the kernel then gives the app the error it would have given anyway).
+// SO_BINDTODEVICE, SO_KEEPALIVE, IP_FREEBIND), and $PORTBROKER_LINGER. nullopt when the broker has
+// no business with the socket: not TCP or UDP, another family than the address, already bound, or
+// not a socket at all (the kernel then gives the app the error it would have given anyway).
 std::optional<SocketSpec> spec_for_socket(int fd, const BindTarget& target);
 
 // The errno the kernel itself would have given for a broker refusal: EADDRINUSE for a

@@ -182,7 +182,7 @@ void brokered_close(int fd) {
   g_marked[fd].store(false);
   const ino_t inode = inode_of(fd);
   if (inode != b.inode || b.forks != g_forks.load() || other_fd_on(fd, inode)) return;
-  if (s.client && s.client_pid == b.owner) (void)s.client->release(b.lease_id);
+  if (s.client && s.client_pid == b.owner) (void)s.client->release_nowait(b.lease_id);
 }
 
 void before_fork() {
