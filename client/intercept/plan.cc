@@ -69,13 +69,14 @@ bool already_bound(int fd, int domain) {
 
 Result<PassList> PassList::parse(std::string_view text) {
   PassList out;
-  while (!text.empty()) {
+  const std::string whole(text);
+  for (;;) {  // an empty item (",,", a trailing comma, "") is an error too
     size_t comma = text.find(',');
     auto item = text.substr(0, comma);
     auto range = parse_port_range(item);
     if (!range) {
-      return make_error(ErrorCode::kBadRequest, "bad loopback pass list '" + std::string(text) +
-                                                    "': " + range.error().message);
+      return make_error(ErrorCode::kBadRequest,
+                        "bad loopback pass list '" + whole + "': " + range.error().message);
     }
     out.ranges.push_back(*range);
     if (comma == std::string_view::npos) break;
