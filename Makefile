@@ -51,6 +51,7 @@ complexity: build
 
 bench: build
 	$(BUILD)/tests/portbroker_bench
+	$(BUILD)/tests/portbroker_bench_intercept
 
 # One uid floods, another's status latency is measured (root: the flood runs as uid 65534).
 bench-flood: build

@@ -86,6 +86,7 @@ class Connection {
   int fd() const { return fd_.get(); }
   int detach() {
     forget_reply();
+    drain();  // whoever takes the fd over must not read our replies
     return fd_.release();
   }
 
@@ -101,10 +102,42 @@ class Connection {
   // run under no_throw.
   template <typename Fill>
   Result<wire::Reply::Reader> call(Fill&& fill) {
+    if (auto sent = send(fill); !sent) return sent.error();
+    return receive();
+  }
+
+  // Sends a release and returns at once; its reply is read (and dropped) before the next
+  // request's. The daemon answers a session's requests in order.
+  Result<void> release_nowait(uint64_t lease_id) {
+    auto sent = send([&](wire::Request::Builder r) { r.setRelease(lease_id); });
+    if (sent) ++unread_;
+    return sent;
+  }
+
+  Result<void> release(uint64_t lease_id) {
+    auto reply = call([&](wire::Request::Builder r) { r.setRelease(lease_id); });
+    if (!reply) return reply.error();
+    Result<void> result;
+    if (reply->isError()) {
+      result = ipc::error_from_wire(*reply);
+    } else if (!reply->isReleased()) {
+      result = unexpected_reply(*reply, "released");
+    }
+    forget_reply();
+    return result;
+  }
+
+ private:
+  static constexpr size_t kScratchWords = 512;
+
+  template <typename Fill>
+  Result<void> send(Fill&& fill) {
     if (!fd_) {
       return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
     }
     forget_reply();
+    drain();
+    if (!fd_) return make_error(ErrorCode::kConnectionFailed, "portbrokerd closed the connection");
     {
       capnp::MallocMessageBuilder message(kj::arrayPtr(scratch_.data(), scratch_.size()));
       auto request = message.initRoot<wire::Request>();
@@ -119,9 +152,19 @@ class Connection {
         return sent.error();
       }
     }
-    return receive();
+    return {};
   }
 
+  // Reads the replies of release_nowait calls, before anything else is read or sent.
+  void drain() {
+    for (; unread_ > 0 && fd_; --unread_) {
+      (void)receive();
+      forget_reply();
+    }
+    unread_ = 0;
+  }
+
+ public:
   // The next record of the reply: the first, or the next part of a reply in parts.
   Result<wire::Reply::Reader> receive() {
     if (!fd_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
@@ -247,6 +290,7 @@ class Connection {
   }
 
   UniqueFd fd_;
+  int unread_ = 0;  // replies to release_nowait not read yet
   std::string path_;
   ipc::RecvBuffer buf_;
   std::vector<capnp::word> scratch_;
@@ -484,6 +528,11 @@ Result<std::vector<Lease>> Client::acquire_all(const std::vector<SocketSpec>& sp
 Result<void> Client::release(uint64_t lease_id) {
   if (!conn_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
   return no_throw<void>([&] { return conn_->release(lease_id); });
+}
+
+Result<void> Client::release_nowait(uint64_t lease_id) {
+  if (!conn_) return make_error(ErrorCode::kConnectionFailed, "not connected to portbrokerd");
+  return no_throw<void>([&] { return conn_->release_nowait(lease_id); });
 }
 
 Result<std::vector<LeaseInfo>> Client::list() {

@@ -18,6 +18,7 @@ packages=(
   prometheus-node-exporter  # tests/integration/metrics_test reads the textfile through it
   podman crun conmon curl  # tests/integration/containers_test.cc runs a real container
   clang-14 libfuzzer-14-dev  # tests/fuzz (make fuzz): libFuzzer targets, built apart with clang
+  nginx-light authbind python3  # exec --intercept tests (unmodified nginx) and its benchmark
 )
 
 missing=()

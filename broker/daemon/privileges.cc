@@ -331,6 +331,7 @@ const std::vector<const char*>& allowed_syscalls() {
         "fsync",
         "fdatasync",
         "ftruncate",
+        "fallocate",  // the journal allocates its log's space ahead (posix_fallocate)
         "fstat",
         "newfstatat",
         "stat",

@@ -31,7 +31,10 @@ nlohmann::json event_to_json(const Event& e);  // printed one object per line
 // Acquires `specs`, then replaces this process with `command`, systemd socket-activation style:
 // fds other than 0-2, the sockets and the session are not inherited unless `keep_fds`.
 // Returns only on failure, with the exit code.
+// With `intercept.enabled`, every bind() of CMD and its descendants is brokered too.
+struct InterceptOptions;
 int run_exec(const std::string& socket_path, const std::vector<std::string>& specs,
-             const std::vector<std::string>& command, bool keep_fds);
+             const std::vector<std::string>& command, const InterceptOptions& intercept,
+             bool keep_fds);
 
 }  // namespace portbroker::cli

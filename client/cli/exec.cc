@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "cli.h"
+#include "intercept.h"
+#include "ipc/paths.h"
 
 namespace portbroker::cli {
 
@@ -63,7 +65,8 @@ bool cloexec_from(int first) {
 }  // namespace
 
 int run_exec(const std::string& socket_path, const std::vector<std::string>& spec_texts,
-             const std::vector<std::string>& command, bool keep_fds) {
+             const std::vector<std::string>& command, const InterceptOptions& intercept,
+             bool keep_fds) {
   std::vector<SocketSpec> specs;
   for (const auto& text : spec_texts) {
     auto spec = parse_socket_spec(text);
@@ -74,14 +77,25 @@ int run_exec(const std::string& socket_path, const std::vector<std::string>& spe
     specs.push_back(std::move(spec).value());
   }
 
-  auto client = Client::connect(socket_path);
+  const std::string path = socket_path.empty() ? ipc::client_socket_path() : socket_path;
+  auto client = Client::connect(path);
   if (!client) return fail(client.error().message);
-  auto leases = client->acquire_all(specs);
-  if (!leases) return fail(leases.error().message);
+  std::vector<Lease> acquired;
+  if (!specs.empty()) {
+    auto leases = client->acquire_all(specs);
+    if (!leases) return fail(leases.error().message);
+    acquired = std::move(leases).value();
+  }
+  if (intercept.enabled) {
+    // Before the session fd is detached: the supervisor asks the broker on this session.
+    if (auto started = start_intercept(*client, path, intercept); !started) {
+      return fail(started.error().message);
+    }
+  }
 
   // The leases belong to the session, which lives as long as its fd is open: in CMD.
   std::vector<int> fds;
-  for (auto& lease : *leases) fds.push_back(lease.release_fd());
+  for (auto& lease : acquired) fds.push_back(lease.release_fd());
   fds.push_back(client->detach_session_fd());
   if (fds.back() < 0) return fail("lost the connection to portbrokerd");
   const int n = static_cast<int>(specs.size());
@@ -106,9 +120,11 @@ int run_exec(const std::string& socket_path, const std::vector<std::string>& spe
     if (!names.empty()) names += ':';
     names += spec.name.empty() ? "unknown" : spec.name;
   }
-  if (::setenv("LISTEN_FDS", std::to_string(n).c_str(), 1) != 0 ||
-      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1) != 0 ||
-      ::setenv("LISTEN_FDNAMES", names.c_str(), 1) != 0 ||
+  // With --intercept alone there is nothing to pass as LISTEN_FDS.
+  const bool listen_fds = n > 0 || !intercept.enabled;
+  if ((listen_fds && (::setenv("LISTEN_FDS", std::to_string(n).c_str(), 1) != 0 ||
+                      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1) != 0 ||
+                      ::setenv("LISTEN_FDNAMES", names.c_str(), 1) != 0)) ||
       ::setenv("PORTBROKER_SESSION_FD", std::to_string(session_fd).c_str(), 1) != 0) {
     return fail(std::string("cannot set the environment: ") + std::strerror(errno));
   }

@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "cli.h"
+#include "client/intercept/plan.h"
+#include "intercept.h"
 
 namespace portbroker::cli {
 namespace {
@@ -216,18 +218,30 @@ int run(int argc, char** argv) {
                "sd_listen_fds(3) server runs unchanged. Like systemd-socket-activate, CMD "
                "inherits no other fd than 0-2, the sockets and the session's (its number in "
                "PORTBROKER_SESSION_FD) unless --keep-fds. The leases last as long as CMD (or "
-               "any process it passes the session fd to) runs.\n"
-               "Example: portbroker exec --listen http=tcp:0.0.0.0:8080 -- nginx");
+               "any process it passes the session fd to) runs. With --intercept, CMD's own "
+               "bind() calls become broker requests (a preload library, and a seccomp filter "
+               "for static binaries), so a server that binds by itself runs unchanged too.\n"
+               "Examples: portbroker exec --listen http=tcp:0.0.0.0:8080 -- lighttpd -D -f "
+               "lighttpd.conf\n          portbroker exec --intercept -- nginx -g 'daemon off;'");
   exec->add_option("--listen", specs,
                    "A socket to acquire (SPEC, below), e.g. http=tcp:0.0.0.0:8080. Repeat for "
                    "more; all are acquired or none.")
       ->type_name("SPEC")
-      ->required()
       ->allow_extra_args(false);
   bool keep_fds = false;
   exec->add_flag("--keep-fds", keep_fds,
                  "Pass every inherited fd on to CMD, not only stdio, the sockets and the "
                  "session.");
+  InterceptOptions intercept;
+  exec->add_flag("--intercept", intercept.enabled,
+                 "Broker every bind() CMD and its descendants make (an unmodified server: "
+                 "nginx, redis, node, a static Go binary), as well as any --listen.");
+  exec->add_option("--pass-loopback", intercept.pass_loopback,
+                   "With --intercept: loopback ports (PORT[-PORT][,...]) whose binds on "
+                   "127.0.0.0/8 or ::1 go to the kernel untouched.");
+  exec->add_option("--linger", intercept.linger,
+                   "With --intercept: seconds each intercepted lease lingers after its holder "
+                   "exits, for a restarted server to take back.");
   exec->add_option("CMD", command, "The command and its arguments (after `--`).")->required();
   exec->positionals_at_end();  // everything from CMD on belongs to CMD
 
@@ -328,7 +342,24 @@ int run(int argc, char** argv) {
   if (*list) return run_list(socket_path, json);
   if (*status) return run_status(socket_path, json);
   if (*release) return run_release(socket_path, lease_id);
-  if (*exec) return run_exec(socket_path, specs, command, keep_fds);
+  if (*exec) {
+    if (specs.empty() && !intercept.enabled) {
+      std::fprintf(stderr, "portbroker exec: --listen is required (or --intercept)\n");
+      return kExitUsage;
+    }
+    if (!intercept.pass_loopback.empty()) {
+      if (auto pass = intercept::PassList::parse(intercept.pass_loopback); !pass) {
+        std::fprintf(stderr, "portbroker exec: %s\n", pass.error().message.c_str());
+        return kExitUsage;
+      }
+    }
+    if (!intercept.linger.empty() && !parse_decimal(intercept.linger, 3600)) {
+      std::fprintf(stderr, "portbroker exec: --linger takes seconds (0-3600), not '%s'\n",
+                   intercept.linger.c_str());
+      return kExitUsage;
+    }
+    return run_exec(socket_path, specs, command, intercept, keep_fds);
+  }
   if (*reserve) return run_reserve(socket_path, name, target, users, groups, hold, no_listen);
   if (*unreserve) return run_unreserve(socket_path, name);
   if (*reservations) return run_reservations(socket_path, json);

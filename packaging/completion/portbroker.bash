@@ -10,7 +10,7 @@ _portbroker() {
     [list]="--json"
     [status]="--json"
     [release]=""
-    [exec]="--listen --keep-fds"
+    [exec]="--listen --keep-fds --intercept --pass-loopback --linger"
     [reserve]="--user --group --hold"
     [unreserve]=""
     [reservations]="--json"

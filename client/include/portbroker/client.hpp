@@ -143,6 +143,9 @@ class Client {
   // Several sockets, all or nothing.
   Result<std::vector<Lease>> acquire_all(const std::vector<SocketSpec>& specs);
   Result<void> release(uint64_t lease_id);
+  // Sends the release without waiting for the daemon's answer (read, and any error in it
+  // dropped, before the next request's): for a caller that closes a socket and moves on.
+  Result<void> release_nowait(uint64_t lease_id);
   Result<std::vector<LeaseInfo>> list();
   Result<DaemonStatus> status();
 

@@ -1,0 +1,135 @@
+/* A server that binds by itself, for the `exec --intercept` tests. Built twice: dynamically
+ * (its bind goes through libc, where the preload library sits) and statically with
+ * PB_RAW_BIND (the raw syscall: nothing to hook, only the seccomp filter sees it).
+ *
+ *   intercept_probe tcp|udp ADDRESS PORT [nonblock] [cloexec] [reuseport] [rcvbuf=N]
+ *
+ * Prints one line: "bound port=P nonblock=0|1 cloexec=0|1 listening=0|1 reuseport=0|1
+ * rcvbuf=N pid=PID", or "failed errno=NAME". Then reads commands from stdin, one a line:
+ * "echo" (TCP: accept one connection and echo one line back), "close" (close the socket;
+ * prints "closed"), "exit". EOF exits. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int do_bind(int fd, const struct sockaddr *addr, socklen_t len) {
+#ifdef PB_RAW_BIND
+  return (int)syscall(SYS_bind, fd, addr, len);
+#else
+  return bind(fd, addr, len);
+#endif
+}
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case EADDRINUSE:
+      return "EADDRINUSE";
+    case EACCES:
+      return "EACCES";
+    case EADDRNOTAVAIL:
+      return "EADDRNOTAVAIL";
+    case EINVAL:
+      return "EINVAL";
+    case ENOSYS:
+      return "ENOSYS";
+    default:
+      return strerror(e);
+  }
+}
+
+static int int_opt(int fd, int level, int name) {
+  int v = 0;
+  socklen_t len = sizeof(v);
+  return getsockopt(fd, level, name, &v, &len) == 0 ? v : -1;
+}
+
+static void echo_one(int fd) {
+  int conn = accept(fd, NULL, NULL);
+  char buf[256];
+  ssize_t n;
+  if (conn < 0) return;
+  n = read(conn, buf, sizeof(buf));
+  if (n > 0 && write(conn, buf, (size_t)n) != n) perror("write");
+  close(conn);
+}
+
+int main(int argc, char **argv) {
+  int udp, fd, type, i, flags, fdflags;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  char line[64];
+  if (argc < 4) {
+    fprintf(stderr, "usage: intercept_probe tcp|udp ADDRESS PORT [options]\n");
+    return 2;
+  }
+  udp = strcmp(argv[1], "udp") == 0;
+  memset(&ss, 0, sizeof(ss));
+  if (strchr(argv[2], ':') != NULL) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons((unsigned short)atoi(argv[3]));
+    if (inet_pton(AF_INET6, argv[2], &a->sin6_addr) != 1) return 2;
+    len = sizeof(*a);
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((unsigned short)atoi(argv[3]));
+    if (inet_pton(AF_INET, argv[2], &a->sin_addr) != 1) return 2;
+    len = sizeof(*a);
+  }
+  type = udp ? SOCK_DGRAM : SOCK_STREAM;
+  for (i = 4; i < argc; ++i) {
+    if (strcmp(argv[i], "nonblock") == 0) type |= SOCK_NONBLOCK;
+    if (strcmp(argv[i], "cloexec") == 0) type |= SOCK_CLOEXEC;
+  }
+  fd = socket(ss.ss_family, type, 0);
+  if (fd < 0) return 3;
+  for (i = 4; i < argc; ++i) {
+    int one = 1;
+    if (strcmp(argv[i], "reuseport") == 0)
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (strncmp(argv[i], "rcvbuf=", 7) == 0) {
+      int v = atoi(argv[i] + 7);
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v));
+    }
+  }
+  if (do_bind(fd, (struct sockaddr *)&ss, len) != 0) {
+    printf("failed errno=%s\n", errno_name(errno));
+    fflush(stdout);
+    return 1;
+  }
+  if (!udp && listen(fd, 128) != 0) return 4;
+  len = sizeof(ss);
+  getsockname(fd, (struct sockaddr *)&ss, &len);
+  flags = fcntl(fd, F_GETFL);
+  fdflags = fcntl(fd, F_GETFD);
+  printf("bound port=%d nonblock=%d cloexec=%d listening=%d reuseport=%d rcvbuf=%d pid=%d\n",
+         ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                       : ((struct sockaddr_in6 *)&ss)->sin6_port),
+         (flags & O_NONBLOCK) != 0, (fdflags & FD_CLOEXEC) != 0,
+         int_opt(fd, SOL_SOCKET, SO_ACCEPTCONN), int_opt(fd, SOL_SOCKET, SO_REUSEPORT),
+         int_opt(fd, SOL_SOCKET, SO_RCVBUF), (int)getpid());
+  fflush(stdout);
+  while (fgets(line, sizeof(line), stdin) != NULL) {
+    if (strncmp(line, "echo", 4) == 0) {
+      fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+      echo_one(fd);
+      printf("echoed\n");
+    } else if (strncmp(line, "close", 5) == 0) {
+      close(fd);
+      printf("closed\n");
+    } else if (strncmp(line, "exit", 4) == 0) {
+      break;
+    }
+    fflush(stdout);
+  }
+  return 0;
+}
