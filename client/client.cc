@@ -234,22 +234,7 @@ class Connection {
     fd_.reset();
   }
 
-  Result<void> release(uint64_t lease_id) {
-    auto reply = call([&](wire::Request::Builder r) { r.setRelease(lease_id); });
-    if (!reply) return reply.error();
-    Result<void> result;
-    if (reply->isError()) {
-      result = ipc::error_from_wire(*reply);
-    } else if (!reply->isReleased()) {
-      result = unexpected_reply(*reply, "released");
-    }
-    forget_reply();
-    return result;
-  }
-
  private:
-  static constexpr size_t kScratchWords = 512;
-
   // The connection is over (EOF, or a read failed): closes it and says why.
   Error hang_up(ipc::RecvStatus st) {
     const int e = buf_.error;
@@ -651,9 +636,10 @@ Result<std::vector<Problem>> Client::check() {
 Result<std::string> Client::metrics() {
   return round_trip<std::string>(
       conn_.get(), [](wire::Request::Builder r) { r.setMetrics(); },
-      [](wire::Reply::Reader reply) -> Result<std::string> {
+      [](wire::Reply::Reader reply, std::string& out, bool) -> Result<void> {
         if (!reply.isMetrics()) return unexpected_reply(reply, "metrics");
-        return ipc::text_from_wire(reply.getMetrics());
+        out = ipc::text_from_wire(reply.getMetrics());
+        return {};
       });
 }
 
@@ -668,9 +654,10 @@ Result<EventStream> Client::events(std::optional<uint64_t> since) {
       [&](wire::Request::Builder r) {
         ipc::events_query_to_wire(ipc::EventsQuery{since}, r.initEvents());
       },
-      [](wire::Reply::Reader reply) -> Result<uint64_t> {
+      [](wire::Reply::Reader reply, uint64_t& out, bool) -> Result<void> {
         if (!reply.isSubscribed()) return unexpected_reply(reply, "subscribed");
-        return reply.getSubscribed();
+        out = reply.getSubscribed();
+        return {};
       });
   if (!subscribed) return subscribed.error();
   return EventStream(std::move(conn), *subscribed);

@@ -737,7 +737,7 @@ class Parser {
   }
 
   // [[share]] is read by its own functions: sharing across uids is its own concern.
-  Result<Share> share(const toml::table& t, const std::vector<Share>& earlier) {
+  Result<Share> share(const toml::table& t, const std::vector<Share>& earlier) const {
     Share sh;
     sh.origin = origin(t);
     const size_t before = errors_.size();
@@ -779,8 +779,16 @@ class Parser {
     auto read_limits = [&](const toml::table& t) { return limits(t, p.limits); };
     auto read_rule = [&](const toml::table& t) { return append(rule(t, p.rules), p.rules); };
     auto read_pool = [&](const toml::table& t) { return append(pool(t, p.pools), p.pools); };
-constexpr std::string_view kTopKeys[] = {"daemon", "limits", "events", "rule",
-                                         "reservation", "pool", "share"};
+    auto read_events = [&](const toml::table& t) { return get_principals(t, p.event_readers); };
+    auto read_share = [&](const toml::table& t) { return append(share(t, p.shares), p.shares); };
+    note(check_keys(root, kTopKeys, ""));
+    note(section(root, "daemon", kDaemonKeys, read_daemon));
+    note(section(root, "limits", kLimitsKeys, read_limits));
+    note(section(root, "events", kEventsKeys, read_events));
+    note(each_table(root, "rule", read_rule));
+    note(reservations(root, false, p.reservations));
+    note(each_table(root, "pool", read_pool));
+    note(each_table(root, "share", read_share));
     if (p.pools.empty()) p.pools.push_back(embedded_default_policy().pools.front());
     return outcome(std::move(p));
   }
