@@ -247,8 +247,8 @@ namespace {
 
 using Status = std::optional<Error>;  // nullopt: fine
 
-constexpr std::string_view kTopKeys[] = {"daemon", "limits", "events", "rule",
-                                         "reservation", "pool", "share"};
+constexpr std::string_view kTopKeys[] = {"daemon",      "limits", "events", "rule",
+                                         "reservation", "pool",   "share"};
 constexpr std::string_view kStateTopKeys[] = {"version", "reservation"};
 constexpr std::string_view kDaemonKeys[] = {"root_unrestricted", "ephemeral_guard"};
 constexpr std::string_view kLimitsKeys[] = {"max_connections_per_uid", "max_leases_per_uid"};

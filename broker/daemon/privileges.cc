@@ -217,6 +217,18 @@ Result<CapabilityOutcome> drop_privileges(const std::vector<NeededCapability>& n
   return out;
 }
 
+// How many threads this process has (its /proc/self/task entries); 0 when that cannot be read.
+size_t threads() {
+  DIR* d = ::opendir("/proc/self/task");
+  if (d == nullptr) return 0;
+  size_t n = 0;
+  while (const dirent* e = ::readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(d);
+  return n;
+}
+
 uint64_t syscall_violations() { return g_violations.load(std::memory_order_relaxed); }
 
 Result<FilterOutcome> install_syscall_filter() {
@@ -233,8 +245,10 @@ Result<FilterOutcome> install_syscall_filter() {
         delete c;
       });
   if (*ctx == nullptr) return make_error(ErrorCode::kInternal, "seccomp_init failed");
-  // Every thread, libuv's pool included, gets the same filter.
-  if (int rc = seccomp_attr_set(*ctx, SCMP_FLTATR_CTL_TSYNC, 1); rc != 0) {
+  // Every thread, libuv's pool included, gets the same filter. Under a service manager's own
+  // filter libseccomp may not be able to probe for thread sync; a process that has one thread
+  // so far needs none (threads started later inherit the filter).
+  if (int rc = seccomp_attr_set(*ctx, SCMP_FLTATR_CTL_TSYNC, 1); rc != 0 && threads() != 1) {
     return errno_error(ErrorCode::kInternal, "seccomp: cannot ask for thread sync", -rc);
   }
   for (const char* name : allowed_syscalls()) {

@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "broker/daemon/events.h"
-#include "broker/daemon/metrics.h"
 #include "broker/daemon/log_limit.h"
+#include "broker/daemon/metrics.h"
 #include "broker/service/lease_service.h"
 #include "broker/service/policy_source.h"
 #include "ipc/framing.h"

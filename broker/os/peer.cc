@@ -88,7 +88,10 @@ std::string cgroup_from_proc(const std::string& proc_cgroup) {
 std::string read_cgroup(pid_t pid) { return cgroup_from_proc(proc_file(pid, "cgroup")); }
 
 bool pidfd_alive(int pidfd) {
-  return pidfd >= 0 && ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0;
+  if (pidfd < 0) return false;
+  // Signal 0 checks permission too: EPERM (another uid, and the daemon keeps no CAP_KILL) is
+  // a live process; only ESRCH means it has exited.
+  return ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0 || errno == EPERM;
 }
 
 int count_open_fds() {

@@ -11,7 +11,7 @@ _portbroker() {
     [status]="--json"
     [release]=""
     [exec]="--listen --keep-fds --intercept --pass-loopback --linger"
-    [reserve]="--user --group --hold"
+    [reserve]="--user --group --hold --no-listen"
     [unreserve]=""
     [reservations]="--json"
     [reload]=""
