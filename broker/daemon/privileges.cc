@@ -427,4 +427,6 @@ const std::vector<const char*>& allowed_syscalls() {
   return list;
 }
 
+bool sanitizer_build() { return PB_SANITIZED != 0; }
+
 }  // namespace portbroker::broker

@@ -58,6 +58,9 @@ struct FilterOutcome {
 // not pile up one per upgrade.
 Result<FilterOutcome> install_syscall_filter();
 
+// Built with AddressSanitizer or UBSan (make test-asan).
+bool sanitizer_build();
+
 // How many calls the filter has refused in this process.
 uint64_t syscall_violations();
 

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -85,12 +86,19 @@ namespace {
 // socket() with the fs ids switched to `owner`'s, and always switched back, errno kept.
 int socket_as(SysCalls& sys, int domain, int type, std::optional<OwnerIds> owner) {
   if (!owner) return sys.socket(domain, type, 0);
+  // Changing the fs ids clears the process's dumpable flag, and with it ptrace by the daemon's
+  // own tools (LeakSanitizer's exit check hangs without it): put back what it was at start.
+  static const int dumpable = ::prctl(PR_GET_DUMPABLE);
   const int old_gid = sys.set_fsgid(owner->gid);
   const int old_uid = sys.set_fsuid(owner->uid);
   const int fd = sys.socket(domain, type, 0);
   const int e = errno;
   sys.set_fsuid(static_cast<uid_t>(old_uid));
   sys.set_fsgid(static_cast<gid_t>(old_gid));
+  if (dumpable == 1 &&
+      (owner->uid != static_cast<uid_t>(old_uid) || owner->gid != static_cast<gid_t>(old_gid))) {
+    (void)::prctl(PR_SET_DUMPABLE, 1);
+  }
   errno = e;
   return fd;
 }

@@ -42,7 +42,22 @@ uint64_t hex(const std::string& s) { return std::stoull(s, nullptr, 16); }
 const uint64_t kRootKept =
     mask({CAP_NET_BIND_SERVICE, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_SETUID, CAP_SETGID});
 
+// A sanitizer build (make test-asan) runs the daemon without its filter: LeakSanitizer's exit
+// check cannot run under it. `make test` checks the filter.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kFilterBuilt = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kFilterBuilt = false;
+#else
+constexpr bool kFilterBuilt = true;
+#endif
+#else
+constexpr bool kFilterBuilt = true;
+#endif
+
 void check_reduced(pid_t pid, bool filter = true) {
+  filter = filter && kFilterBuilt;
   auto st = proc_status(pid);
   INFO("/proc/" << pid << "/status: CapEff " << st["CapEff"] << ", CapPrm " << st["CapPrm"]
                 << ", CapBnd " << st["CapBnd"] << ", NoNewPrivs " << st["NoNewPrivs"]
@@ -73,7 +88,7 @@ TEST_CASE("the running daemon keeps only what its features need, with no_new_pri
   Daemon d;
   check_reduced(d.pid());
   CHECK(contains(d.log(), "privileges: keeping cap_net_bind_service"));
-  CHECK(contains(d.log(), "seccomp allow-list of"));
+  CHECK(contains(d.log(), kFilterBuilt ? "seccomp allow-list of" : "off in a sanitizer build"));
   // A port below 1024 still binds: CAP_NET_BIND_SERVICE is kept.
   AcquireOutcome low = acquire_in_child(d, "tcp:127.0.0.1:80");
   CHECK_MESSAGE(low.ok, low.describe());
@@ -123,8 +138,10 @@ TEST_CASE("reload, the guard's sysctl and shutdown --revoke-all work under the f
   CHECK_MESSAGE(reload.status.ok(), reload.describe());
   CHECK(contains(read_file("/proc/sys/net/ipv4/ip_local_reserved_ports"), "18621"));
   REQUIRE(::kill(d.pid(), SIGHUP) == 0);
-  CHECK(d.wait_until([](portbroker::Client& c) { return c.status().ok(); }));
-  CHECK(contains(d.log(), "received SIGHUP"));
+  // The signal reaches the loop in its own time: wait (bounded) for the daemon to say so.
+  CHECK(d.wait_until([&](portbroker::Client& c) {
+    return c.status().ok() && contains(d.log(), "received SIGHUP");
+  }));
 
   Holder h = spawn_holder(d, "tcp:127.0.0.1:18622");
   CommandResult down = run_cli(d, {"shutdown", "--revoke-all"});
@@ -168,7 +185,7 @@ TEST_CASE("an upgrade re-executes under the same filter and keeps the reduced se
   REQUIRE_MESSAGE(up.status.ok(), up.describe());
   REQUIRE_MESSAGE(d.wait_ready_again(), "no READY=1 after the upgrade");
   check_reduced(d.pid());
-  CHECK(contains(d.log(), "(inherited through the upgrade)"));
+  if (kFilterBuilt) CHECK(contains(d.log(), "(inherited through the upgrade)"));
   CHECK(d.leases().size() == 1);
   // And once more: the filters do not pile up.
   REQUIRE(::kill(d.pid(), SIGUSR2) == 0);

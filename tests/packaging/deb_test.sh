@@ -48,5 +48,5 @@ grep -q 'rm -rf /var/lib/portbroker /run/portbroker' "$scripts/postrm" ||
   fail "postrm does not remove the daemon's state on purge"
 dpkg-deb -e "$out/libportbroker0_${version}_$arch.deb" "$scripts/lib"
 grep -q '^libportbroker 0 libportbroker0' "$scripts/lib/shlibs" || fail "no shlibs entry"
-grep -q 'portbroker_connect@Base' "$scripts/lib/symbols" || fail "the symbols file lacks the C ABI"
+grep -q 'portbroker_connect@PORTBROKER_1' "$scripts/lib/symbols" || fail "the symbols file lacks the C ABI"
 echo "deb_test: three packages built, lintian clean, contents and maintainer scripts as expected"
