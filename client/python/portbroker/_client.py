@@ -241,10 +241,37 @@ class LeaseGroup(builtins.list):
         self.close()
 
 
-class EventStream:
+class _OwnsHandle:
+    """Closes its C handle once (`_close_fn` names the C function): on close(), on leaving a
+    `with` block, or when collected."""
+
+    _close_fn = ""
+
+    def close(self):
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                getattr(_lib, self._close_fn)(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle is not None and _lib is not None:
+            self._handle = None
+            getattr(_lib, self._close_fn)(handle)
+
+
+class EventStream(_OwnsHandle):
     """The daemon's events as they happen, on a connection of its own: iterate over it (the
     iteration raises PortbrokerError when the daemon ends the stream), or call next(timeout).
     A context manager; fileno() is for selectors."""
+
+    _close_fn = "portbroker_event_stream_close"
 
     def __init__(self, handle):
         self._handle = handle
@@ -293,33 +320,17 @@ class EventStream:
         """The seq of the last event returned (0 before any): `since` for a reconnect."""
         return _lib.portbroker_event_stream_last_seq(self._handle)
 
-    def close(self):
-        with self._lock:
-            handle, self._handle = self._handle, None
-            if handle is not None:
-                _lib.portbroker_event_stream_close(handle)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        handle = getattr(self, "_handle", None)
-        if handle is not None and _lib is not None:
-            self._handle = None
-            _lib.portbroker_event_stream_close(handle)
-
 
 _live_clients = weakref.WeakSet()
 
 
-class Client:
+class Client(_OwnsHandle):
     """One session with portbrokerd: its leases last until they are released or the session
     ends (close(), the end of a `with` block, or the process's exit). Thread-safe (requests are
     serialized). A Client belongs to the process that made it: in a forked child it is closed
     (the parent's session and leases are untouched) and cannot be used."""
+
+    _close_fn = "portbroker_close"
 
     def __init__(self, socket_path: Optional[str] = None):
         handle = ctypes.c_void_p()
@@ -375,22 +386,7 @@ class Client:
 
     def close(self):
         """Ends the session: every lease it still holds ends (or lingers, if asked)."""
-        with self._lock:
-            handle, self._handle = self._handle, None
-            if handle is not None:
-                _lib.portbroker_close(handle)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        handle = getattr(self, "_handle", None)
-        if handle is not None and _lib is not None:
-            self._handle = None
-            _lib.portbroker_close(handle)
+        super().close()
 
     def session_fd(self) -> int:
         """The connection's fd (still the Client's): the session lives while it is open in any
