@@ -147,9 +147,12 @@ std::vector<NeededCapability> needed_capabilities(const PrivilegeFeatures& featu
   std::vector<NeededCapability> out;
   out.push_back({CAP_NET_BIND_SERVICE, "bind ports below 1024"});
   out.push_back({CAP_SYS_PTRACE,
-                 "who, check and a refusal's holder read other users' /proc/PID/fd; a restart "
-                 "without the fd store takes sockets back with pidfd_getfd"});
-  out.push_back({CAP_DAC_READ_SEARCH, "list other users' /proc/PID/fd (who, check)"});
+                 "who, check and a refusal's holder read other users' /proc/PID/fdinfo; a "
+                 "restart without the fd store takes sockets back with pidfd_getfd"});
+  out.push_back({CAP_DAC_READ_SEARCH,
+                 "read other users' /proc/PID/fd links, one call per fd instead of three "
+                 "(without it: /proc/PID/fdinfo)",
+                 true});
   if (features.root) {
     out.push_back({CAP_SETUID, "create each socket as its holder's uid (setfsuid)"});
     out.push_back({CAP_SETGID, "create each socket as its holder's gid (setfsgid)"});
@@ -185,7 +188,7 @@ Result<CapabilityOutcome> drop_privileges(const std::vector<NeededCapability>& n
     cap_get_flag(current.get(), v, CAP_PERMITTED, &permitted);
     std::string what = cap_name(n.cap) + " (" + n.why + ")";
     if (permitted != CAP_SET) {
-      out.missing.push_back(std::move(what));
+      if (!n.optional) out.missing.push_back(std::move(what));
       continue;
     }
     cap_set_flag(next.get(), CAP_PERMITTED, 1, &v, CAP_SET);

@@ -20,8 +20,9 @@ struct PrivilegeFeatures {
 };
 
 struct NeededCapability {
-  int cap;          // CAP_* number
-  std::string why;  // the feature that needs it, for the log and the README
+  int cap;                // CAP_* number
+  std::string why;        // the feature that needs it, for the log and the README
+  bool optional = false;  // only makes a feature faster: its absence is not reported
 };
 
 // The capabilities `features` need, CAP_NET_BIND_SERVICE first.

@@ -67,4 +67,13 @@ Result<void> write_file_atomically(const std::string& dir, const std::string& na
   return {};
 }
 
+Dir open_dir_at(int dirfd, const char* name) {
+  UniqueFd fd(::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) return nullptr;
+  DIR* d = ::fdopendir(fd.get());
+  if (!d) return nullptr;
+  (void)fd.release();  // the DIR owns it now
+  return Dir(d);
+}
+
 }  // namespace portbroker::broker

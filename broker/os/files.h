@@ -2,7 +2,10 @@
 // and journal snapshots).
 #pragma once
 
+#include <dirent.h>
+
 #include <cstddef>
+#include <memory>
 #include <string>
 
 #include "portbroker/result.hpp"
@@ -21,5 +24,14 @@ Result<void> write_file_atomically(const std::string& dir, const std::string& na
 
 // write(2) until all of `data` is written (EINTR retried).
 Result<void> write_all(int fd, const void* data, size_t size, const std::string& what);
+
+struct DirCloser {
+  void operator()(DIR* d) const { ::closedir(d); }
+};
+using Dir = std::unique_ptr<DIR, DirCloser>;
+
+// The directory `name` under `dirfd` (AT_FDCWD, or an open directory), for readdir; null with
+// errno set when it cannot be opened.
+Dir open_dir_at(int dirfd, const char* name);
 
 }  // namespace portbroker::broker

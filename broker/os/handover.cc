@@ -10,9 +10,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
+#include <optional>
 
 #include "broker/os/files.h"
+#include "broker/os/proc_fds.h"
 
 #ifndef SO_COOKIE
 #define SO_COOKIE 57
@@ -55,27 +56,26 @@ UniqueFd open_process(pid_t pid, uint64_t start_time) {
 Result<std::unordered_map<uint64_t, UniqueFd>> take_sockets_from(
     pid_t pid, int pidfd, const std::unordered_set<uint64_t>& wanted) {
   std::unordered_map<uint64_t, UniqueFd> out;
-  std::error_code ec;
-  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  for (auto it = std::filesystem::directory_iterator(dir, ec);
-       !ec && it != std::filesystem::directory_iterator() && out.size() < wanted.size();
-       it.increment(ec)) {
-    std::error_code lec;
-    auto target = std::filesystem::read_symlink(it->path(), lec);
-    if (lec || target.native().rfind("socket:", 0) != 0) continue;
-    int target_fd = std::atoi(it->path().filename().c_str());
+  const std::string dir = "/proc/" + std::to_string(pid);
+  UniqueFd pid_dir(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!pid_dir) return errno_error(ErrorCode::kNotFound, "cannot open " + dir, errno);
+  std::optional<Error> refused;
+  const bool listed = for_each_socket_fd(pid_dir.get(), [&](int target_fd, uint64_t) {
     UniqueFd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, target_fd, 0)));
     if (!copy) {
       if (errno == EPERM || errno == EACCES) {
-        return errno_error(ErrorCode::kPermissionDenied,
-                           "cannot take sockets back from pid " + std::to_string(pid), errno);
+        refused = errno_error(ErrorCode::kPermissionDenied,
+                              "cannot take sockets back from pid " + std::to_string(pid), errno);
+        return false;
       }
-      continue;  // closed meanwhile
+      return true;  // closed meanwhile
     }
     uint64_t cookie = socket_cookie(copy.get());
     if (wanted.count(cookie) != 0) out.try_emplace(cookie, std::move(copy));
-  }
-  if (ec) return errno_error(ErrorCode::kNotFound, "cannot list " + dir, ec.value());
+    return out.size() < wanted.size();
+  });
+  if (refused) return *refused;
+  if (!listed) return errno_error(ErrorCode::kNotFound, "cannot list the fds of " + dir, errno);
   return out;
 }
 

@@ -22,6 +22,8 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "broker/os/files.h"
+#include "broker/os/proc_fds.h"
 #include "portbroker/fd.hpp"
 
 namespace portbroker::broker {
@@ -256,27 +258,6 @@ Result<void> dump_family(int nl, int family, Protocol protocol, const Ports& por
   }
 }
 
-struct DirCloser {
-  void operator()(DIR* d) const { ::closedir(d); }
-};
-using Dir = std::unique_ptr<DIR, DirCloser>;
-
-Dir open_dir_at(int dirfd, const char* name) {
-  UniqueFd fd(::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd) return nullptr;
-  DIR* d = ::fdopendir(fd.get());
-  if (!d) return nullptr;
-  (void)fd.release();  // the DIR owns it now
-  return Dir(d);
-}
-
-// "socket:[12345]" -> 12345
-std::optional<uint64_t> socket_inode(std::string_view link) {
-  constexpr std::string_view kPrefix = "socket:[";
-  if (!link.starts_with(kPrefix) || !link.ends_with(']')) return std::nullopt;
-  return parse_decimal(link.substr(kPrefix.size(), link.size() - kPrefix.size() - 1));
-}
-
 std::string read_small_file_at(int dirfd, const char* name) {
   UniqueFd fd(::openat(dirfd, name, O_RDONLY | O_CLOEXEC));
   if (!fd) return {};
@@ -315,8 +296,8 @@ SocketOwner describe_process(pid_t pid, int pid_dir) {
   return owner;
 }
 
-// One pass over /proc/*/fd for every wanted inode at once. Processes come and go while we
-// read, and other users' fds may be unreadable: both are skipped, not errors.
+// One pass over the fds of every process for every wanted inode at once. Processes come and
+// go while we read, and some may not be ours to look at: both are skipped, not errors.
 Result<void> attach_processes(std::vector<PortHolder>& holders) {
   std::unordered_map<uint64_t, std::vector<size_t>> wanted;
   for (size_t i = 0; i < holders.size(); ++i)
@@ -325,30 +306,23 @@ Result<void> attach_processes(std::vector<PortHolder>& holders) {
 
   Dir proc = open_dir_at(AT_FDCWD, "/proc");
   if (!proc) return errno_error(ErrorCode::kInternal, "opening /proc", errno);
-  char link[64];
   while (dirent* pe = ::readdir(proc.get())) {
     auto pid = parse_decimal(pe->d_name);
     if (!pid) continue;
     UniqueFd pid_dir(::openat(::dirfd(proc.get()), pe->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!pid_dir) continue;
-    Dir fds = open_dir_at(pid_dir.get(), "fd");
-    if (!fds) continue;
     std::optional<SocketOwner> owner;
-    while (dirent* fe = ::readdir(fds.get())) {
-      if (fe->d_name[0] == '.') continue;
-      ssize_t n = ::readlinkat(::dirfd(fds.get()), fe->d_name, link, sizeof(link));
-      if (n <= 0 || static_cast<size_t>(n) >= sizeof(link)) continue;
-      auto inode = socket_inode(std::string_view(link, static_cast<size_t>(n)));
-      if (!inode) continue;
-      auto it = wanted.find(*inode);
-      if (it == wanted.end()) continue;
+    for_each_socket_fd(pid_dir.get(), [&](int, uint64_t inode) {
+      auto it = wanted.find(inode);
+      if (it == wanted.end()) return true;
       if (!owner) owner = describe_process(static_cast<pid_t>(*pid), pid_dir.get());
       for (size_t i : it->second) {
         auto& procs = holders[i].processes;
         // The same socket on several fds of one process is still one holder.
         if (procs.empty() || procs.back().pid != owner->pid) procs.push_back(*owner);
       }
-    }
+      return true;
+    });
   }
   return {};
 }
