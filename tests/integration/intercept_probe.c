@@ -7,7 +7,12 @@
  * Prints one line: "bound port=P nonblock=0|1 cloexec=0|1 listening=0|1 reuseport=0|1
  * rcvbuf=N pid=PID", or "failed errno=NAME". Then reads commands from stdin, one a line:
  * "echo" (TCP: accept one connection and echo one line back), "close" (close the socket;
- * prints "closed"), "exit". EOF exits. */
+ * prints "closed"), "exit". EOF exits. Copies of the socket, each printing "copy fd=N
+ * cloexec=0|1" (or "failed errno=NAME"): "dup", "dup2 N", "dup3 N" (O_CLOEXEC), "dupfd N"
+ * (fcntl F_DUPFD_CLOEXEC, lowest N). "listen PORT" binds and listens on a second TCP socket at
+ * 127.0.0.1:PORT ("listening fd=N"), "closefd N" closes fd N ("closed"), and "sync" makes one
+ * round trip to the broker on this process's session (binds a UDP socket to 127.0.0.1:0 and
+ * closes it; "synced"), so every release sent before it has been handled. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -49,6 +54,65 @@ static int int_opt(int fd, int level, int name) {
   int v = 0;
   socklen_t len = sizeof(v);
   return getsockopt(fd, level, name, &v, &len) == 0 ? v : -1;
+}
+
+static void report_copy(int copy) {
+  if (copy < 0)
+    printf("failed errno=%s\n", errno_name(errno));
+  else
+    printf("copy fd=%d cloexec=%d\n", copy, (fcntl(copy, F_GETFD) & FD_CLOEXEC) != 0);
+}
+
+static int loopback_socket(int type, int port) {
+  struct sockaddr_in a;
+  int s = socket(AF_INET, type, 0);
+  if (s < 0) return -1;
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_port = htons((unsigned short)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (do_bind(s, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+      (type == SOCK_STREAM && listen(s, 16) != 0)) {
+    int e = errno;
+    close(s);
+    errno = e;
+    return -1;
+  }
+  return s;
+}
+
+/* The commands that copy, open and close fds: 1 when `line` was one of them. */
+static int fd_command(int fd, const char *line) {
+  int other;
+  if (strncmp(line, "dup2 ", 5) == 0) {
+    report_copy(dup2(fd, atoi(line + 5)));
+  } else if (strncmp(line, "dup3 ", 5) == 0) {
+    report_copy(dup3(fd, atoi(line + 5), O_CLOEXEC));
+  } else if (strncmp(line, "dupfd ", 6) == 0) {
+    report_copy(fcntl(fd, F_DUPFD_CLOEXEC, atoi(line + 6)));
+  } else if (strncmp(line, "dup", 3) == 0) {
+    report_copy(dup(fd));
+  } else if (strncmp(line, "closefd ", 8) == 0) {
+    close(atoi(line + 8));
+    printf("closed\n");
+  } else if (strncmp(line, "listen ", 7) == 0) {
+    other = loopback_socket(SOCK_STREAM, atoi(line + 7));
+    if (other < 0)
+      printf("failed errno=%s\n", errno_name(errno));
+    else
+      printf("listening fd=%d\n", other);
+  } else if (strncmp(line, "sync", 4) == 0) {
+    other = loopback_socket(SOCK_DGRAM, 0);
+    if (other < 0) {
+      printf("failed errno=%s\n", errno_name(errno));
+    } else {
+      close(other);
+      printf("synced\n");
+    }
+  } else {
+    return 0;
+  }
+  return 1;
 }
 
 static void echo_one(int fd) {
@@ -119,7 +183,9 @@ int main(int argc, char **argv) {
          int_opt(fd, SOL_SOCKET, SO_RCVBUF), (int)getpid());
   fflush(stdout);
   while (fgets(line, sizeof(line), stdin) != NULL) {
-    if (strncmp(line, "echo", 4) == 0) {
+    if (fd_command(fd, line)) {
+      /* done */
+    } else if (strncmp(line, "echo", 4) == 0) {
       fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
       echo_one(fd);
       printf("echoed\n");

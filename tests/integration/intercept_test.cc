@@ -5,6 +5,7 @@
 // static binary calling the raw bind syscall (the seccomp supervisor), refusals, pass-through,
 // fd flags, and no fd leaked anywhere.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -374,4 +375,96 @@ TEST_CASE("an intercepted lease lingers after its holder dies, like any lease") 
     CHECK(d.wait_port_unleased(8084));
   }
   d.check_no_fd_leak();
+}
+
+namespace {
+
+// Sends one command to a probe and returns its reply line.
+std::string ask(Probe& p, const std::string& command) {
+  p.child.send_line(command);
+  auto line = p.child.read_line();
+  REQUIRE_MESSAGE(line.has_value(), command << ": no reply\n" << p.child.output());
+  return *line;
+}
+
+// Whether `port` is leased once every release the probe sent has been handled: the probe's
+// "sync" is a round trip on its own session, which the daemon answers in order.
+bool leased_after_sync(Daemon& d, Probe& p, uint16_t port) {
+  REQUIRE(ask(p, "sync") == "synced");
+  return lease_on(d, port).has_value();
+}
+
+}  // namespace
+
+TEST_CASE("preload: a copy of the socket keeps the lease; closing the last copy ends it") {
+  REQUIRE(can_switch_uid());
+  FdLeakCheck fds;
+  Daemon d({.config_text = kPolicy});
+  struct Way {
+    std::string command;
+    std::string fd;  // the copy's number, when the command names it
+    std::string cloexec;
+  };
+  for (const Way& way : {Way{"dup", "", "0"}, Way{"dup2 40", "40", "0"}, Way{"dup3 41", "41", "1"},
+                         Way{"dupfd 50", "50", "1"}}) {
+    INFO(way.command);
+    Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", "8085"}, as_nobody(d));
+    REQUIRE(p.t["port"] == "8085");
+    auto copy = tokens(ask(p, way.command));
+    REQUIRE_MESSAGE(!copy["fd"].empty(), p.child.output());
+    if (!way.fd.empty()) CHECK(copy["fd"] == way.fd);
+    CHECK(copy["cloexec"] == way.cloexec);
+    REQUIRE(ask(p, "close") == "closed");
+    CHECK(leased_after_sync(d, p, 8085));  // the copy keeps it
+    REQUIRE(ask(p, "closefd " + copy["fd"]) == "closed");
+    CHECK(!leased_after_sync(d, p, 8085));  // the last copy: it ended at once
+    finish(p);
+    CHECK(d.wait_port_unleased(8085));
+  }
+  d.check_no_fd_leak();
+}
+
+TEST_CASE("preload: dup2 onto a brokered socket ends that socket's lease, as close would") {
+  REQUIRE(can_switch_uid());
+  FdLeakCheck fds;
+  Daemon d({.config_text = kPolicy});
+  Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", "8086"}, as_nobody(d));
+  REQUIRE(p.t["port"] == "8086");
+  auto second = tokens(ask(p, "listen 8087"));
+  REQUIRE_MESSAGE(!second["fd"].empty(), p.child.output());
+  CHECK(leased_after_sync(d, p, 8087));
+  // The kernel closes 8087's only socket to put a copy of 8086's in its place.
+  CHECK(tokens(ask(p, "dup2 " + second["fd"]))["fd"] == second["fd"]);
+  CHECK(!leased_after_sync(d, p, 8087));
+  REQUIRE(ask(p, "close") == "closed");
+  CHECK(leased_after_sync(d, p, 8086));  // the copy at 8087's old number keeps it
+  REQUIRE(ask(p, "closefd " + second["fd"]) == "closed");
+  CHECK(!leased_after_sync(d, p, 8086));
+  finish(p);
+  d.check_no_fd_leak();
+}
+
+TEST_CASE("preload: dup, dup2, dup3 and fcntl of other fds behave exactly as libc's") {
+  FdLeakCheck fds;
+  CommandResult plain = run_command({PB_FDCALLS_PATH});
+  REQUIRE_MESSAGE(plain.status.ok(), plain.describe());
+  CommandResult wrapped =
+      run_command({PB_FDCALLS_PATH}, {.env = {{"LD_PRELOAD", PB_INTERCEPT_LIBRARY_PATH}}});
+  REQUIRE_MESSAGE(wrapped.status.ok(), wrapped.describe());  // exit 3: not preloaded
+  CHECK(wrapped.out == plain.out);
+  // What the calls must have done, so that two equally broken runs cannot pass.
+  const std::string ebadf = "errno=" + std::to_string(EBADF);
+  const std::string einval = "errno=" + std::to_string(EINVAL);
+  INFO(plain.out);
+  CHECK(contains(plain.out, "dup of -1 ret=-1 " + ebadf));
+  CHECK(contains(plain.out, "dup2 onto itself ret=3 errno=77"));
+  CHECK(contains(plain.out, "dup3 onto itself ret=-1 " + einval));
+  CHECK(contains(plain.out, "F_DUPFD_CLOEXEC 60 ret=60 errno=77\n  its F_GETFD ret=1"));
+  CHECK(contains(plain.out, "fcntl64 F_DUPFD_CLOEXEC 70 ret=70 errno=77"));
+  CHECK(contains(plain.out, "F_SETPIPE_SZ 131072 ret=131072"));
+  CHECK(contains(plain.out, "F_OFD_GETLK from another open ret=0 errno=77 type=" +
+                                std::to_string(F_WRLCK) + " whence=0 start=0 len=10 pid=-1"));
+  CHECK(contains(plain.out, "F_GETLK with a bad pointer ret=-1 errno=" + std::to_string(EFAULT)));
+  CHECK(contains(plain.out, "an unknown command ret=-1 " + einval));
+  CHECK(contains(plain.out, "type=" + std::to_string(F_OWNER_PGRP) + " same group=1"));
 }
