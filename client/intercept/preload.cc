@@ -190,8 +190,23 @@ std::optional<Ending> drop_copy(Slot slot) {
   return e;
 }
 
+// Talking to the broker goes through cancellation points (sendmsg, recvmsg): a thread
+// cancelled there would unwind through the wrappers' catch-alls (std::terminate) or skip the
+// app's own close. Cancellation waits until the app's next cancellation point instead.
+class NoCancel {
+ public:
+  NoCancel() { ::pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old_); }
+  ~NoCancel() { ::pthread_setcancelstate(old_, nullptr); }
+  NoCancel(const NoCancel&) = delete;
+  NoCancel& operator=(const NoCancel&) = delete;
+
+ private:
+  int old_ = PTHREAD_CANCEL_ENABLE;
+};
+
 // Called with the lock held.
 void release(State& s, const Ending& e) {
+  NoCancel no_cancel;
   if (s.client && s.client_pid == e.owner) (void)s.client->release_nowait(e.lease_id);
 }
 
@@ -277,6 +292,7 @@ bool install(int granted, int fd) {
 }
 
 int brokered_bind(int fd, const portbroker::SocketSpec& spec) {
+  NoCancel no_cancel;
   State& s = state();
   std::lock_guard lock(s.mu);
   auto client = client_for_this_process(s);

@@ -12,12 +12,15 @@
  * (fcntl F_DUPFD_CLOEXEC, lowest N). "listen PORT" binds and listens on a second TCP socket at
  * 127.0.0.1:PORT ("listening fd=N"), "closefd N" closes fd N ("closed"), and "sync" makes one
  * round trip to the broker on this process's session (binds a UDP socket to 127.0.0.1:0 and
- * closes it; "synced"), so every release sent before it has been handled. */
+ * closes it; "synced"), so every release sent before it has been handled. "cancelbind PORT"
+ * binds a second TCP socket at 127.0.0.1:PORT in a thread with a cancellation pending and
+ * dup2s another fd over it, then prints "cancelbind bound=0|1 released=0|1 cancelled=0|1". */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +84,43 @@ static int loopback_socket(int type, int port) {
   return s;
 }
 
+struct cancel_bind {
+  int port;
+  int other; /* an fd to dup2 over the socket */
+  int fd;
+  int bound;
+  int released;
+};
+
+/* With a cancellation pending on the thread: the bind (a round trip to the broker) and a dup2
+ * over the socket's only copy (its release) both complete, as neither is a cancellation point;
+ * the thread ends at testcancel. */
+static void *cancel_bind_thread(void *arg) {
+  struct cancel_bind *cb = arg;
+  pthread_cancel(pthread_self());
+  cb->fd = loopback_socket(SOCK_STREAM, cb->port);
+  cb->bound = cb->fd >= 0;
+  if (cb->fd >= 0) cb->released = dup2(cb->other, cb->fd) == cb->fd;
+  pthread_testcancel();
+  return NULL;
+}
+
+static void cancel_bind(int port) {
+  struct cancel_bind cb = {port, -1, -1, 0, 0};
+  pthread_t t;
+  void *result = NULL;
+  cb.other = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (cb.other < 0 || pthread_create(&t, NULL, cancel_bind_thread, &cb) != 0) {
+    printf("failed errno=%s\n", errno_name(errno));
+    return;
+  }
+  pthread_join(t, &result);
+  if (cb.fd >= 0) close(cb.fd);
+  close(cb.other);
+  printf("cancelbind bound=%d released=%d cancelled=%d\n", cb.bound, cb.released,
+         result == PTHREAD_CANCELED);
+}
+
 /* The commands that copy, open and close fds: 1 when `line` was one of them. */
 static int fd_command(int fd, const char *line) {
   int other;
@@ -101,6 +141,8 @@ static int fd_command(int fd, const char *line) {
       printf("failed errno=%s\n", errno_name(errno));
     else
       printf("listening fd=%d\n", other);
+  } else if (strncmp(line, "cancelbind ", 11) == 0) {
+    cancel_bind(atoi(line + 11));
   } else if (strncmp(line, "sync", 4) == 0) {
     other = loopback_socket(SOCK_DGRAM, 0);
     if (other < 0) {

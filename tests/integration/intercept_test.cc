@@ -468,3 +468,21 @@ TEST_CASE("preload: dup, dup2, dup3 and fcntl of other fds behave exactly as lib
   CHECK(contains(plain.out, "an unknown command ret=-1 " + einval));
   CHECK(contains(plain.out, "type=" + std::to_string(F_OWNER_PGRP) + " same group=1"));
 }
+
+TEST_CASE("preload: a thread with a cancellation pending binds and releases, then is cancelled") {
+  REQUIRE(can_switch_uid());
+  FdLeakCheck fds;
+  Daemon d({.config_text = kPolicy});
+  Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", "8088"}, as_nobody(d));
+  REQUIRE(p.t["port"] == "8088");
+  // Talking to the broker passes through cancellation points (sendmsg, recvmsg): cancelled
+  // there, the thread would unwind through the library and abort the process.
+  auto r = tokens(ask(p, "cancelbind 8089"));
+  CHECK(r["bound"] == "1");
+  CHECK(r["released"] == "1");
+  CHECK(r["cancelled"] == "1");
+  CHECK(!leased_after_sync(d, p, 8089));
+  CHECK(lease_on(d, 8088).has_value());
+  finish(p);
+  d.check_no_fd_leak();
+}
