@@ -387,6 +387,13 @@ std::string ask(Probe& p, const std::string& command) {
   return *line;
 }
 
+// The dynamic probe, holding a lease on 127.0.0.1:port.
+Probe leasing_probe(Daemon& d, uint16_t port) {
+  Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", std::to_string(port)}, as_nobody(d));
+  REQUIRE_MESSAGE(p.t["port"] == std::to_string(port), p.line << "\n" << p.child.output());
+  return p;
+}
+
 // Whether `port` is leased once every release the probe sent has been handled: the probe's
 // "sync" is a round trip on its own session, which the daemon answers in order.
 bool leased_after_sync(Daemon& d, Probe& p, uint16_t port) {
@@ -408,8 +415,7 @@ TEST_CASE("preload: a copy of the socket keeps the lease; closing the last copy 
   for (const Way& way : {Way{"dup", "", "0"}, Way{"dup2 40", "40", "0"}, Way{"dup3 41", "41", "1"},
                          Way{"dupfd 50", "50", "1"}}) {
     INFO(way.command);
-    Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", "8085"}, as_nobody(d));
-    REQUIRE(p.t["port"] == "8085");
+    Probe p = leasing_probe(d, 8085);
     auto copy = tokens(ask(p, way.command));
     REQUIRE_MESSAGE(!copy["fd"].empty(), p.child.output());
     if (!way.fd.empty()) CHECK(copy["fd"] == way.fd);
@@ -428,8 +434,7 @@ TEST_CASE("preload: dup2 onto a brokered socket ends that socket's lease, as clo
   REQUIRE(can_switch_uid());
   FdLeakCheck fds;
   Daemon d({.config_text = kPolicy});
-  Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", "8086"}, as_nobody(d));
-  REQUIRE(p.t["port"] == "8086");
+  Probe p = leasing_probe(d, 8086);
   auto second = tokens(ask(p, "listen 8087"));
   REQUIRE_MESSAGE(!second["fd"].empty(), p.child.output());
   CHECK(leased_after_sync(d, p, 8087));
@@ -473,8 +478,7 @@ TEST_CASE("preload: a thread with a cancellation pending binds and releases, the
   REQUIRE(can_switch_uid());
   FdLeakCheck fds;
   Daemon d({.config_text = kPolicy});
-  Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", "8088"}, as_nobody(d));
-  REQUIRE(p.t["port"] == "8088");
+  Probe p = leasing_probe(d, 8088);
   // Talking to the broker passes through cancellation points (sendmsg, recvmsg): cancelled
   // there, the thread would unwind through the library and abort the process.
   auto r = tokens(ask(p, "cancelbind 8089"));
