@@ -114,11 +114,11 @@ pid_t this_pid() {
 }
 
 void make_pid_cache() {
-  void* page = ::mmap(nullptr, static_cast<size_t>(::sysconf(_SC_PAGESIZE)), PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  const auto size = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  void* page = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (page == MAP_FAILED) return;
-  if (::madvise(page, static_cast<size_t>(::sysconf(_SC_PAGESIZE)), MADV_WIPEONFORK) != 0) {
-    ::munmap(page, static_cast<size_t>(::sysconf(_SC_PAGESIZE)));
+  if (::madvise(page, size, MADV_WIPEONFORK) != 0) {
+    ::munmap(page, size);
     return;
   }
   g_pid_cache = new (page) std::atomic<pid_t>(0);

@@ -14,7 +14,9 @@
  * round trip to the broker on this process's session (binds a UDP socket to 127.0.0.1:0 and
  * closes it; "synced"), so every release sent before it has been handled. "cancelbind PORT"
  * binds a second TCP socket at 127.0.0.1:PORT in a thread with a cancellation pending and
- * dup2s another fd over it, then prints "cancelbind bound=0|1 released=0|1 cancelled=0|1". */
+ * dup2s another fd over it, then prints "cancelbind bound=0|1 released=0|1 cancelled=0|1".
+ * "forkbind PORT" forks a child that binds a TCP socket at 127.0.0.1:PORT, prints "forkbound
+ * pid=CHILD" (or "failed errno=NAME") and lives until "reap" ("reaped"). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,6 +28,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int do_bind(int fd, const struct sockaddr *addr, socklen_t len) {
@@ -121,6 +124,49 @@ static void cancel_bind(int port) {
          result == PTHREAD_CANCELED);
 }
 
+static pid_t forked = -1;
+static int to_forked = -1;
+
+/* A child that binds (on its own session, as the holder) and waits for its parent. */
+static void fork_bind(int port) {
+  int p[2];
+  char c;
+  if (forked > 0 || pipe2(p, O_CLOEXEC) != 0) {
+    printf("failed errno=%s\n", errno_name(forked > 0 ? EBUSY : errno));
+    return;
+  }
+  fflush(stdout);
+  forked = fork();
+  if (forked == 0) {
+    int s = loopback_socket(SOCK_STREAM, port);
+    close(p[1]);
+    if (s < 0)
+      printf("failed errno=%s\n", errno_name(errno));
+    else
+      printf("forkbound pid=%d\n", (int)getpid());
+    fflush(stdout);
+    while (read(p[0], &c, 1) > 0) {
+    }
+    _exit(0);
+  }
+  close(p[0]);
+  if (forked < 0) {
+    printf("failed errno=%s\n", errno_name(errno));
+    close(p[1]);
+    return;
+  }
+  to_forked = p[1];
+}
+
+static void reap(void) {
+  if (forked > 0) {
+    close(to_forked);
+    waitpid(forked, NULL, 0);
+    forked = -1;
+  }
+  printf("reaped\n");
+}
+
 /* The commands that copy, open and close fds: 1 when `line` was one of them. */
 static int fd_command(int fd, const char *line) {
   int other;
@@ -141,6 +187,10 @@ static int fd_command(int fd, const char *line) {
       printf("failed errno=%s\n", errno_name(errno));
     else
       printf("listening fd=%d\n", other);
+  } else if (strncmp(line, "forkbind ", 9) == 0) {
+    fork_bind(atoi(line + 9));
+  } else if (strncmp(line, "reap", 4) == 0) {
+    reap();
   } else if (strncmp(line, "cancelbind ", 11) == 0) {
     cancel_bind(atoi(line + 11));
   } else if (strncmp(line, "sync", 4) == 0) {

@@ -387,6 +387,13 @@ std::string ask(Probe& p, const std::string& command) {
   return *line;
 }
 
+// Sends a command whose reply carries `key=VALUE`, and returns VALUE.
+std::string ask_value(Probe& p, const std::string& command, const std::string& key) {
+  auto reply = tokens(ask(p, command));
+  REQUIRE_MESSAGE(!reply[key].empty(), command << ": " << p.child.output());
+  return reply[key];
+}
+
 // The dynamic probe, holding a lease on 127.0.0.1:port.
 Probe leasing_probe(Daemon& d, uint16_t port) {
   Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", std::to_string(port)}, as_nobody(d));
@@ -435,15 +442,14 @@ TEST_CASE("preload: dup2 onto a brokered socket ends that socket's lease, as clo
   FdLeakCheck fds;
   Daemon d({.config_text = kPolicy});
   Probe p = leasing_probe(d, 8086);
-  auto second = tokens(ask(p, "listen 8087"));
-  REQUIRE_MESSAGE(!second["fd"].empty(), p.child.output());
+  const std::string second = ask_value(p, "listen 8087", "fd");
   CHECK(leased_after_sync(d, p, 8087));
   // The kernel closes 8087's only socket to put a copy of 8086's in its place.
-  CHECK(tokens(ask(p, "dup2 " + second["fd"]))["fd"] == second["fd"]);
+  CHECK(ask_value(p, "dup2 " + second, "fd") == second);
   CHECK(!leased_after_sync(d, p, 8087));
   REQUIRE(ask(p, "close") == "closed");
   CHECK(leased_after_sync(d, p, 8086));  // the copy at 8087's old number keeps it
-  REQUIRE(ask(p, "closefd " + second["fd"]) == "closed");
+  REQUIRE(ask(p, "closefd " + second) == "closed");
   CHECK(!leased_after_sync(d, p, 8086));
   finish(p);
   d.check_no_fd_leak();
@@ -488,5 +494,26 @@ TEST_CASE("preload: a thread with a cancellation pending binds and releases, the
   CHECK(!leased_after_sync(d, p, 8089));
   CHECK(lease_on(d, 8088).has_value());
   finish(p);
+  d.check_no_fd_leak();
+}
+
+TEST_CASE(
+    "preload: a forked child binds on its own session; the parent's lease outlives its close") {
+  REQUIRE(can_switch_uid());
+  FdLeakCheck fds;
+  Daemon d({.config_text = kPolicy});
+  Probe p = leasing_probe(d, 8085);
+  const std::string child = ask_value(p, "forkbind 8086", "pid");
+  CHECK(child != p.t["pid"]);
+  auto lease = lease_on(d, 8086);
+  REQUIRE(lease.has_value());
+  CHECK(std::to_string(lease->holder.pid) == child);  // not the parent's pid, cached
+  // The child holds a copy of the parent's socket on 8085: the parent's close keeps the lease.
+  REQUIRE(ask(p, "close") == "closed");
+  CHECK(leased_after_sync(d, p, 8085));
+  CHECK(ask(p, "reap") == "reaped");
+  CHECK(d.wait_port_unleased(8086));  // the child's session ended with it
+  finish(p);
+  CHECK(d.wait_port_unleased(8085));
   d.check_no_fd_leak();
 }
