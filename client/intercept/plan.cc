@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -30,16 +32,43 @@ std::optional<int> int_option(int fd, int level, int name) {
 
 bool flag_option(int fd, int level, int name) { return int_option(fd, level, name).value_or(0); }
 
+// A fresh socket's SO_RCVBUF and SO_SNDBUF for (domain, type), learned once per process (a
+// probe socket per bind cost five system calls). Both are never 0, so 0 means "not learned yet";
+// a race learns it twice, harmlessly. The defaults follow net.core/net.ipv4 sysctls of the
+// process's network namespace: one that changes them, or its namespace, after its first bind
+// may have a buffer size it set equal to the old default missed, or one it did not set passed on.
+struct BufferDefaults {
+  int rcv = 0;
+  int snd = 0;
+};
+
+std::optional<BufferDefaults> buffer_defaults(int domain, int type) {
+  static std::array<std::atomic<uint64_t>, 4> learned{};  // {inet, inet6} x {stream, dgram}
+  auto& slot = learned[(domain == AF_INET6 ? 2 : 0) + (type == SOCK_DGRAM ? 1 : 0)];
+  uint64_t packed = slot.load(std::memory_order_relaxed);
+  if (packed == 0) {
+    int fresh = ::socket(domain, type | SOCK_CLOEXEC, 0);
+    if (fresh < 0) return std::nullopt;
+    auto rcv = int_option(fresh, SOL_SOCKET, SO_RCVBUF);
+    auto snd = int_option(fresh, SOL_SOCKET, SO_SNDBUF);
+    ::close(fresh);
+    if (!rcv || !snd || *rcv <= 0 || *snd <= 0) return std::nullopt;
+    packed =
+        (static_cast<uint64_t>(static_cast<uint32_t>(*rcv)) << 32) | static_cast<uint32_t>(*snd);
+    slot.store(packed, std::memory_order_relaxed);
+  }
+  return BufferDefaults{static_cast<int>(packed >> 32), static_cast<int>(packed & 0xffffffffu)};
+}
+
 // SO_RCVBUF / SO_SNDBUF as the app set them: the kernel reports twice what was set, so a
 // value that differs from a fresh socket's default was set, and half of it is what to ask for.
 void buffer_options(int fd, int domain, int type, SocketOptions& o) {
-  int fresh = ::socket(domain, type | SOCK_CLOEXEC, 0);
-  if (fresh < 0) return;
+  auto defaults = buffer_defaults(domain, type);
+  if (!defaults) return;
   auto rcv = int_option(fd, SOL_SOCKET, SO_RCVBUF);
   auto snd = int_option(fd, SOL_SOCKET, SO_SNDBUF);
-  if (rcv && *rcv != int_option(fresh, SOL_SOCKET, SO_RCVBUF)) o.rcvbuf = *rcv / 2;
-  if (snd && *snd != int_option(fresh, SOL_SOCKET, SO_SNDBUF)) o.sndbuf = *snd / 2;
-  ::close(fresh);
+  if (rcv && *rcv != defaults->rcv) o.rcvbuf = *rcv / 2;
+  if (snd && *snd != defaults->snd) o.sndbuf = *snd / 2;
 }
 
 void tcp_options(int fd, SocketOptions& o) {
@@ -57,12 +86,21 @@ std::string bound_device(int fd) {
   return std::string(name, ::strnlen(name, IFNAMSIZ));
 }
 
-bool already_bound(int fd, int domain) {
+// The family of socket `fd` (AF_INET, AF_INET6, AF_UNIX, ...) and whether it is bound to a
+// port already, from one getsockname; nullopt when it is not a socket.
+struct Name {
+  int family = AF_UNSPEC;
+  bool bound = false;
+};
+
+std::optional<Name> socket_name(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
-  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return true;
-  if (domain == AF_INET) return reinterpret_cast<sockaddr_in*>(&ss)->sin_port != 0;
-  return reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port != 0;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return std::nullopt;
+  Name n{ss.ss_family, false};
+  if (n.family == AF_INET) n.bound = reinterpret_cast<sockaddr_in*>(&ss)->sin_port != 0;
+  if (n.family == AF_INET6) n.bound = reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port != 0;
+  return n;
 }
 
 }  // namespace
@@ -125,10 +163,11 @@ std::optional<BindTarget> bind_target(const sockaddr* addr, socklen_t len) {
 }
 
 std::optional<SocketSpec> spec_for_socket(int fd, const BindTarget& target) {
-  auto domain = int_option(fd, SOL_SOCKET, SO_DOMAIN);
+  auto name = socket_name(fd);
+  if (!name || name->family != target.address.family) return std::nullopt;
   auto type = int_option(fd, SOL_SOCKET, SO_TYPE);
   auto protocol = int_option(fd, SOL_SOCKET, SO_PROTOCOL);
-  if (!domain || !type || !protocol || *domain != target.address.family) return std::nullopt;
+  if (!type || !protocol) return std::nullopt;
   SocketSpec spec;
   if (*type == SOCK_STREAM && *protocol == IPPROTO_TCP) {
     spec.protocol = Protocol::kTcp;
@@ -137,20 +176,21 @@ std::optional<SocketSpec> spec_for_socket(int fd, const BindTarget& target) {
   } else {
     return std::nullopt;
   }
-  if (already_bound(fd, *domain)) return std::nullopt;
+  if (name->bound) return std::nullopt;
+  const int domain = name->family;
   spec.address = target.address;
   spec.port = target.port;
   SocketOptions& o = spec.options;
   if (flag_option(fd, SOL_SOCKET, SO_REUSEPORT)) spec.mode = Mode::kReuseport;
   // Only a set SO_REUSEADDR is passed on: the broker turns it on for TCP anyway.
   if (flag_option(fd, SOL_SOCKET, SO_REUSEADDR)) o.reuseaddr = true;
-  if (*domain == AF_INET6) {
+  if (domain == AF_INET6) {
     o.v6only = flag_option(fd, IPPROTO_IPV6, IPV6_V6ONLY);
     if (flag_option(fd, IPPROTO_IPV6, IPV6_FREEBIND)) o.freebind = true;
   } else if (flag_option(fd, IPPROTO_IP, IP_FREEBIND)) {
     o.freebind = true;
   }
-  buffer_options(fd, *domain, *type, o);
+  buffer_options(fd, domain, *type, o);
   if (spec.protocol == Protocol::kTcp) tcp_options(fd, o);
   o.device = bound_device(fd);
   if (const char* linger = std::getenv(kLingerEnv)) {

@@ -5,6 +5,7 @@
 // static binary calling the raw bind syscall (the seccomp supervisor), refusals, pass-through,
 // fd flags, and no fd leaked anywhere.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -373,5 +374,146 @@ TEST_CASE("an intercepted lease lingers after its holder dies, like any lease") 
     CHECK(d.connect().release(l[0].id).ok());  // root revokes it for the next round
     CHECK(d.wait_port_unleased(8084));
   }
+  d.check_no_fd_leak();
+}
+
+namespace {
+
+// Sends one command to a probe and returns its reply line.
+std::string ask(Probe& p, const std::string& command) {
+  p.child.send_line(command);
+  auto line = p.child.read_line();
+  REQUIRE_MESSAGE(line.has_value(), command << ": no reply\n" << p.child.output());
+  return *line;
+}
+
+// Sends a command whose reply carries `key=VALUE`, and returns VALUE.
+std::string ask_value(Probe& p, const std::string& command, const std::string& key) {
+  auto reply = tokens(ask(p, command));
+  REQUIRE_MESSAGE(!reply[key].empty(), command << ": " << p.child.output());
+  return reply[key];
+}
+
+// The dynamic probe, holding a lease on 127.0.0.1:port.
+Probe leasing_probe(Daemon& d, uint16_t port) {
+  Probe p = start_probe(PB_PROBE_PATH, {"tcp", "127.0.0.1", std::to_string(port)}, as_nobody(d));
+  REQUIRE_MESSAGE(p.t["port"] == std::to_string(port), p.line << "\n" << p.child.output());
+  return p;
+}
+
+// Whether `port` is leased once every release the probe sent has been handled: the probe's
+// "sync" is a round trip on its own session, which the daemon answers in order.
+bool leased_after_sync(Daemon& d, Probe& p, uint16_t port) {
+  REQUIRE(ask(p, "sync") == "synced");
+  return lease_on(d, port).has_value();
+}
+
+}  // namespace
+
+TEST_CASE("preload: a copy of the socket keeps the lease; closing the last copy ends it") {
+  REQUIRE(can_switch_uid());
+  FdLeakCheck fds;
+  Daemon d({.config_text = kPolicy});
+  struct Way {
+    std::string command;
+    std::string fd;  // the copy's number, when the command names it
+    std::string cloexec;
+  };
+  for (const Way& way : {Way{"dup", "", "0"}, Way{"dup2 40", "40", "0"}, Way{"dup3 41", "41", "1"},
+                         Way{"dupfd 50", "50", "1"}}) {
+    INFO(way.command);
+    Probe p = leasing_probe(d, 8085);
+    auto copy = tokens(ask(p, way.command));
+    REQUIRE_MESSAGE(!copy["fd"].empty(), p.child.output());
+    if (!way.fd.empty()) CHECK(copy["fd"] == way.fd);
+    CHECK(copy["cloexec"] == way.cloexec);
+    REQUIRE(ask(p, "close") == "closed");
+    CHECK(leased_after_sync(d, p, 8085));  // the copy keeps it
+    REQUIRE(ask(p, "closefd " + copy["fd"]) == "closed");
+    CHECK(!leased_after_sync(d, p, 8085));  // the last copy: it ended at once
+    finish(p);
+    CHECK(d.wait_port_unleased(8085));
+  }
+  d.check_no_fd_leak();
+}
+
+TEST_CASE("preload: dup2 onto a brokered socket ends that socket's lease, as close would") {
+  REQUIRE(can_switch_uid());
+  FdLeakCheck fds;
+  Daemon d({.config_text = kPolicy});
+  Probe p = leasing_probe(d, 8086);
+  const std::string second = ask_value(p, "listen 8087", "fd");
+  CHECK(leased_after_sync(d, p, 8087));
+  // The kernel closes 8087's only socket to put a copy of 8086's in its place.
+  CHECK(ask_value(p, "dup2 " + second, "fd") == second);
+  CHECK(!leased_after_sync(d, p, 8087));
+  REQUIRE(ask(p, "close") == "closed");
+  CHECK(leased_after_sync(d, p, 8086));  // the copy at 8087's old number keeps it
+  REQUIRE(ask(p, "closefd " + second) == "closed");
+  CHECK(!leased_after_sync(d, p, 8086));
+  finish(p);
+  d.check_no_fd_leak();
+}
+
+TEST_CASE("preload: dup, dup2, dup3 and fcntl of other fds behave exactly as libc's") {
+  FdLeakCheck fds;
+  CommandResult plain = run_command({PB_FDCALLS_PATH});
+  REQUIRE_MESSAGE(plain.status.ok(), plain.describe());
+  CommandResult wrapped =
+      run_command({PB_FDCALLS_PATH}, {.env = {{"LD_PRELOAD", PB_INTERCEPT_LIBRARY_PATH}}});
+  REQUIRE_MESSAGE(wrapped.status.ok(), wrapped.describe());  // exit 3: not preloaded
+  CHECK(wrapped.out == plain.out);
+  // What the calls must have done, so that two equally broken runs cannot pass.
+  const std::string ebadf = "errno=" + std::to_string(EBADF);
+  const std::string einval = "errno=" + std::to_string(EINVAL);
+  INFO(plain.out);
+  CHECK(contains(plain.out, "dup of -1 ret=-1 " + ebadf));
+  CHECK(contains(plain.out, "dup2 onto itself ret=3 errno=77"));
+  CHECK(contains(plain.out, "dup3 onto itself ret=-1 " + einval));
+  CHECK(contains(plain.out, "F_DUPFD_CLOEXEC 60 ret=60 errno=77\n  its F_GETFD ret=1"));
+  CHECK(contains(plain.out, "fcntl64 F_DUPFD_CLOEXEC 70 ret=70 errno=77"));
+  CHECK(contains(plain.out, "F_SETPIPE_SZ 131072 ret=131072"));
+  CHECK(contains(plain.out, "F_OFD_GETLK from another open ret=0 errno=77 type=" +
+                                std::to_string(F_WRLCK) + " whence=0 start=0 len=10 pid=-1"));
+  CHECK(contains(plain.out, "F_GETLK with a bad pointer ret=-1 errno=" + std::to_string(EFAULT)));
+  CHECK(contains(plain.out, "an unknown command ret=-1 " + einval));
+  CHECK(contains(plain.out, "type=" + std::to_string(F_OWNER_PGRP) + " same group=1"));
+}
+
+TEST_CASE("preload: a thread with a cancellation pending binds and releases, then is cancelled") {
+  REQUIRE(can_switch_uid());
+  FdLeakCheck fds;
+  Daemon d({.config_text = kPolicy});
+  Probe p = leasing_probe(d, 8088);
+  // Talking to the broker passes through cancellation points (sendmsg, recvmsg): cancelled
+  // there, the thread would unwind through the library and abort the process.
+  auto r = tokens(ask(p, "cancelbind 8089"));
+  CHECK(r["bound"] == "1");
+  CHECK(r["released"] == "1");
+  CHECK(r["cancelled"] == "1");
+  CHECK(!leased_after_sync(d, p, 8089));
+  CHECK(lease_on(d, 8088).has_value());
+  finish(p);
+  d.check_no_fd_leak();
+}
+
+TEST_CASE(
+    "preload: a forked child binds on its own session; the parent's lease outlives its close") {
+  REQUIRE(can_switch_uid());
+  FdLeakCheck fds;
+  Daemon d({.config_text = kPolicy});
+  Probe p = leasing_probe(d, 8085);
+  const std::string child = ask_value(p, "forkbind 8086", "pid");
+  CHECK(child != p.t["pid"]);
+  auto lease = lease_on(d, 8086);
+  REQUIRE(lease.has_value());
+  CHECK(std::to_string(lease->holder.pid) == child);  // not the parent's pid, cached
+  // The child holds a copy of the parent's socket on 8085: the parent's close keeps the lease.
+  REQUIRE(ask(p, "close") == "closed");
+  CHECK(leased_after_sync(d, p, 8085));
+  CHECK(ask(p, "reap") == "reaped");
+  CHECK(d.wait_port_unleased(8086));  // the child's session ended with it
+  finish(p);
+  CHECK(d.wait_port_unleased(8085));
   d.check_no_fd_leak();
 }

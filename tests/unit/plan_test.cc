@@ -93,6 +93,35 @@ TEST_CASE("plan: the spec read off a socket carries the app's pre-bind options")
   CHECK(!spec_for_socket(-1, BindTarget{IpAddress::parse("0.0.0.0").value(), 0}).has_value());
 }
 
+TEST_CASE("plan: buffer sizes are carried only when the app set them, for every family and type") {
+  // The defaults are learned once per process (family, type); each socket is read twice so the
+  // second read answers from what the first learned.
+  for (int family : {AF_INET, AF_INET6}) {
+    for (int type : {SOCK_STREAM, SOCK_DGRAM}) {
+      INFO("family " << family << " type " << type);
+      BindTarget target{IpAddress::parse(family == AF_INET ? "127.0.0.1" : "::1").value(), 0};
+      int fresh = ::socket(family, type | SOCK_CLOEXEC, 0);
+      int sized = ::socket(family, type | SOCK_CLOEXEC, 0);
+      REQUIRE((fresh >= 0 && sized >= 0));
+      int rcv = 50000, snd = 60000;
+      REQUIRE(::setsockopt(sized, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)) == 0);
+      REQUIRE(::setsockopt(sized, SOL_SOCKET, SO_SNDBUF, &snd, sizeof(snd)) == 0);
+      for (int round = 0; round < 2; ++round) {
+        auto plain = spec_for_socket(fresh, target);
+        REQUIRE(plain.has_value());
+        CHECK(!plain->options.rcvbuf.has_value());
+        CHECK(!plain->options.sndbuf.has_value());
+        auto spec = spec_for_socket(sized, target);
+        REQUIRE(spec.has_value());
+        CHECK(spec->options.rcvbuf == 50000);
+        CHECK(spec->options.sndbuf == 60000);
+      }
+      ::close(fresh);
+      ::close(sized);
+    }
+  }
+}
+
 TEST_CASE("plan: refusals become the kernel's errnos") {
   CHECK(errno_for({ErrorCode::kConflict, ""}) == EADDRINUSE);
   CHECK(errno_for({ErrorCode::kInUseOutside, ""}) == EADDRINUSE);
