@@ -155,7 +155,8 @@ LeaseView view_of(const LeaseInfo& lease) {
                    .state = lease.state,
                    .linger_s = lease.linger_s,
                    .linger_until_ms = lease.linger_until_ms,
-                   .token = lease.token};
+                   .token = lease.token,
+                   .no_copy = lease.no_copy};
 }
 
 void lease_to_wire(const LeaseView& lease, wire::LeaseInfo::Builder out) {
@@ -177,6 +178,7 @@ void lease_to_wire(const LeaseView& lease, wire::LeaseInfo::Builder out) {
   out.setLinger(lease.linger_s);
   out.setLingerUntil(lease.linger_until_ms);
   if (lease.token.size() > 0) out.setToken(lease.token);
+  out.setNoCopy(lease.no_copy);
 }
 
 void lease_to_wire(const LeaseInfo& lease, wire::LeaseInfo::Builder out) {
@@ -209,6 +211,7 @@ Result<LeaseInfo> lease_from_wire(wire::LeaseInfo::Reader in) {
   out.linger_s = in.getLinger();
   out.linger_until_ms = in.getLingerUntil();
   out.token = text_from_wire(in.getToken());
+  out.no_copy = in.getNoCopy();
   return out;
 }
 

@@ -73,6 +73,7 @@ struct LeaseView {
   uint32_t linger_s = 0;
   int64_t linger_until_ms = 0;
   kj::StringPtr token;  // only to the holder, in the acquire reply
+  bool no_copy = false;
 };
 LeaseView view_of(const LeaseInfo& lease);
 

@@ -65,6 +65,7 @@ struct LeaseInfo {
   linger @10 :UInt32;    # seconds
   lingerUntil @11 :Int64;  # unix ms while lingering, else 0
   token @12 :Text;       # only in the acquire reply, to the holder
+  noCopy @13 :Bool;      # restored after a restart without the broker's copy of its socket
 }
 
 # A port reservation for a named service (`portbroker reserve`).

@@ -210,8 +210,9 @@ void Server::do_list(Session& s) {
       const Lease& l = *leases[i];
       auto [it, fresh] = comm_now.try_emplace(l.session);
       if (fresh) it->second = service_.current_comm(l);
-      ipc::lease_to_wire(lease_view(l, reg.find_binding(l.binding), it->second),
-                         out[static_cast<unsigned>(i)]);
+      auto view = lease_view(l, reg.find_binding(l.binding), it->second);
+      view.no_copy = !service_.has_copy(l);
+      ipc::lease_to_wire(view, out[static_cast<unsigned>(i)]);
     }
   };
 }

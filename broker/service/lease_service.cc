@@ -624,6 +624,13 @@ void LeaseService::end_lease(uint64_t lease_id, bool journal, const char* why) {
   }
 }
 
+bool LeaseService::has_copy(const Lease& l) const {
+  const Binding* b = registry_.find_binding(l.binding);
+  if (b == nullptr) return false;
+  return b->mode == Mode::kReuseport ? member_sockets_.count(l.id) != 0
+                                     : binding_sockets_.count(b->id) != 0;
+}
+
 std::string LeaseService::current_comm(const Lease& l) const {
   auto s = sessions_.find(l.session);
   if (s == sessions_.end() || !pidfd_alive(s->second.pidfd)) return l.holder.comm;

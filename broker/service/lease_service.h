@@ -149,6 +149,9 @@ class LeaseService {
 
   // Reading.
   const Registry& registry() const { return registry_; }
+  // Whether the broker keeps its own copy of the lease's socket (a lease restored after a
+  // restart whose copy could not be taken back from its holder has none).
+  bool has_copy(const Lease& l) const;
   const Policy& policy() const { return policy_; }
   // The holder's command as it runs now (it may have exec'd since it connected).
   std::string current_comm(const Lease& l) const;

@@ -100,6 +100,7 @@ std::string format_lease_table(const std::vector<LeaseInfo>& leases) {
   for (const auto& l : leases) {
     std::string state = l.state == "lingering" ? "lingering until " + format_time(l.linger_until_ms)
                                                : or_dash(l.state);
+    if (l.no_copy) state += " (no broker copy)";
     rows.push_back({std::to_string(l.id), or_dash(l.name), protocol_name(l.protocol),
                     l.address.to_string(), std::to_string(l.port), mode_name(l.mode),
                     std::to_string(l.holder.pid), std::to_string(l.holder.uid),
@@ -153,6 +154,7 @@ nlohmann::json leases_to_json(const std::vector<LeaseInfo>& leases) {
         {"state", l.state},
         {"linger_s", l.linger_s},
         {"linger_until_ms", l.linger_until_ms},
+        {"broker_copy", !l.no_copy},
     });
   }
   return out;

@@ -316,12 +316,15 @@ else
     fail "after stop and start under the unit's filter the copies came back: $restored"
   grep -q "127.0.0.1:7012, pid [0-9]* .*: restored without the broker's copy of its socket" "$scratch/daemon.log" ||
     fail "the lease of port 7012 is not reported as restored without the broker's copy"
+  pb list | grep -q ' 7012 .*active (no broker copy)' || fail "list does not say the lease of port 7012 has no broker copy: $(pb list)"
+  pb list --json | tr -d ' \n' | grep -q '"broker_copy":false' || fail "list --json does not say broker_copy false: $(pb list --json)"
 fi
 ns sh -c "printf '[Service]\nSystemCallFilter=pidfd_getfd\n' >/run/systemd/system/portbroker.service.d/getfd.conf"
 systemctl_ns daemon-reload || fail "systemctl daemon-reload failed"
 stop_start
 [[ $restored == *"restored (0 without the broker's copy)"* ]] ||
   fail "with the drop-in allowing pidfd_getfd not every lease came back with its socket: $restored"
+pb list --json | tr -d ' \n' | grep -q '"broker_copy":false' && fail "a lease still has no broker copy: $(pb list)"
 echo "under the unit: the guard's sysctl, device=, who naming another user's process, stop + start with and without pidfd_getfd"
 
 if grep -q "Sanitizer" "$scratch/daemon.log"; then fail "the daemon reported a sanitizer error"; fi

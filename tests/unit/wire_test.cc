@@ -48,6 +48,7 @@ LeaseInfo sample_lease(uint64_t id) {
   l.linger_s = 30;
   l.linger_until_ms = 1700000030123;
   l.token = "0123456789abcdef0123456789abcdef";
+  l.no_copy = true;
   return l;
 }
 
@@ -98,6 +99,7 @@ void check_same(const LeaseInfo& a, const LeaseInfo& b) {
   CHECK(a.linger_s == b.linger_s);
   CHECK(a.linger_until_ms == b.linger_until_ms);
   CHECK(a.token == b.token);
+  CHECK(a.no_copy == b.no_copy);
 }
 
 void check_same(const ReservationInfo& a, const ReservationInfo& b) {

@@ -27,6 +27,9 @@ struct LeaseInfo {
   // Only on a lease this client acquired with linger: lets another uid take it back
   // (`token=` in a spec); the holder's own uid needs none.
   std::string token;
+  // Restored after a restart without the broker's copy of its socket (the copy could not be
+  // taken back from the holder): it cannot linger or take new shared members until it ends.
+  bool no_copy = false;
 };
 
 struct DaemonStatus {
