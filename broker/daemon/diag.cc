@@ -303,8 +303,8 @@ void Server::on_deferred_done(uv_work_t* req, int /*status*/) {
 
 void Server::refuse_acquire(Session& s, const SocketSpec& spec, size_t index, size_t count,
                             const Error& e, Reply& reply) {
-  auto finish = [this, pid = s.holder.pid, uid = s.holder.uid, spec, index, count](Error named,
-                                                                                   Reply& out) {
+  auto finish = [pid = s.holder.pid, uid = s.holder.uid, spec, index, count](Error named,
+                                                                             Reply& out) {
     Error shown = prefixed(named, index, count, spec);
     spdlog::info("pid={} uid={} acquire {} refused: {}", pid, uid, format_socket_spec(spec),
                  shown.message);
