@@ -151,6 +151,19 @@ long stop_flooder(Flooder& f) {
   return n > 0 ? std::atol(buf) : 0;
 }
 
+// Until the daemon has ended the flooder's sessions: their hang-ups are served in rounds like
+// any request, and a next flooder connecting sooner would find its uid's connection limit
+// still taken.
+void await_sessions(portbroker::Client& c, uint32_t at_most) {
+  for (int i = 0; i < 2000; ++i) {
+    auto st = c.status();
+    if (!st) die("status: %s", st.error().message.c_str());
+    if (st->sessions <= at_most) return;
+    ::usleep(5000);
+  }
+  die("the flooder's sessions did not end within 10 s");
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -189,6 +202,9 @@ int run(const Options& o) {
   std::vector<Row> rows;
   for (FloodKind kind : pbtest::common::kFloodKinds)
     rows.push_back(Row{kind, {}, {}, {}, {}, {}, {}});
+  auto before = victim->status();
+  if (!before) die("status: %s", before.error().message.c_str());
+  const uint32_t baseline_sessions = before->sessions;
   for (size_t round = 0; round < o.rounds; ++round) {
     for (Row& row : rows) {
       std::fprintf(stderr, "# round %zu: idle, then a %s flood\n", round + 1,
@@ -197,6 +213,7 @@ int run(const Options& o) {
       Flooder f = start_flooder(daemon.socket_path(), row.kind, o.conns);
       Summary flooded = time_status(*victim, o.samples);
       row.flood_replies += stop_flooder(f);
+      await_sessions(*victim, baseline_sessions);
       row.idle_p50.push_back(idle.p50_us);
       row.idle_p99.push_back(idle.p99_us);
       row.p50.push_back(flooded.p50_us);
