@@ -110,6 +110,8 @@ Result<void> Server::start() {
   upgrade_timer_.data = this;
   uv_idle_init(loop_, &schedule_idle_);
   schedule_idle_.data = this;
+  uv_prepare_init(loop_, &at_once_reset_);
+  at_once_reset_.data = this;
   start_monitoring();
   listening_ = true;
   return {};
@@ -267,6 +269,9 @@ void Server::stop(bool revoke_all) {
     uv_close(reinterpret_cast<uv_handle_t*>(&upgrade_timer_), nullptr);
     uv_idle_stop(&schedule_idle_);
     uv_close(reinterpret_cast<uv_handle_t*>(&schedule_idle_), nullptr);
+    uv_prepare_stop(&at_once_reset_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&at_once_reset_), nullptr);
+    served_at_once_.clear();
     uid_ring_.clear();
     uid_queues_.clear();
     stop_monitoring();
@@ -496,7 +501,13 @@ void Server::on_session_event(uv_poll_t* handle, int status, int events) {
       if (events & UV_DISCONNECT) self->close_session(*s);
       return;
     }
-    if (events & (UV_READABLE | UV_DISCONNECT)) self->enqueue(*s);
+    if (events & (UV_READABLE | UV_DISCONNECT)) {
+      if (self->may_serve_at_once(*s)) {
+        self->serve_at_once(*s);
+      } else {
+        self->enqueue(*s);
+      }
+    }
   } catch (const std::exception& e) {
     // Only resource exhaustion gets here (requests catch their own errors): this client
     // loses its session, the daemon and everyone else carry on.
@@ -512,6 +523,30 @@ void Server::enqueue(Session& s) {
   UidQueue& q = uid_queues_[s.holder.uid];
   q.ready.push_back(s.id);
   ring_uid(s.holder.uid, q);
+}
+
+bool Server::may_serve_at_once(const Session& s) const {
+  return listening_ && uid_ring_.empty() && uid_queues_.count(s.holder.uid) == 0 &&
+         served_at_once_.count(s.holder.uid) == 0 && !s.queued && !s.deferred && !s.parts &&
+         s.pending.size() == 0 && !s.subscriber && !s.subscribing;
+}
+
+void Server::on_at_once_reset(uv_prepare_t* handle) {
+  auto* self = static_cast<Server*>(handle->data);
+  self->served_at_once_.clear();
+  uv_prepare_stop(handle);
+}
+
+void Server::serve_at_once(Session& s) {
+  // Other sessions of this uid readable in the same turn wait for the scheduler's round.
+  if (served_at_once_.empty()) uv_prepare_start(&at_once_reset_, &Server::on_at_once_reset);
+  served_at_once_.insert(s.holder.uid);
+  read_request(s);
+  // A deferred reply, a reply waiting for room and a closed session each set what is polled.
+  if (s.closing || s.deferred || s.pending.size() != 0) return;
+  // Long replies and event streams go on through the scheduler, as any session does.
+  if (s.parts || s.subscriber || s.subscribing) enqueue(s);
+  // Otherwise the poll is still armed: a pipelined request shows as readable again.
 }
 
 void Server::ring_uid(uint32_t uid, UidQueue& q) {

@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "broker/daemon/events.h"
@@ -138,6 +139,12 @@ class Server {
   // Scheduling: `enqueue` puts a session with work in its uid's queue (it is not polled
   // meanwhile); each round serves one unit per uid.
   void enqueue(Session& s);
+  // With nothing queued for anyone, a plain request is served from its poll callback, its
+  // poll left armed: libuv's uv_poll_stop + uv_poll_start cost two epoll_ctl calls, and the
+  // scheduler's round an extra epoll_wait and a read that finds nothing.
+  bool may_serve_at_once(const Session& s) const;
+  void serve_at_once(Session& s);
+  static void on_at_once_reset(uv_prepare_t* handle);
   static void on_schedule(uv_idle_t* handle);
   void run_round();
   void ring_uid(uint32_t uid, UidQueue& q);
@@ -238,6 +245,10 @@ class Server {
   std::unordered_map<uint32_t, UidQueue> uid_queues_;
   std::deque<uint32_t> uid_ring_;  // uids with work, served in turn
   uv_idle_t schedule_idle_{};      // active while any uid has work
+  // Uids served at once (may_serve_at_once) in this turn of the loop: at most one request
+  // each, as in a round. at_once_reset_ empties the set before the loop next polls.
+  std::unordered_set<uint32_t> served_at_once_;
+  uv_prepare_t at_once_reset_{};
 
   ipc::RecvBuffer recv_buf_;
   // The first segment of every reply; MallocMessageBuilder zeroes what it used when done.
