@@ -21,10 +21,12 @@
 #include <fstream>
 #include <optional>
 #include <portbroker/fd.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "client/intercept/plan.h"
+#include "ipc/framing.h"
 
 namespace portbroker::cli {
 
@@ -48,20 +50,8 @@ std::string preload_path() {
 // ---- handing the listener fd to the supervisor ----------------------------------------------
 
 bool send_fd(int channel, int fd) {
-  char byte = 'f';
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  return ::sendmsg(channel, &msg, MSG_NOSIGNAL) == 1;
+  const char byte = 'f';
+  return portbroker::ipc::send_bytes(channel, &byte, 1, std::span<const int>(&fd, 1), false) == 0;
 }
 
 int recv_fd(int channel) {
