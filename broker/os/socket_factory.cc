@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -83,9 +84,15 @@ Result<void> apply_late_options(SysCalls& sys, int fd, const SocketSpec& spec) {
 
 namespace {
 
-// socket() with the fs ids switched to `owner`'s, and always switched back, errno kept.
+// socket() with the fs ids switched to `owner`'s, and always switched back, errno kept. No switch
+// when they are the daemon's own already (a root client of a root daemon): each setfsuid or
+// setfsgid call prepares a new set of credentials even when nothing changes.
 int socket_as(SysCalls& sys, int domain, int type, std::optional<OwnerIds> owner) {
-  if (!owner) return sys.socket(domain, type, 0);
+  static const uid_t self_uid = ::geteuid();
+  static const gid_t self_gid = ::getegid();
+  if (!owner || (owner->uid == self_uid && owner->gid == self_gid)) {
+    return sys.socket(domain, type, 0);
+  }
   // Changing the fs ids clears the process's dumpable flag, and with it ptrace by the daemon's
   // own tools (LeakSanitizer's exit check hangs without it): put back what it was at start.
   static const int dumpable = ::prctl(PR_GET_DUMPABLE);
