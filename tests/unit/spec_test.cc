@@ -89,6 +89,27 @@ TEST_CASE("IpAddress compares by value, not by spelling") {
 TEST_CASE("format_endpoint brackets IPv6 only") {
   CHECK(format_endpoint(Protocol::kTcp, ip("0.0.0.0"), 80) == "tcp 0.0.0.0:80");
   CHECK(format_endpoint(Protocol::kUdp, ip("::1"), 53) == "udp [::1]:53");
+  CHECK(format_endpoint(Protocol::kUdp, ip("255.255.255.255"), 65535) ==
+        "udp 255.255.255.255:65535");
+  CHECK(format_endpoint(Protocol::kTcp, ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"), 0) ==
+        "tcp [ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe]:0");
+}
+
+TEST_CASE("IpAddress::to_string writes what inet_ntop writes, and ? for no family") {
+  // A dotted quad is formatted by hand (no sprintf): each octet's 1, 2 and 3 digit forms.
+  for (unsigned v : {0u, 7u, 10u, 99u, 100u, 199u, 255u}) {
+    for (size_t at = 0; at < 4; ++at) {
+      IpAddress a;
+      a.family = AF_INET;
+      a.bytes = {1, 22, 133, 4};
+      a.bytes[at] = static_cast<uint8_t>(v);
+      char want[INET_ADDRSTRLEN];
+      REQUIRE(::inet_ntop(AF_INET, a.bytes.data(), want, sizeof(want)) != nullptr);
+      CHECK(a.to_string() == want);
+    }
+  }
+  CHECK(ip("::ffff:10.0.0.1").to_string() == "::ffff:10.0.0.1");
+  CHECK(IpAddress{}.to_string() == "?");
 }
 
 TEST_CASE("parse_decimal and parse_port take digits only") {
