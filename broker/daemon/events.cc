@@ -33,6 +33,16 @@ int send_event(int fd, const Event& e) {
 
 }  // namespace
 
+void EventRing::push_back(Event&& e) {
+  if (slots_.size() < capacity_) {
+    slots_.push_back(std::move(e));
+    ++size_;
+    return;
+  }
+  slots_[(head_ + size_) % capacity_] = std::move(e);  // size_ == capacity_: the oldest
+  head_ = (head_ + 1) % capacity_;
+}
+
 uint64_t EventHub::publish(Event e) {
   const uint64_t seq = next_seq_++;
   e.seq = seq;
@@ -44,7 +54,6 @@ uint64_t EventHub::publish(Event e) {
   clip(e.name);
   clip(e.comm);
   ring_.push_back(std::move(e));
-  while (ring_.size() > limits_.ring) ring_.pop_front();
   const Event& published = ring_.back();
   std::vector<std::pair<uint64_t, Flow>> changed;
   for (auto& [id, s] : subscribers_) {
@@ -89,7 +98,8 @@ Result<EventHub::Flow> EventHub::subscribe(uint64_t id, int fd, uint32_t uid, bo
     s.last_lost_time_ms = ring_.empty() ? last_time_ms_ : ring_.front().time_ms;
   }
   Flow flow = Flow::kIdle;
-  for (const Event& e : ring_) {
+  for (size_t i = 0; i < ring_.size(); ++i) {
+    const Event& e = ring_[i];
     if (e.seq <= *since || !visible(s, e)) continue;
     flow = deliver(s, e);
     if (flow == Flow::kFailed) return flow;

@@ -13,6 +13,7 @@
 #include <functional>
 #include <optional>
 #include <unordered_map>
+#include <vector>
 
 #include "portbroker/info.hpp"
 #include "portbroker/result.hpp"
@@ -22,6 +23,26 @@ namespace portbroker::broker {
 struct EventLimits {
   size_t ring = 4096;   // events kept for --since
   size_t queue = 1024;  // events waiting per subscriber whose socket is full
+};
+
+// The newest `capacity` events, oldest first, in slots allocated once: a std::deque of events
+// (one node each, they are that large) allocated and freed a node per event.
+class EventRing {
+ public:
+  explicit EventRing(size_t capacity) : capacity_(capacity == 0 ? 1 : capacity) {}
+  bool empty() const { return size_ == 0; }
+  size_t size() const { return size_; }
+  const Event& operator[](size_t i) const { return slots_[(head_ + i) % capacity_]; }
+  const Event& front() const { return (*this)[0]; }
+  const Event& back() const { return (*this)[size_ - 1]; }
+  // Keeps `e`, dropping the oldest when full.
+  void push_back(Event&& e);
+
+ private:
+  size_t capacity_;
+  std::vector<Event> slots_;  // grows to capacity_, then each push overwrites the oldest
+  size_t head_ = 0;           // the oldest
+  size_t size_ = 0;
 };
 
 class EventHub {
@@ -35,7 +56,7 @@ class EventHub {
   // Told when a send made a subscriber blocked or failed (never from inside subscribe()).
   using FlowChanged = std::function<void(uint64_t subscriber, Flow flow)>;
 
-  explicit EventHub(Limits limits = {}) : limits_(limits) {}
+  explicit EventHub(Limits limits = {}) : limits_(limits), ring_(limits.ring) {}
   void on_flow_changed(FlowChanged cb) { flow_changed_ = std::move(cb); }
 
   uint64_t last_seq() const { return next_seq_ - 1; }
@@ -85,7 +106,7 @@ class EventHub {
   uint64_t next_seq_ = 1;
   int64_t last_time_ms_ = 0;
   uint64_t lost_total_ = 0;
-  std::deque<Event> ring_;
+  EventRing ring_;
   std::unordered_map<uint64_t, Subscriber> subscribers_;
 };
 

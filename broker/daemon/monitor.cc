@@ -33,12 +33,17 @@ void Server::stop_monitoring() {
 }
 
 void Server::publish_events() {
-  bool any = false;
-  for (Event& e : service_.take_events()) {
+  // The buffer's storage is reused from round to round; a round started from within this one
+  // (a publish that ends a subscriber's session) finds it taken and allocates its own.
+  std::vector<Event> taken = std::move(event_buffer_);
+  service_.take_events(taken);
+  const bool any = !taken.empty();
+  for (Event& e : taken) {
     metrics_.observe(e);
     events_.publish(std::move(e));
-    any = true;
   }
+  taken.clear();
+  event_buffer_ = std::move(taken);
   // On change, soon (a burst of changes is one write), besides every few seconds.
   if (any && !metrics_soon_ && listening_ && !config_.metrics_textfile.empty()) {
     metrics_soon_ = true;

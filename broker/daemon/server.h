@@ -214,6 +214,7 @@ class Server {
   uv_timer_t shutdown_timer_{};  // runs on_shutdown_request once the reply is sent
   uv_timer_t upgrade_timer_{};   // runs upgrade() once nothing is in flight
   EventHub events_;
+  std::vector<Event> event_buffer_;  // publish_events' storage, kept between rounds
   Metrics metrics_;
   uv_timer_t metrics_timer_{};       // rewrites the textfile every metrics_interval_ms
   uv_timer_t metrics_soon_timer_{};  // and shortly after a change

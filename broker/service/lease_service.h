@@ -183,6 +183,11 @@ class LeaseService {
   // What happened since the last call, in order, for `portbroker events` and the metrics. The
   // daemon numbers and publishes them (seq is 0 here).
   std::vector<Event> take_events() { return std::exchange(events_, {}); }
+  // The same into `into` (emptied first), keeping both vectors' storage for the next round.
+  void take_events(std::vector<Event>& into) {
+    into.clear();
+    into.swap(events_);
+  }
 
   // For the metrics.
   struct Gauges {
