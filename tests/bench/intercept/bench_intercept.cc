@@ -72,6 +72,19 @@ double run_loop(const std::vector<std::string>& argv, uid_t uid,
   return std::atof(text.c_str() + at + 7);
 }
 
+// The CPU's model name from /proc/cpuinfo: authbind's cost (a fork and an exec of a setuid
+// helper per bind) and the intercept's (two daemon round trips) scale differently from one
+// machine to another, so a figure names the machine it was measured on.
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) != 0) continue;
+    auto colon = line.find(':');
+    if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
+  }
+  return "unknown CPU";
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -140,6 +153,7 @@ int run(int argc, char** argv) {
   const std::string loop = PB_BIND_LOOP;
   const std::string iters = std::to_string(o.iterations);
 
+  const std::string load_before = loadavg();
   std::vector<double> floor, intercept, authbind;
   for (int r = 0; r < o.rounds; ++r) {
     floor.push_back(run_loop({loop, "80", iters}, 0, {}));
@@ -149,8 +163,12 @@ int run(int argc, char** argv) {
         {PB_AUTHBIND, "--deep", loop, "80", std::to_string(o.authbind_iterations)}, kUser, {}));
   }
   const double f = median(floor), i = median(intercept), a = median(authbind);
+  char machine[300];
+  std::snprintf(machine, sizeof(machine), "%s, %d CPUs, loadavg %s -> %s", cpu_model().c_str(),
+                cpu_count(), load_before.c_str(), loadavg().c_str());
   std::printf("bind+close of 0.0.0.0:80, median over %d interleaved rounds (p50 of each run)\n",
               o.rounds);
+  std::printf("  %s\n", machine);
   std::printf("  %-42s %10.1f us\n", "in-process bind as root (floor F)", f / 1000);
   std::printf("  %-42s %10.1f us   %6.1f x F\n", "exec --intercept as uid 65534 (I)", i / 1000,
               i / f);
@@ -159,9 +177,9 @@ int run(int argc, char** argv) {
   std::printf("  %-42s %10.1f      target >= 10: %s\n", "A / I (intercept's speed-up)", a / i,
               a / i >= 10 ? "PASS" : "MISS");
   std::printf(
-      "{\"floor_us\":%.2f,\"intercept_us\":%.2f,\"authbind_us\":%.2f,"
+      "{\"machine\":\"%s\",\"floor_us\":%.2f,\"intercept_us\":%.2f,\"authbind_us\":%.2f,"
       "\"intercept_over_floor\":%.2f,\"authbind_over_intercept\":%.2f}\n",
-      f / 1000, i / 1000, a / 1000, i / f, a / i);
+      machine, f / 1000, i / 1000, a / 1000, i / f, a / i);
   if (daemon.stop() != 0) die("portbrokerd did not stop cleanly");
   return 0;
 }
