@@ -119,6 +119,31 @@ TEST_CASE("events: --since replays the ring, and says what the ring no longer ha
   CHECK(hub.subscriber_count() == 2);
 }
 
+TEST_CASE("events: the ring replays oldest first before it fills and after it wraps") {
+  EventHub hub(EventHub::Limits{.ring = 3, .queue = 16});
+  hub.publish(lease_event("acquired", 0));
+  hub.publish(lease_event("released", 0));
+  Pair p = socket_pair();
+  REQUIRE(hub.subscribe(1, p.daemon.get(), 0, true, 0).ok());
+  auto two = read_all(p.client.get());
+  REQUIRE(two.size() == 2);
+  CHECK(two[0].seq == 1);
+  CHECK(two[0].kind == "acquired");
+  CHECK(two[1].seq == 2);
+  hub.unsubscribe(1);
+
+  for (int i = 0; i < 7; ++i) hub.publish(lease_event("acquired", 0));  // 3..9: wraps twice
+  Pair q = socket_pair();
+  REQUIRE(hub.subscribe(2, q.daemon.get(), 0, true, 0).ok());
+  auto wrapped = read_all(q.client.get());
+  REQUIRE(wrapped.size() == 4);
+  CHECK(wrapped[0].kind == "lost");
+  CHECK(wrapped[0].count == 6);  // 1 to 6
+  CHECK(wrapped[1].seq == 7);
+  CHECK(wrapped[2].seq == 8);
+  CHECK(wrapped[3].seq == 9);
+}
+
 TEST_CASE("events: a full socket queues a bounded number, then one lost record per gap") {
   EventHub hub(EventHub::Limits{.ring = 64, .queue = 4});
   std::vector<std::pair<uint64_t, EventHub::Flow>> flows;
