@@ -275,9 +275,9 @@ std::optional<Registry::Removed> Registry::remove_lease(uint64_t lease_id) {
     erase_value(b->second.leases, lease_id);
     if (b->second.leases.empty()) {
       uint32_t key = port_key(b->second.endpoint.protocol, b->second.endpoint.port);
-      auto& list = by_port_[key];
-      erase_value(list, b->first);
-      if (list.empty()) by_port_.erase(key);
+      // An emptied port keeps its (empty) list: at most one per protocol and port, and the
+      // next lease of the port reuses it instead of allocating a node and a vector again.
+      erase_value(by_port_[key], b->first);
       bindings_.erase(b);
       out.binding_empty = true;
     }

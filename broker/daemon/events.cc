@@ -43,7 +43,7 @@ void EventRing::push_back(Event&& e) {
   head_ = (head_ + 1) % capacity_;
 }
 
-uint64_t EventHub::publish(Event e) {
+uint64_t EventHub::publish(Event&& e) {
   const uint64_t seq = next_seq_++;
   e.seq = seq;
   // Times never go back, even when the wall clock does.

@@ -62,7 +62,7 @@ class EventHub {
   uint64_t last_seq() const { return next_seq_ - 1; }
   // Numbers `e` (its seq), keeps it in the ring and sends it to every subscriber allowed to see
   // it. Returns its number.
-  uint64_t publish(Event e);
+  uint64_t publish(Event&& e);
 
   // `fd` is the subscriber's connection (borrowed: unsubscribe before closing it). `see_all`:
   // events about every uid, else only those about `uid`'s own leases. With `since`, the ring's

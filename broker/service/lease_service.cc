@@ -41,7 +41,7 @@ size_t pool_size(const Pool& pool) {
 }  // namespace
 
 void LeaseService::lease_event(const char* kind, const Lease& l, const Endpoint& ep, Mode mode) {
-  Event e;
+  Event& e = events_.emplace_back();  // built in place: an Event is eight strings to move
   e.time_ms = unix_now_ms();
   e.kind = kind;
   e.lease = l.id;
@@ -52,7 +52,6 @@ void LeaseService::lease_event(const char* kind, const Lease& l, const Endpoint&
   e.pid = l.holder.pid;
   e.uid = l.holder.uid;
   e.comm = l.holder.comm;
-  events_.push_back(std::move(e));
 }
 
 void LeaseService::lease_event(const char* kind, uint64_t id) {
