@@ -1,5 +1,6 @@
 #include "ipc/framing.h"
 
+#include <kj/io.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -49,10 +50,25 @@ Result<UniqueFd> connect_to(const std::string& path) {
   return std::move(fd).value();
 }
 
+kj::ArrayPtr<const capnp::word> flatten(capnp::MessageBuilder& message,
+                                        kj::ArrayPtr<capnp::word> scratch,
+                                        kj::Array<capnp::word>& heap) {
+  auto segments = message.getSegmentsForOutput();
+  const size_t words = capnp::computeSerializedSizeInWords(segments);
+  if (words > scratch.size()) {
+    heap = capnp::messageToFlatArray(segments);
+    return heap;
+  }
+  kj::ArrayOutputStream out(scratch.asBytes());
+  capnp::writeMessage(out, segments);
+  return scratch.slice(0, words);
+}
+
 Result<void> send_message(int sock, capnp::MessageBuilder& message, std::span<const int> fds,
                           bool dont_wait, int* saved_errno) {
-  kj::Array<capnp::word> data = capnp::messageToFlatArray(message);
-  return send_record(sock, data, fds, dont_wait, saved_errno);
+  capnp::word scratch[kFlattenScratchWords];
+  kj::Array<capnp::word> heap;
+  return send_record(sock, flatten(message, scratch, heap), fds, dont_wait, saved_errno);
 }
 
 Result<void> send_record(int sock, kj::ArrayPtr<const capnp::word> data, std::span<const int> fds,

@@ -36,6 +36,16 @@ Result<UniqueFd> connect_to(const std::string& path);
 // `dont_wait`). Returns 0 or the errno. No checks: tests use it to send malformed records.
 int send_bytes(int sock, const void* data, size_t len, std::span<const int> fds, bool dont_wait);
 
+// `message` in record form (Cap'n Proto's flat array: segment table, then segments), written
+// into `scratch` when it fits (no allocation: a request or reply is a few hundred bytes),
+// else into `heap`. The result views one of the two.
+kj::ArrayPtr<const capnp::word> flatten(capnp::MessageBuilder& message,
+                                        kj::ArrayPtr<capnp::word> scratch,
+                                        kj::Array<capnp::word>& heap);
+
+// Words of stack a sender may give flatten() as scratch.
+inline constexpr size_t kFlattenScratchWords = 256;
+
 // Sends one already-serialized record (see send_message).
 Result<void> send_record(int sock, kj::ArrayPtr<const capnp::word> words,
                          std::span<const int> fds = {}, bool dont_wait = false,

@@ -527,8 +527,10 @@ void Server::enqueue(Session& s) {
 
 bool Server::may_serve_at_once(const Session& s) const {
   return listening_ && uid_ring_.empty() && uid_queues_.count(s.holder.uid) == 0 &&
-         served_at_once_.count(s.holder.uid) == 0 && !s.queued && !s.deferred && !s.parts &&
-         s.pending.size() == 0 && !s.subscriber && !s.subscribing;
+         std::find(served_at_once_.begin(), served_at_once_.end(), s.holder.uid) ==
+             served_at_once_.end() &&
+         !s.queued && !s.deferred && !s.parts && s.pending.size() == 0 && !s.subscriber &&
+         !s.subscribing;
 }
 
 void Server::on_at_once_reset(uv_prepare_t* handle) {
@@ -540,7 +542,7 @@ void Server::on_at_once_reset(uv_prepare_t* handle) {
 void Server::serve_at_once(Session& s) {
   // Other sessions of this uid readable in the same turn wait for the scheduler's round.
   if (served_at_once_.empty()) uv_prepare_start(&at_once_reset_, &Server::on_at_once_reset);
-  served_at_once_.insert(s.holder.uid);
+  served_at_once_.push_back(s.holder.uid);  // may_serve_at_once: not there yet
   read_request(s);
   // A deferred reply, a reply waiting for room and a closed session each set what is polled.
   if (s.closing || s.deferred || s.pending.size() != 0) return;
@@ -698,13 +700,15 @@ void Server::send_next_part(Session& s) {
 
 bool Server::send_reply(Session& s, Reply& reply) {
   int err = 0;
-  kj::Array<capnp::word> flat = capnp::messageToFlatArray(reply.message);
+  capnp::word scratch[ipc::kFlattenScratchWords];
+  kj::Array<capnp::word> heap;
+  kj::ArrayPtr<const capnp::word> flat = ipc::flatten(reply.message, scratch, heap);
   if (ipc::send_record(s.conn.get(), flat, reply.fds, true, &err)) return true;
   if (err == EAGAIN || err == EWOULDBLOCK) {
     // The client is not reading. Keep the reply (and our own references to its sockets, so a
     // lease ending meanwhile cannot turn them into someone else's fds) and stop reading
     // until it drains: a slow client only ever slows itself.
-    s.pending = std::move(flat);
+    s.pending = heap != nullptr ? std::move(heap) : kj::heapArray(flat);
     for (int fd : reply.fds) {
       s.pending_fds.emplace_back(SysCalls::real().dup_cloexec(fd));
       if (!s.pending_fds.back()) {

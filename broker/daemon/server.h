@@ -19,7 +19,6 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "broker/daemon/events.h"
@@ -247,8 +246,9 @@ class Server {
   std::deque<uint32_t> uid_ring_;  // uids with work, served in turn
   uv_idle_t schedule_idle_{};      // active while any uid has work
   // Uids served at once (may_serve_at_once) in this turn of the loop: at most one request
-  // each, as in a round. at_once_reset_ empties the set before the loop next polls.
-  std::unordered_set<uint32_t> served_at_once_;
+  // each, as in a round. at_once_reset_ empties the list before the loop next polls. A list
+  // (usually of one): a set allocated and freed a node per request.
+  std::vector<uint32_t> served_at_once_;
   uv_prepare_t at_once_reset_{};
 
   ipc::RecvBuffer recv_buf_;

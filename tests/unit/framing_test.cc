@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -72,6 +73,35 @@ TEST_CASE("a message goes over as one record and reads back whole") {
   CHECK(buf.fds.empty());
   CHECK(socket_path_of(buf) == "/run/x.sock");
   CHECK(recv(p.b.get(), buf, false) == ipc::RecvStatus::kWouldBlock);
+}
+
+TEST_CASE("flatten writes capnp's flat array: into the scratch when it fits, else the heap") {
+  // One segment or several (a first segment too small for the text): each way, the bytes
+  // messageToFlatArray gives, and the same record over the socket.
+  for (unsigned first_words : {1024u, 2u}) {
+    for (size_t path_bytes : {size_t{10}, size_t{3000}}) {
+      CAPTURE(first_words);
+      CAPTURE(path_bytes);
+      capnp::MallocMessageBuilder message(first_words, capnp::AllocationStrategy::FIXED_SIZE);
+      const std::string path(path_bytes, 'p');
+      message.initRoot<wire::Reply>().initStatus().setSocketPath(path);
+      kj::Array<capnp::word> want = capnp::messageToFlatArray(message);
+      capnp::word scratch[ipc::kFlattenScratchWords];
+      kj::Array<capnp::word> heap;
+      kj::ArrayPtr<const capnp::word> got = ipc::flatten(message, scratch, heap);
+      const bool fits = want.size() <= ipc::kFlattenScratchWords;
+      CHECK((got.begin() == scratch) == fits);
+      CHECK((heap == nullptr) == fits);
+      REQUIRE(got.size() == want.size());
+      CHECK(std::memcmp(got.begin(), want.begin(), want.asBytes().size()) == 0);
+
+      Pair p = seqpacket_pair();
+      REQUIRE(ipc::send_message(p.a.get(), message));
+      ipc::RecvBuffer buf;
+      REQUIRE(recv(p.b.get(), buf, false) == ipc::RecvStatus::kRecord);
+      CHECK(socket_path_of(buf) == path);
+    }
+  }
 }
 
 TEST_CASE("an oversize record is refused and the next one still reads") {
