@@ -90,11 +90,20 @@ int send_bytes(int sock, const void* data, size_t len, std::span<const int> fds,
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  std::vector<char> control;
+  // Room on the stack for the most fds a record may carry; more (only tests send more) on the
+  // heap.
+  alignas(cmsghdr) char stack_control[CMSG_SPACE(sizeof(int) * kMaxSocketsPerRequest)];
+  std::vector<char> heap_control;
   if (!fds.empty()) {
-    control.resize(CMSG_SPACE(sizeof(int) * fds.size()));
-    msg.msg_control = control.data();
-    msg.msg_controllen = control.size();
+    const size_t space = CMSG_SPACE(sizeof(int) * fds.size());
+    char* control = stack_control;
+    if (space > sizeof(stack_control)) {
+      heap_control.resize(space);
+      control = heap_control.data();
+    }
+    std::memset(control, 0, space);
+    msg.msg_control = control;
+    msg.msg_controllen = space;
     cmsghdr* cm = CMSG_FIRSTHDR(&msg);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
