@@ -1001,13 +1001,14 @@ int run(const Options& o) {
                         ", nice " + std::to_string(nice_value) +
                         (g_runtime_root.empty() ? ", journals in the scratch dir on /tmp"
                                                 : ", journals on tmpfs (/dev/shm)");
-  char machine[400];
-  std::snprintf(machine, sizeof(machine),
-                "%ld CPUs, loadavg %s -> %s, %zu iterations (+%zu warm-up), %d clients x %.1f s, "
-                "%zu held leases (RLIMIT_NOFILE %s), %zu restarts, %s, private netns",
-                ::sysconf(_SC_NPROCESSORS_ONLN), load_before.c_str(), loadavg().c_str(),
-                o.iterations, o.warmup, o.clients, o.duration, o.held, rlimit_text().c_str(),
-                o.restarts, pinning.c_str());
+  char machine[512];
+  std::snprintf(
+      machine, sizeof(machine),
+      "%s, %ld CPUs, loadavg %s -> %s, %zu iterations (+%zu warm-up), %d clients x %.1f s, "
+      "%zu held leases (RLIMIT_NOFILE %s), %zu restarts, %s, private netns",
+      cpu_description().c_str(), ::sysconf(_SC_NPROCESSORS_ONLN), load_before.c_str(),
+      loadavg().c_str(), o.iterations, o.warmup, o.clients, o.duration, o.held,
+      rlimit_text().c_str(), o.restarts, pinning.c_str());
   report(o, machine, f, d ? &*d : nullptr, &rr);
   remove_runtime_root();
   return 0;

@@ -412,6 +412,24 @@ CpuTime cpu_time(pid_t pid) {
 
 int cpu_count() { return static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN)); }
 
+std::string cpu_description() {
+  std::string model = "unknown CPU";
+  bool pcid = false;
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos || colon + 2 > line.size()) continue;
+    if (line.rfind("model name", 0) == 0) model = line.substr(colon + 2);
+    if (line.rfind("flags", 0) == 0)
+      pcid = (" " + line.substr(colon + 1) + " ").find(" pcid ") != std::string::npos;
+    if (line.empty()) break;  // the first CPU says it for all
+  }
+  std::string meltdown;
+  std::getline(std::ifstream("/sys/devices/system/cpu/vulnerabilities/meltdown"), meltdown);
+  if (meltdown.find("PTI") == std::string::npos) return model + ", no PTI";
+  return model + (pcid ? ", PTI with PCID" : ", PTI without PCID");
+}
+
 std::string loadavg() {
   std::ifstream f("/proc/loadavg");
   std::string a, b, c;

@@ -123,6 +123,12 @@ int wait_child(pid_t pid);
 
 std::string loadavg();
 
+// The CPU's model name and how the kernel isolates its page tables, e.g. "AMD EPYC, PTI
+// without PCID": with PTI and no PCID every system call flushes the process's TLB, so a
+// server's cost per request follows the memory it touches between calls as much as the calls
+// themselves, and ratios differ from machines without it.
+std::string cpu_description();
+
 // Restricts `pid` (0: this process) to one CPU, or lets it run anywhere with cpu < 0. Children
 // inherit the mask at fork. Latency is compared only between runs with the same placement: a
 // wake-up on the same CPU and one on another CPU differ by tens of microseconds on a VM.

@@ -72,19 +72,6 @@ double run_loop(const std::vector<std::string>& argv, uid_t uid,
   return std::atof(text.c_str() + at + 7);
 }
 
-// The CPU's model name from /proc/cpuinfo: authbind's cost (a fork and an exec of a setuid
-// helper per bind) and the intercept's (two daemon round trips) scale differently from one
-// machine to another, so a figure names the machine it was measured on.
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("model name", 0) != 0) continue;
-    auto colon = line.find(':');
-    if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
-  }
-  return "unknown CPU";
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -164,8 +151,8 @@ int run(int argc, char** argv) {
   }
   const double f = median(floor), i = median(intercept), a = median(authbind);
   char machine[300];
-  std::snprintf(machine, sizeof(machine), "%s, %d CPUs, loadavg %s -> %s", cpu_model().c_str(),
-                cpu_count(), load_before.c_str(), loadavg().c_str());
+  std::snprintf(machine, sizeof(machine), "%s, %d CPUs, loadavg %s -> %s",
+                cpu_description().c_str(), cpu_count(), load_before.c_str(), loadavg().c_str());
   std::printf("bind+close of 0.0.0.0:80, median over %d interleaved rounds (p50 of each run)\n",
               o.rounds);
   std::printf("  %s\n", machine);
