@@ -362,6 +362,32 @@ TEST_CASE("a client that never reads its replies does not stall others") {
   finish(d);
 }
 
+TEST_CASE("small replies kept while a client does not read arrive whole, in order, once it does") {
+  // The daemon writes a short reply in stack scratch; one its client's socket cannot take yet
+  // is kept as a copy until the client reads.
+  FdLeakCheck fds;
+  Daemon d;
+  RawConn c(d.socket_path());
+  int fl = ::fcntl(c.fd(), F_GETFL);
+  ::fcntl(c.fd(), F_SETFL, fl | O_NONBLOCK);
+  capnp::MallocMessageBuilder status;
+  build_status(status, wire::PROTOCOL_VERSION);
+  int sent = 0;
+  while (sent < 20000 && c.send_message(status) == 0) ++sent;
+  INFO("sent " << sent << " status requests without reading");
+  REQUIRE(sent > 100);
+  ::fcntl(c.fd(), F_SETFL, fl);
+  // The send failed because the daemon stopped reading: a reply of this client was waiting
+  // for room. Every reply comes, in order.
+  for (int got = 0; got < sent; ++got) {
+    REQUIRE_MESSAGE(c.recv(std::chrono::seconds(10)) == RawConn::Got::kReply, "reply " << got);
+    REQUIRE_MESSAGE(c.reply().which() == wire::Reply::STATUS, c.describe_reply());
+    CHECK(c.reply().getStatus().getSocketPath() == d.socket_path());
+  }
+  c.close();
+  finish(d);
+}
+
 TEST_CASE("per-uid limits: connections and leases") {
   if (!can_switch_uid()) {
     MESSAGE("skipped: not root, so no child can become another uid");
