@@ -1,17 +1,24 @@
 #include "broker/os/peer.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <sstream>
+#include <string_view>
+#include <vector>
 
 #include "broker/os/files.h"
+#include "portbroker/spec.hpp"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
@@ -94,9 +101,11 @@ bool pidfd_alive(int pidfd) {
   return ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0 || errno == EPERM;
 }
 
-int count_open_fds() {
-  // getdents64 straight into a large buffer: `status` asks this on every call, and with tens
-  // of thousands of leases a directory iterator's per-entry allocations would dominate it.
+namespace {
+
+// Fds open in this process, from /proc/self/fd: one directory entry per fd, formatted by the
+// kernel (9-17 ms at 15,000 fds on the 2-core VM).
+int count_open_fds_in_proc() {
   UniqueFd dir(::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir) return 0;
   alignas(8) char buf[64 * 1024];
@@ -114,6 +123,35 @@ int count_open_fds() {
     }
   }
   return n > 0 ? n - 1 : 0;  // our own directory fd
+}
+
+// The size of this process's fd table (FDSize in /proc/self/status): no fd is at or above it.
+std::optional<size_t> fd_table_size() {
+  auto status = read_whole_file("/proc/self/status", 64 * 1024);
+  if (!status) return std::nullopt;
+  const auto at = status->find("\nFDSize:");
+  if (at == std::string::npos) return std::nullopt;
+  size_t i = at + 8;
+  while (i < status->size() && (*status)[i] == '\t') ++i;
+  const auto end = status->find('\n', i);
+  return parse_decimal(std::string_view(*status).substr(i, end - i), 1 << 30);
+}
+
+}  // namespace
+
+int count_open_fds() {
+  // `status` and the metrics ask this on the loop. poll() with no events on every fd number
+  // the table can hold answers POLLNVAL for the closed ones: 0.1-0.5 ms at 15,000 fds, where
+  // listing /proc/self/fd takes 9-17 ms. poll takes at most RLIMIT_NOFILE entries.
+  auto table = fd_table_size();
+  rlimit rl{};
+  if (!table || ::getrlimit(RLIMIT_NOFILE, &rl) != 0) return count_open_fds_in_proc();
+  const size_t slots = std::min<size_t>(*table, rl.rlim_cur);
+  std::vector<pollfd> fds(slots);
+  for (size_t i = 0; i < slots; ++i) fds[i].fd = static_cast<int>(i);
+  if (::poll(fds.data(), static_cast<nfds_t>(fds.size()), 0) < 0) return count_open_fds_in_proc();
+  return static_cast<int>(std::count_if(
+      fds.begin(), fds.end(), [](const pollfd& p) { return (p.revents & POLLNVAL) == 0; }));
 }
 
 int64_t unix_now_ms() {

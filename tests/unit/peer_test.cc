@@ -1,8 +1,19 @@
 #include "broker/os/peer.h"
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <vector>
+
+#include "portbroker/fd.hpp"
+
+using portbroker::UniqueFd;
 using portbroker::broker::cgroup_from_proc;
+using portbroker::broker::count_open_fds;
 
 TEST_CASE("cgroup_from_proc: the unified path, or name=systemd's on a hybrid host") {
   struct Row {
@@ -29,4 +40,34 @@ TEST_CASE("cgroup_from_proc: the unified path, or name=systemd's on a hybrid hos
     CAPTURE(r.what);
     CHECK(cgroup_from_proc(r.proc) == std::string(r.cgroup));
   }
+}
+
+namespace {
+
+// What /proc/self/fd lists, less the listing's own fd.
+int listed_fds() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n - 1;
+}
+
+}  // namespace
+
+TEST_CASE("count_open_fds: what /proc/self/fd lists, gaps and the highest fd allowed included") {
+  CHECK(count_open_fds() == listed_fds());
+  const int before = count_open_fds();
+  std::vector<UniqueFd> extra;
+  for (int i = 0; i < 300; ++i) extra.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  CHECK(count_open_fds() == before + 300);
+  for (size_t i = 0; i < extra.size(); i += 2) extra[i].reset();
+  CHECK(count_open_fds() == before + 150);
+  CHECK(count_open_fds() == listed_fds());
+  // The last number RLIMIT_NOFILE allows (poll takes no more entries than that).
+  rlimit rl{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &rl) == 0);
+  const int top = static_cast<int>(std::min<rlim_t>(rl.rlim_cur, 1 << 20)) - 1;
+  REQUIRE(::dup3(extra[1].get(), top, O_CLOEXEC) == top);
+  UniqueFd high(top);
+  CHECK(count_open_fds() == before + 151);
+  CHECK(count_open_fds() == listed_fds());
 }
