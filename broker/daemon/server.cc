@@ -708,11 +708,8 @@ bool Server::send_reply(Session& s, Reply& reply) {
     // The client is not reading. Keep the reply (and our own references to its sockets, so a
     // lease ending meanwhile cannot turn them into someone else's fds) and stop reading
     // until it drains: a slow client only ever slows itself.
-    if (heap == nullptr) {  // the reply is in stack scratch: keep a copy of its words
-      heap = kj::heapArray<capnp::word>(flat.size());
-      std::memcpy(heap.begin(), flat.begin(), flat.asBytes().size());
-    }
-    s.pending = std::move(heap);
+    // A reply flattened into the stack scratch is flattened again onto the heap to be kept.
+    s.pending = heap != nullptr ? std::move(heap) : capnp::messageToFlatArray(reply.message);
     for (int fd : reply.fds) {
       s.pending_fds.emplace_back(SysCalls::real().dup_cloexec(fd));
       if (!s.pending_fds.back()) {

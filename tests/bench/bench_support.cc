@@ -417,12 +417,12 @@ std::string cpu_description() {
   bool pcid = false;
   std::ifstream cpuinfo("/proc/cpuinfo");
   for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.empty()) break;  // the first CPU says it for all
     const auto colon = line.find(':');
     if (colon == std::string::npos || colon + 2 > line.size()) continue;
     if (line.rfind("model name", 0) == 0) model = line.substr(colon + 2);
     if (line.rfind("flags", 0) == 0)
       pcid = (" " + line.substr(colon + 1) + " ").find(" pcid ") != std::string::npos;
-    if (line.empty()) break;  // the first CPU says it for all
   }
   std::string meltdown;
   std::getline(std::ifstream("/sys/devices/system/cpu/vulnerabilities/meltdown"), meltdown);
