@@ -6,9 +6,11 @@
 //                    [--nice N] [--floor-only]          (--help says what each does)
 //
 // The floor: A, socket+bind+listen+close in this process; B, a SEQPACKET round trip between two
-// processes; F = 2 x B + A, what an acquire+release cannot beat. M, a minimal single-threaded
-// epoll broker doing the same syscalls as portbrokerd (no policy, registry, serialization), is
-// the floor for throughput with many clients. Sequential phases run client and server on one
+// processes; F = 2 x B + A, what an acquire+release cannot beat. Ac and Fc, for information: the
+// same with the two calls a lease adds to that kernel work (getsockopt SO_COOKIE for the journal,
+// shutdown so that no copy keeps the port). M, a minimal single-threaded epoll broker doing the
+// syscalls of F plus the fd passing (no policy, registry, serialization), is the floor for
+// throughput with many clients. Sequential phases run client and server on one
 // CPU (a wake-up on another CPU costs tens of microseconds more on a VM and would swamp the
 // comparison); figures compared with each other are measured in interleaved rounds so that
 // they saw the same background load.
@@ -267,9 +269,10 @@ class Holders {
 };
 
 struct FloorResults {
-  Summary bind_fixed, bind_any, rt, rt_fd, rt_cross, raw_seq, raw_conc;
-  double floor_us = 0;        // 2 x B + A, at p50
-  double floor_cross_us = 0;  // the same with the peer on another CPU
+  Summary bind_fixed, bind_any, bind_contract, rt, rt_fd, rt_cross, raw_seq, raw_conc;
+  double floor_us = 0;           // 2 x B + A, at p50
+  double floor_contract_us = 0;  // 2 x B + Ac: with the two calls a lease adds
+  double floor_cross_us = 0;     // the same with the peer on another CPU
 };
 
 struct DaemonResults {
@@ -433,7 +436,8 @@ void measure(const Options& o, const TempDir& dir, FloorResults& f,
 
   // Sequential, one client: every figure gets a chunk in every round, so that figures compared
   // with each other saw the same background load (this machine is shared). p99 moves first.
-  Accumulated bind_fixed, bind_any, rt, rt_fd, rt_cross, raw_seq, seq, seq_nj, seq_cross, held;
+  Accumulated bind_fixed, bind_any, bind_contract, rt, rt_fd, rt_cross, raw_seq, seq, seq_nj,
+      seq_cross, held;
   double hold_s = 0;
   char what[160];
   for (size_t r = 0; r < rounds; ++r) {
@@ -442,6 +446,7 @@ void measure(const Options& o, const TempDir& dir, FloorResults& f,
     phase(what);
     bind_fixed.add(floor_bind(w, chunk, true));
     bind_any.add(floor_bind(w, chunk, false));
+    bind_contract.add(floor_bind(w, chunk, true, /*contract=*/true));
     rt.add(floor_round_trip(w, chunk, false, o.cpu));
     rt_fd.add(floor_round_trip(w, chunk, true, o.cpu));
     if (cross >= 0) rt_cross.add(floor_round_trip(w, chunk, false, cross));
@@ -484,7 +489,9 @@ void measure(const Options& o, const TempDir& dir, FloorResults& f,
   f.bind_any = bind_any.summary();
   f.rt = rt.summary();
   f.rt_fd = rt_fd.summary();
+  f.bind_contract = bind_contract.summary();
   f.floor_us = 2 * f.rt.p50_us + f.bind_fixed.p50_us;
+  f.floor_contract_us = 2 * f.rt.p50_us + f.bind_contract.p50_us;
   if (cross >= 0) {
     f.rt_cross = rt_cross.summary();
     f.floor_cross_us = 2 * f.rt_cross.p50_us + f.bind_fixed.p50_us;
@@ -795,11 +802,14 @@ void report(const Options& o, const std::string& machine, const FloorResults& f,
   print_header("raw floor (same run)");
   print_row("A", "socket+bind+listen+close, fixed ports", f.bind_fixed);
   print_row("A0", "socket+bind+listen+close, port 0 (info)", f.bind_any);
+  print_row("Ac", "A + SO_COOKIE + shutdown (a lease's contract)", f.bind_contract);
   print_row("B", "SEQPACKET round trip, 104 B", f.rt);
   print_row("Bfd", "SEQPACKET round trip + 1 fd by SCM_RIGHTS", f.rt_fd);
   if (f.floor_cross_us > 0)
     print_row("Bx", "SEQPACKET round trip, peer on another CPU", f.rt_cross);
   std::printf("  %-4s %-46s %9.2f\n", "F", "acquire+release floor = 2 x B + A (p50)", f.floor_us);
+  std::printf("  %-4s %-46s %9.2f\n", "Fc", "the same with Ac = 2 x B + Ac (p50)",
+              f.floor_contract_us);
   if (f.floor_cross_us > 0) {
     std::printf("  %-4s %-46s %9.2f\n", "Fx", "the same with Bx (p50)", f.floor_cross_us);
   }
@@ -832,6 +842,9 @@ void report(const Options& o, const std::string& machine, const FloorResults& f,
     double r = d->seq.p50_us / f.floor_us;
     figs.push_back({"seq_p50_over_floor", "S p50 / F (journal on)", fmt("%.2f us", d->seq.p50_us),
                     fmt("%.2f us", f.floor_us), r, "<= 1.30", r <= 1.3});
+    figs.push_back({"seq_p50_over_contract_floor", "S p50 / Fc (journal on)",
+                    fmt("%.2f us", d->seq.p50_us), fmt("%.2f us", f.floor_contract_us),
+                    d->seq.p50_us / f.floor_contract_us, "", true});
     figs.push_back({"seq_no_journal_p50_over_floor", "Snj p50 / F (--no-journal)",
                     fmt("%.2f us", d->seq_nj.p50_us), fmt("%.2f us", f.floor_us),
                     d->seq_nj.p50_us / f.floor_us, "", true});
@@ -924,11 +937,14 @@ void report(const Options& o, const std::string& machine, const FloorResults& f,
   j << "{\"bench\":\"portbroker\",\"machine\":\"" << machine << "\",\"iterations\":" << o.iterations
     << ",\"clients\":" << o.clients << ",\"duration_s\":" << o.duration
     << ",\"floor\":{\"bind\":" << json_summary(f.bind_fixed)
-    << ",\"bind_port0\":" << json_summary(f.bind_any) << ",\"round_trip\":" << json_summary(f.rt)
-    << ",\"round_trip_fd\":" << json_summary(f.rt_fd)
+    << ",\"bind_port0\":" << json_summary(f.bind_any)
+    << ",\"bind_contract\":" << json_summary(f.bind_contract)
+    << ",\"round_trip\":" << json_summary(f.rt) << ",\"round_trip_fd\":" << json_summary(f.rt_fd)
     << ",\"round_trip_cross_cpu\":" << json_summary(f.rt_cross)
     << ",\"acquire_release_cross_cpu_us\":" << f.floor_cross_us
-    << ",\"acquire_release_us\":" << f.floor_us << ",\"minimal_broker\":" << json_summary(f.raw_seq)
+    << ",\"acquire_release_us\":" << f.floor_us
+    << ",\"acquire_release_contract_us\":" << f.floor_contract_us
+    << ",\"minimal_broker\":" << json_summary(f.raw_seq)
     << ",\"minimal_broker_concurrent\":" << json_summary(f.raw_conc) << "}";
   if (d) {
     j << ",\"daemon\":{\"sequential\":" << json_summary(d->seq)

@@ -12,6 +12,10 @@
 #include <cstring>
 #include <unordered_map>
 
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
+
 namespace pbbench {
 
 namespace {
@@ -77,7 +81,7 @@ ssize_t recv_record(int sock, char* buf, size_t cap, int* fd, int flags = 0) {
 
 }  // namespace
 
-TimedRun floor_bind(size_t warmup, size_t iterations, bool rotate_ports) {
+TimedRun floor_bind(size_t warmup, size_t iterations, bool rotate_ports, bool contract) {
   size_t next = 0;
   return time_loop(warmup, iterations, [&](std::string& err) {
     uint16_t port = rotate_ports ? static_cast<uint16_t>(kRawPortLow + next++ % kRawPortCount) : 0;
@@ -86,6 +90,16 @@ TimedRun floor_bind(size_t warmup, size_t iterations, bool rotate_ports) {
     if (fd < 0) {
       err = "bind 127.0.0.1:" + std::to_string(port) + ": " + std::strerror(e);
       return false;
+    }
+    if (contract) {
+      uint64_t cookie = 0;
+      socklen_t len = sizeof(cookie);
+      if (::getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) != 0 ||
+          ::shutdown(fd, SHUT_RDWR) != 0) {
+        err = std::string("SO_COOKIE or shutdown: ") + std::strerror(errno);
+        ::close(fd);
+        return false;
+      }
     }
     ::close(fd);
     return true;

@@ -19,7 +19,10 @@ inline constexpr size_t kRawRecordBytes = 104;
 
 // Floor A: socket + SO_REUSEADDR + bind(127.0.0.1:port) + listen + close in this process.
 // `rotate_ports` binds fixed ports in turn (what the daemon does for its pool); otherwise port 0.
-TimedRun floor_bind(size_t warmup, size_t iterations, bool rotate_ports);
+// With `contract`, also the two calls a lease adds to that kernel work: getsockopt(SO_COOKIE)
+// (the journal's check of a socket taken back after a crash) and shutdown(SHUT_RDWR) before
+// the close (a copy left in a child of the holder must not keep the port).
+TimedRun floor_bind(size_t warmup, size_t iterations, bool rotate_ports, bool contract = false);
 
 // Floor B: one SOCK_SEQPACKET record to another process and one back; with `pass_fd` the reply
 // carries one fd (SCM_RIGHTS) that this side closes. The echoing process runs on `peer_cpu`
