@@ -70,6 +70,7 @@ PB_STR(portbroker_lease_state, portbroker_lease, o->info.state)
 PB_GET(uint32_t, portbroker_lease_linger_seconds, portbroker_lease, 0, o->info.linger_s)
 PB_GET(int64_t, portbroker_lease_linger_until_ms, portbroker_lease, 0, o->info.linger_until_ms)
 PB_STR(portbroker_lease_token, portbroker_lease, o->info.token)
+PB_GET(int, portbroker_lease_no_copy, portbroker_lease, 0, o->info.no_copy ? 1 : 0)
 
 // ---- status ------------------------------------------------------------------------------
 

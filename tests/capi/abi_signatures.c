@@ -45,6 +45,7 @@ uint32_t (*const pb_abi_lease_linger_seconds)(const portbroker_lease *l) =
 int64_t (*const pb_abi_lease_linger_until_ms)(const portbroker_lease *l) =
     portbroker_lease_linger_until_ms;
 const char *(*const pb_abi_lease_token)(const portbroker_lease *l) = portbroker_lease_token;
+int (*const pb_abi_lease_no_copy)(const portbroker_lease *l) = portbroker_lease_no_copy;
 int (*const pb_abi_status)(portbroker_client *c, portbroker_status_info **out) = portbroker_status;
 const char *(*const pb_abi_status_version)(const portbroker_status_info *s) =
     portbroker_status_version;

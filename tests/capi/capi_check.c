@@ -154,6 +154,7 @@ static void check_library(void) {
   CHECK(portbroker_lease_list_count(NULL) == 0);
   CHECK(portbroker_lease_list_get(NULL, 0) == NULL);
   CHECK(portbroker_lease_id(NULL) == 0);
+  CHECK(portbroker_lease_no_copy(NULL) == 0);
   CHECK(strcmp(portbroker_lease_name(NULL), "") == 0);
   CHECK(strcmp(portbroker_status_version(NULL), "") == 0);
   CHECK(portbroker_who_leases(NULL) == NULL);
@@ -255,6 +256,7 @@ static void check_list_and_status(portbroker_client *b, uint64_t held) {
   CHECK(portbroker_lease_session(l) != 0 && portbroker_lease_created_at_ms(l) > 0);
   CHECK(portbroker_lease_linger_until_ms(l) == 0);
   CHECK(strcmp(portbroker_lease_token(l), "") == 0); /* tokens are never listed */
+  CHECK(portbroker_lease_no_copy(l) == 0);
   CHECK(portbroker_lease_list_count(list) == 4);
   portbroker_lease_list_free(list);
   CHECK_RC(b, portbroker_list(b, NULL), PORTBROKER_EBADREQUEST);
@@ -562,6 +564,21 @@ static int run_linger(int port) {
   return failures == 0 ? 0 : 1;
 }
 
+/* Prints "no_copy N" for the lease on `port` as the C ABI lists it. */
+static int run_no_copy(int port) {
+  portbroker_client *c = NULL;
+  portbroker_lease_list *list = NULL;
+  const portbroker_lease *l;
+  CHECK_OK(NULL, portbroker_connect(NULL, &c));
+  CHECK_OK(c, portbroker_list(c, &list));
+  l = find_port(list, port);
+  CHECK(l != NULL);
+  if (l != NULL) printf("no_copy %d\n", portbroker_lease_no_copy(l));
+  portbroker_lease_list_free(list);
+  portbroker_close(c);
+  return failures == 0 ? 0 : 1;
+}
+
 static int run_reclaim(int port, const char *token) {
   portbroker_client *c = NULL;
   char spec[160];
@@ -682,6 +699,7 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc == 2 && strcmp(argv[1], "main") == 0) return run_main();
   if (argc == 3 && strcmp(argv[1], "linger") == 0) return run_linger(atoi(argv[2]));
+  if (argc == 3 && strcmp(argv[1], "no-copy") == 0) return run_no_copy(atoi(argv[2]));
   if ((argc == 3 || argc == 4) && strcmp(argv[1], "reclaim") == 0)
     return run_reclaim(atoi(argv[2]), argc == 4 ? argv[3] : NULL);
   if (argc == 2 && strcmp(argv[1], "nonroot") == 0) return run_nonroot();

@@ -386,6 +386,68 @@ TEST_CASE("SIGUSR2 upgrades in place like portbroker upgrade") {
   restart_scenario(Restart::kSigusr2);
 }
 
+TEST_CASE(
+    "after kill -9, a lease whose holder closed its socket has no broker copy; every API says so") {
+  FdLeakCheck fds;
+  TempDir dir;
+  const DaemonOptions opts{.dir = &dir};
+  std::optional<Daemon> d;
+  d.emplace(opts);
+  const auto idle_fds = d->fd_baseline();
+  Holder kept = spawn_holder(*d, "tcp:127.0.0.1:18905");
+  Holder closed = spawn_holder(*d, "tcp:127.0.0.1:18906");
+  // Only the daemon's copy is left: after the crash nobody holds the socket to take it back from,
+  // yet the holder lives on, and so does its lease.
+  closed.child.send_line("close");
+  REQUIRE(closed.child.read_line() == "closed");
+  d->kill_hard();
+  d.reset();
+  d.emplace(opts);
+  d->set_fd_baseline(idle_fds);
+
+  const auto leases = d->leases();
+  const portbroker::LeaseInfo* with = lease_on(leases, 18905);
+  const portbroker::LeaseInfo* without = lease_on(leases, 18906);
+  REQUIRE(with != nullptr);
+  REQUIRE(without != nullptr);
+  CHECK_FALSE(with->no_copy);
+  CHECK(without->no_copy);
+
+  CommandResult text = run_cli(*d, {"list"});
+  CHECK_MESSAGE(contains(text.out, "active (no broker copy)"), text.out);
+  for (const auto& l : listing(*d)) CHECK(l["broker_copy"] == (l["port"] == 18905));
+
+  auto c_api = [&](uint16_t port) {
+    SpawnOptions o;
+    o.env = d->client_env();
+    return run_command({PB_CAPI_CHECK_PATH, "no-copy", std::to_string(port)}, o);
+  };
+  CommandResult c_with = c_api(18905), c_without = c_api(18906);
+  CHECK_MESSAGE(contains(c_with.out, "no_copy 0"), c_with.describe());
+  CHECK_MESSAGE(contains(c_without.out, "no_copy 1"), c_without.describe());
+
+  SpawnOptions py;
+  py.env = d->client_env();
+  py.env["PORTBROKER_LIBRARY"] = PB_LIBRARY_PATH;
+  py.env["PYTHONPATH"] = PB_PYTHON_SRC;
+  py.env["PYTHONDONTWRITEBYTECODE"] = "1";
+  CommandResult python = run_command(
+      {PB_PYTHON3, "-c",
+       "import portbroker; print(sorted((l.port, l.no_copy) for l in portbroker.list()))"},
+      py);
+  CHECK_MESSAGE(contains(python.out, "[(18905, False), (18906, True)]"), python.describe());
+
+  // Restored leases still end with their holders, the one without a copy included.
+  for (Holder* h : {&kept, &closed}) {
+    h->child.send_line("exit");
+    h->child.wait();
+  }
+  CHECK(d->wait_until([](portbroker::Client& c) {
+    auto l = c.list();
+    return l.ok() && l->empty();
+  }));
+}
+
 namespace {
 
 constexpr uint16_t kCrashPortBase = 19000;

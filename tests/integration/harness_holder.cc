@@ -33,11 +33,16 @@ std::string one_line(std::string s) {
 }
 
 // The holder's command loop (runs in the child).
-int holder_loop(ChildIo& io, int listen_fd) {
+int holder_loop(ChildIo& io, portbroker::Lease& lease) {
+  const int listen_fd = lease.fd();
   for (;;) {
     auto cmd = io.read_line();
     if (!cmd || *cmd == "exit") return 0;
-    if (cmd->rfind("accept ", 0) == 0) {
+    if (*cmd == "close") {
+      // Its copy of the socket goes; the session, and so the lease, stays.
+      ::close(lease.release_fd());
+      io.send_line("closed");
+    } else if (cmd->rfind("accept ", 0) == 0) {
       int conn = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
       if (conn < 0) {
         io.send_line("accept failed: " + std::string(std::strerror(errno)));
@@ -95,7 +100,7 @@ Child start_holder(const Daemon& d, const std::string& spec, SpawnOptions opts, 
         }
         io.send_line("ok " + std::to_string(lease->port()) + " " +
                      std::to_string(local_port(lease->fd())) + " " + std::to_string(lease->id()));
-        return holder_loop(io, lease->fd());
+        return holder_loop(io, *lease);
       },
       opts);
 }

@@ -28,6 +28,7 @@ struct AcquireOutcome {
 //   "accept NAME"    accepts one connection (blocking), reads a line, answers "NAME", closes it
 //                    and reports "accepted";
 //   "serve NAME"     answers every connection with "NAME" until "exit".
+//   "close"          closes its copy of the socket (keeping the session) and reports "closed".
 // With `wait_for_go` it connects first and acquires only once the parent sends "go" (for
 // concurrent acquires); read its outcome with read_outcome().
 Child start_holder(const Daemon& d, const std::string& spec, SpawnOptions opts = {},

@@ -155,6 +155,10 @@ int64_t portbroker_lease_linger_until_ms(const portbroker_lease *l); /* while li
 /* Only on a lease this client acquired with linger=: lets another uid take it back
  * (`token=HEX` in its spec). "" otherwise. */
 const char *portbroker_lease_token(const portbroker_lease *l);
+/* 1 when the lease came back after a daemon crash without the broker's copy of its socket (the
+ * copy could not be taken back from the holder): it cannot linger or take new shared members
+ * until it ends. `portbroker list` says "active (no broker copy)". 0 otherwise. */
+int portbroker_lease_no_copy(const portbroker_lease *l);
 
 /* ---- the daemon ----------------------------------------------------------------------- */
 

@@ -74,6 +74,9 @@ class Lease:
     linger_seconds: int
     linger_until_ms: int
     token: str  # only on a lease this client acquired with linger=
+    # Restored after a daemon crash without the broker's copy of its socket: it cannot linger
+    # or take new shared members until it ends (`portbroker list`: "active (no broker copy)").
+    no_copy: bool
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,7 @@ def _lease(ptr):
     f = _native.read(_lib, "lease", ptr)
     f["protocol"] = PROTOCOLS[f["protocol"]]
     f["mode"] = MODES[f["mode"]]
+    f["no_copy"] = bool(f["no_copy"])
     return Lease(**f)
 
 

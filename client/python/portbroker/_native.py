@@ -77,7 +77,7 @@ _ACCESSORS = {
         "id": _u64, "name": _s, "protocol": _i, "address": _s, "port": _u16, "mode": _i,
         "pid": _i32, "uid": _u32, "gid": _u32, "comm": _s, "cgroup": _s, "session": _u64,
         "created_at_ms": _i64, "state": _s, "linger_seconds": _u32, "linger_until_ms": _i64,
-        "token": _s,
+        "token": _s, "no_copy": _i,
     },
     "status": {
         "version": _s, "pid": _i32, "started_at_ms": _i64, "sessions": _u32, "leases": _u32,
