@@ -426,11 +426,8 @@ TEST_CASE(
   CHECK_MESSAGE(contains(c_with.out, "no_copy 0"), c_with.describe());
   CHECK_MESSAGE(contains(c_without.out, "no_copy 1"), c_without.describe());
 
-  SpawnOptions py;
-  py.env = d->client_env();
-  py.env["PORTBROKER_LIBRARY"] = PB_LIBRARY_PATH;
+  SpawnOptions py = python_options(*d);
   py.env["PYTHONPATH"] = PB_PYTHON_SRC;
-  py.env["PYTHONDONTWRITEBYTECODE"] = "1";
   CommandResult python = run_command(
       {PB_PYTHON3, "-c",
        "import portbroker; print(sorted((l.port, l.no_copy) for l in portbroker.list()))"},

@@ -279,6 +279,17 @@ FailedStart start_daemon_expect_failure(const std::vector<std::string>& args, co
   return out;
 }
 
+SpawnOptions python_options(const Daemon& d) {
+  SpawnOptions opts{.env = d.client_env()};
+  opts.env["PORTBROKER_LIBRARY"] = PB_LIBRARY_PATH;
+  opts.env["PYTHONDONTWRITEBYTECODE"] = "1";
+  if (!std::string(PB_ASAN_RUNTIME).empty()) {
+    opts.env["LD_PRELOAD"] = PB_ASAN_RUNTIME;
+    opts.env["ASAN_OPTIONS"] = "detect_leaks=0";
+  }
+  return opts;
+}
+
 CommandResult run_cli(const Daemon& d, const std::vector<std::string>& args, SpawnOptions opts) {
   for (const auto& [k, v] : d.client_env()) opts.env.emplace(k, v);
   std::vector<std::string> argv = {cli_path()};

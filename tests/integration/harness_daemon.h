@@ -127,4 +127,9 @@ FailedStart start_daemon_expect_failure(const std::vector<std::string>& args, co
 CommandResult run_cli(const Daemon& d, const std::vector<std::string>& args,
                       SpawnOptions opts = {});
 
+// What python3 needs to use this tree's libportbroker against `d` (the package itself comes
+// from PYTHONPATH, which the caller sets). In an ASan build: the runtime first, and CPython's
+// own allocations at exit are not the library's leaks (capi_check covers those).
+SpawnOptions python_options(const Daemon& d);
+
 }  // namespace pbtest

@@ -26,18 +26,10 @@ TEST_CASE("the Python package: pip-installed from the tree, its pytest suite pas
   REQUIRE_MESSAGE(pip.status.ok(), pip.describe());
 
   Daemon d({.args = {"--pool", "24100-24109"}});
-  SpawnOptions opts{.env = d.client_env()};
-  opts.env["PORTBROKER_LIBRARY"] = PB_LIBRARY_PATH;
+  SpawnOptions opts = python_options(d);
   opts.env["PYTHONPATH"] = site;
   opts.env["PORTBROKER_EXPECT_PACKAGE_UNDER"] = site;
-  opts.env["PYTHONDONTWRITEBYTECODE"] = "1";
   opts.env["PORTBROKER_CLI"] = cli_path();
-  if (!std::string(PB_ASAN_RUNTIME).empty()) {
-    // An ASan build of the library in python3: the runtime first, and CPython's own
-    // allocations at exit are not this library's leaks (capi_check covers those).
-    opts.env["LD_PRELOAD"] = PB_ASAN_RUNTIME;
-    opts.env["ASAN_OPTIONS"] = "detect_leaks=0";
-  }
   CommandResult tests = run_command({PB_PYTHON3, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                      "-o", "console_output_style=classic", src + "/tests"},
                                     opts, std::chrono::seconds(240));
