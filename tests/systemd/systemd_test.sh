@@ -12,6 +12,8 @@
 # Usage (as root): systemd_test.sh BUILD_DIR SOURCE_DIR PORTBROKERD CLI LISTEN_FDS_SERVER
 # (the binaries under BUILD_DIR). Fails, saying why, when it cannot run here.
 set -euo pipefail
+# A pipeline ends in `grep >/dev/null`, never `grep -q`: -q exits at the first match, and the
+# writer killed by SIGPIPE then fails the pipeline under pipefail (ldd did, now and then).
 
 build_dir=$(cd "$1" && pwd -P)
 source_dir=$(cd "$2" && pwd -P)
@@ -107,7 +109,7 @@ printf '[Unit]\nDefaultDependencies=no\n[Service]\nStandardOutput=append:/run/pb
   >/run/systemd/system/portbroker.service.d/test.conf
 # A sanitizer build (make test-asan): LeakSanitizer stops the daemon's threads with ptrace(2) at
 # exit, which the unit's system-call filter denies (@debug) like any other ptrace.
-if ldd /run/pbtest/portbrokerd | grep -q 'libasan'; then
+if ldd /run/pbtest/portbrokerd | grep >/dev/null 'libasan'; then
   printf '[Service]\nSystemCallFilter=@debug\n' >/run/systemd/system/portbroker.service.d/asan.conf
 fi
 printf '[Unit]\nDefaultDependencies=no\nWants=portbroker.service\n' \
@@ -179,7 +181,7 @@ wait_for "the second shared member" has_leases 3
 ns "$cli_in" exec --listen lin=tcp:127.0.0.1:7002,linger=600 -- "$server_in" >/dev/null 2>&1 &
 wait_for "the lingering lease" has_leases 4
 ns kill "$(holder_of 7002)"
-lingering() { pb list --json | grep -q '"state": "lingering"'; }
+lingering() { pb list --json | grep >/dev/null '"state": "lingering"'; }
 wait_for "the lease to linger" lingering
 wait_for "the web server" echo_ok 7001
 wait_for "the shared servers" echo_ok 7003
@@ -249,14 +251,14 @@ reclaimed() { ! lingering && echo_ok 7002; }
 wait_for "the lingering lease to be reclaimed" reclaimed
 has_leases 5 || fail "reclaiming made a new lease: $(pb list --json)"
 ns kill "$web_holder"
-web_gone() { ! pb list --json | grep -q '"port": 7001'; }
+web_gone() { ! pb list --json | grep >/dev/null '"port": 7001'; }
 wait_for "the exclusive lease to end with its holder" web_gone
 pb exec --listen tcp:127.0.0.1:7001 -- true || fail "port 7001 not free after its holder left"
 
 # --- A holder that dies while no daemon runs: its lease ends at the next start, and its port is
 # free again (the fd store must not keep the broker's copy of its socket). ---
 ns "$cli_in" exec --listen gone=tcp:127.0.0.1:7005 -- "$server_in" >/dev/null 2>&1 &
-has_7005() { pb list --json | grep -q '"port": 7005'; }
+has_7005() { pb list --json | grep >/dev/null '"port": 7005'; }
 wait_for "a lease on 7005" has_7005
 gone_pid=$(holder_of 7005)
 old=$(main_pid)
@@ -288,14 +290,14 @@ out=$(pb exec --listen tcp:127.0.0.1:7010,device=lo -- true 2>&1) || fail "devic
 # shows it to a daemon that may ptrace it; its /proc/PID/fd needs CAP_DAC_READ_SEARCH).
 ns setpriv --reuid=65534 --regid=65534 --clear-groups \
   systemd-socket-activate -l 127.0.0.1:7011 "$server_in" >/dev/null 2>&1 &
-outside_named() { pb who 7011 | grep -q 'outside the broker: LISTEN 127.0.0.1:7011 by pid [0-9]* (systemd-socket-, uid 65534)'; }
+outside_named() { pb who 7011 | grep >/dev/null 'outside the broker: LISTEN 127.0.0.1:7011 by pid [0-9]* (systemd-socket-, uid 65534)'; }
 wait_for "who to name the outside listener: $(pb who 7011)" outside_named
 # A holder of another user survives `systemctl stop` + `start`, which empties the fd store: its
 # lease comes back from the journal. The unit denies pidfd_getfd(2) (@debug), so the broker has
 # no copy of its socket then, and says so; with the README's drop-in it takes the copy back.
 ns setpriv --reuid=65534 --regid=65534 --clear-groups \
   "$cli_in" --socket /run/portbroker/portbroker.sock exec --listen nob=tcp:127.0.0.1:7012 -- "$server_in" >/dev/null 2>&1 &
-has_7012() { pb list --json | grep -q '"port": 7012'; }
+has_7012() { pb list --json | grep >/dev/null '"port": 7012'; }
 wait_for "a lease of uid 65534" has_7012
 stop_start() {
   systemctl_ns stop portbroker.service || fail "systemctl stop failed"
@@ -307,7 +309,7 @@ stop_start() {
   echo_ok 7012 || fail "the holder of uid 65534 stopped serving"
 }
 stop_start
-if ldd "$daemon" | grep -q 'libasan'; then
+if ldd "$daemon" | grep >/dev/null 'libasan'; then
   # The sanitizer build's drop-in allows @debug, pidfd_getfd with it.
   [[ $restored == *"restored (0 without the broker's copy)"* ]] ||
     fail "with @debug allowed not every lease came back with its socket: $restored"
@@ -316,15 +318,15 @@ else
     fail "after stop and start under the unit's filter the copies came back: $restored"
   grep -q "127.0.0.1:7012, pid [0-9]* .*: restored without the broker's copy of its socket" "$scratch/daemon.log" ||
     fail "the lease of port 7012 is not reported as restored without the broker's copy"
-  pb list | grep -q ' 7012 .*active (no broker copy)' || fail "list does not say the lease of port 7012 has no broker copy: $(pb list)"
-  pb list --json | tr -d ' \n' | grep -q '"broker_copy":false' || fail "list --json does not say broker_copy false: $(pb list --json)"
+  pb list | grep >/dev/null ' 7012 .*active (no broker copy)' || fail "list does not say the lease of port 7012 has no broker copy: $(pb list)"
+  pb list --json | tr -d ' \n' | grep >/dev/null '"broker_copy":false' || fail "list --json does not say broker_copy false: $(pb list --json)"
 fi
 ns sh -c "printf '[Service]\nSystemCallFilter=pidfd_getfd\n' >/run/systemd/system/portbroker.service.d/getfd.conf"
 systemctl_ns daemon-reload || fail "systemctl daemon-reload failed"
 stop_start
 [[ $restored == *"restored (0 without the broker's copy)"* ]] ||
   fail "with the drop-in allowing pidfd_getfd not every lease came back with its socket: $restored"
-pb list --json | tr -d ' \n' | grep -q '"broker_copy":false' && fail "a lease still has no broker copy: $(pb list)"
+pb list --json | tr -d ' \n' | grep >/dev/null '"broker_copy":false' && fail "a lease still has no broker copy: $(pb list)"
 echo "under the unit: the guard's sysctl, device=, who naming another user's process, stop + start with and without pidfd_getfd"
 
 if grep -q "Sanitizer" "$scratch/daemon.log"; then fail "the daemon reported a sanitizer error"; fi
