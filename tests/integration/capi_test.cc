@@ -9,22 +9,10 @@
 
 using namespace pbtest;
 
-namespace {
-
-CommandResult capi_check(const Daemon& d, const std::vector<std::string>& args,
-                         SpawnOptions opts = {}) {
-  std::vector<std::string> argv{PB_CAPI_CHECK_PATH};
-  argv.insert(argv.end(), args.begin(), args.end());
-  opts.env = d.client_env();
-  return run_command(argv, opts);
-}
-
-}  // namespace
-
 TEST_CASE("the C ABI: every function, with its failure paths") {
   FdLeakCheck fds;
   Daemon d({.args = {"--pool", "24000-24009"}});
-  CommandResult r = capi_check(d, {"main"});
+  CommandResult r = run_capi_check(d, {"main"});
   CHECK_MESSAGE(r.status.ok(), r.describe());
   CHECK_MESSAGE(contains(r.out, ", 0 failed"), r.out);
   // Closing the clients ended their sessions: only the linger= lease is left, lingering.
@@ -37,7 +25,7 @@ TEST_CASE("the C ABI: every function, with its failure paths") {
   CHECK(leases[0].state == "lingering");
 
   if (can_switch_uid()) {
-    CommandResult plain = capi_check(d, {"nonroot"}, {.uid = 65534});
+    CommandResult plain = run_capi_check(d, {"nonroot"}, {.uid = 65534});
     CHECK_MESSAGE(plain.status.ok(), plain.describe());
   }
   // Root ends the lingering lease (a revoke), so the daemon is back to its idle fds.
@@ -57,7 +45,7 @@ TEST_CASE("the C ABI: a linger token lets another uid take the lease back") {
   }
   FdLeakCheck fds;
   Daemon d;
-  CommandResult held = capi_check(d, {"linger", "18720"});
+  CommandResult held = run_capi_check(d, {"linger", "18720"});
   REQUIRE_MESSAGE(held.status.ok(), held.describe());
   REQUIRE(held.out.rfind("token ", 0) == 0);
   std::string token = held.out.substr(6, held.out.find('\n') - 6);
@@ -67,9 +55,9 @@ TEST_CASE("the C ABI: a linger token lets another uid take the lease back") {
   }));
 
   // Another uid: refused without the token (exit 3 = refused cleanly), granted with it.
-  CommandResult without = capi_check(d, {"reclaim", "18720"}, {.uid = 65534});
+  CommandResult without = run_capi_check(d, {"reclaim", "18720"}, {.uid = 65534});
   CHECK_MESSAGE(without.status.code == 3, without.describe());
-  CommandResult with = capi_check(d, {"reclaim", "18720", token}, {.uid = 65534});
+  CommandResult with = run_capi_check(d, {"reclaim", "18720", token}, {.uid = 65534});
   CHECK_MESSAGE(with.status.ok(), with.describe());
   CHECK(contains(with.out, "reclaimed 18720"));
   CHECK(d.wait_port_unleased(18720));
@@ -79,10 +67,10 @@ TEST_CASE("the C ABI: a linger token lets another uid take the lease back") {
 TEST_CASE("the C ABI: upgrade keeps the client's session; shutdown stops the daemon") {
   FdLeakCheck fds;
   Daemon d;
-  CommandResult up = capi_check(d, {"upgrade"});
+  CommandResult up = run_capi_check(d, {"upgrade"});
   CHECK_MESSAGE(up.status.ok(), up.describe());
   REQUIRE_MESSAGE(d.wait_ready_again(), "no READY=1 after the upgrade");
-  CommandResult down = capi_check(d, {"shutdown"});
+  CommandResult down = run_capi_check(d, {"shutdown"});
   CHECK_MESSAGE(down.status.ok(), down.describe());
   d.wait_stopped();
 }

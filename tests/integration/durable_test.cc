@@ -417,12 +417,8 @@ TEST_CASE(
   CHECK_MESSAGE(contains(text.out, "active (no broker copy)"), text.out);
   for (const auto& l : listing(*d)) CHECK(l["broker_copy"] == (l["port"] == 18905));
 
-  auto c_api = [&](uint16_t port) {
-    SpawnOptions o;
-    o.env = d->client_env();
-    return run_command({PB_CAPI_CHECK_PATH, "no-copy", std::to_string(port)}, o);
-  };
-  CommandResult c_with = c_api(18905), c_without = c_api(18906);
+  CommandResult c_with = run_capi_check(*d, {"no-copy", "18905"});
+  CommandResult c_without = run_capi_check(*d, {"no-copy", "18906"});
   CHECK_MESSAGE(contains(c_with.out, "no_copy 0"), c_with.describe());
   CHECK_MESSAGE(contains(c_without.out, "no_copy 1"), c_without.describe());
 

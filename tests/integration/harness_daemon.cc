@@ -279,6 +279,14 @@ FailedStart start_daemon_expect_failure(const std::vector<std::string>& args, co
   return out;
 }
 
+CommandResult run_capi_check(const Daemon& d, const std::vector<std::string>& args,
+                             SpawnOptions opts) {
+  std::vector<std::string> argv{PB_CAPI_CHECK_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  opts.env = d.client_env();
+  return run_command(argv, opts);
+}
+
 SpawnOptions python_options(const Daemon& d) {
   SpawnOptions opts{.env = d.client_env()};
   opts.env["PORTBROKER_LIBRARY"] = PB_LIBRARY_PATH;

@@ -127,6 +127,10 @@ FailedStart start_daemon_expect_failure(const std::vector<std::string>& args, co
 CommandResult run_cli(const Daemon& d, const std::vector<std::string>& args,
                       SpawnOptions opts = {});
 
+// tests/capi/capi_check, in the mode `args` names, as a client of `d`.
+CommandResult run_capi_check(const Daemon& d, const std::vector<std::string>& args,
+                             SpawnOptions opts = {});
+
 // What python3 needs to use this tree's libportbroker against `d` (the package itself comes
 // from PYTHONPATH, which the caller sets). In an ASan build: the runtime first, and CPython's
 // own allocations at exit are not the library's leaks (capi_check covers those).
